@@ -1,0 +1,168 @@
+"""The one dataset format: manifest.csv + label_map.json, and the validator that guards it."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .io import atomic_path, read_json, write_json
+
+COLUMNS = ["image_id", "image", "patient_id", "eye", "labeled", "coarse", "fine", "text", "mask"]
+REQUIRED = ["image_id", "image", "patient_id", "eye", "labeled"]
+EYES = ("left", "right")
+
+
+class ManifestError(ValueError):
+    """A manifest that must be fixed before anything is trained; lists every problem at once."""
+
+    def __init__(self, path: Path | str, problems: list[str]):
+        self.problems = problems
+        shown = "\n  ".join(problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        super().__init__(f"{path}: {len(problems)} problem(s); nothing was trained or dropped. "
+                         f"Fix these rows and run again:\n  {shown}{more}")
+
+
+@dataclass
+class LabelMap:
+    """The dataset's classes: coarse (T1) names, and fine (T2) names each nested in a coarse one."""
+
+    coarse: list[str]
+    fine: list[str]
+    fine_parent: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_pairs(cls, coarse: list[str], fine_pairs: Iterable[tuple[str, str]]) -> "LabelMap":
+        pairs = list(fine_pairs)
+        return cls(list(coarse), [f for f, _ in pairs], dict(pairs))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LabelMap":
+        raw = read_json(path)
+        try:
+            lm = cls.from_pairs(raw["coarse"], [(f["name"], f["coarse"]) for f in raw["fine"]])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path}: a label map needs 'coarse' (list of names) and 'fine' "
+                             f"(list of {{'name', 'coarse'}}); missing {e}") from None
+        lm.check(path)
+        return lm
+
+    def check(self, where: str | Path = "label map") -> None:
+        for kind, names in (("coarse", self.coarse), ("fine", self.fine)):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{where}: duplicate {kind} class names {dup}")
+        bad = {f: c for f, c in self.fine_parent.items() if c not in self.coarse}
+        if bad:
+            raise ValueError(f"{where}: fine classes with an unknown coarse parent: {bad}")
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(self.to_dict(), path)
+
+    def to_dict(self) -> dict:
+        return {"coarse": self.coarse, "fine": [{"name": f, "coarse": self.fine_parent[f]} for f in self.fine]}
+
+    def fine_to_coarse_index(self) -> list[int]:
+        """For each fine class index, the index of its coarse parent."""
+        return [self.coarse.index(self.fine_parent[f]) for f in self.fine]
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a manifest as strings, with the optional columns filled in; checks the header only."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no manifest here. Build one with 01_data_prep.ipynb or see data/README.md.")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ManifestError(path, [f"missing column(s) {missing}; the schema is {COLUMNS} (data/README.md)"])
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = ""
+    df = df[COLUMNS].apply(lambda s: s.str.strip())
+    return df
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        df[COLUMNS].to_csv(tmp, index=False)
+    return Path(path)
+
+
+def _image_problem(path: Path) -> str | None:
+    """None if the image decodes fully, else what is wrong with it."""
+    if not path.is_file():
+        return "file not found"
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes everything: catches truncated files, not just bad headers
+    except Exception as e:  # PIL raises many types for corrupt files
+        return f"unreadable or truncated image ({type(e).__name__}: {e})"
+    return None
+
+
+def _row_problems(row: pd.Series, labels: LabelMap, root: Path, check_images: bool) -> list[str]:
+    out = []
+    if row.eye not in EYES:
+        out.append(f"eye is {row.eye!r}; write 'left' or 'right'")
+    if row.labeled not in ("0", "1"):
+        out.append(f"labeled is {row.labeled!r}; write 1 for a labeled row, 0 for the unlabeled pool")
+    if not row.image:
+        out.append("empty image path")
+    elif check_images and (why := _image_problem(root / row.image)):
+        out.append(f"{row.image}: {why}")
+    if row["mask"] and check_images and (why := _image_problem(root / row["mask"])):
+        out.append(f"mask {row['mask']}: {why}")
+    if row.labeled == "1":
+        if row.coarse not in labels.coarse:
+            out.append(f"unknown coarse label {row.coarse!r}; known: {labels.coarse}")
+        if row.fine not in labels.fine_parent:
+            out.append(f"unknown fine label {row.fine!r}; add it to label_map.json or correct the row")
+        elif row.coarse in labels.coarse and labels.fine_parent[row.fine] != row.coarse:
+            out.append(f"fine label {row.fine!r} belongs under {labels.fine_parent[row.fine]!r}, not {row.coarse!r}")
+        if not row.text:
+            out.append("empty diagnosis text on a labeled row; write the sentence or set labeled=0")
+    elif row.labeled == "0" and (row.coarse or row.fine or row.text):
+        out.append("labeled=0 but the row has labels; set labeled=1, or clear coarse/fine/text")
+    return out
+
+
+def _table_problems(df: pd.DataFrame) -> list[str]:
+    out = []
+    for col in ("image_id", "image"):
+        dup = df[df[col].duplicated(keep=False) & (df[col] != "")]
+        for value, rows in dup.groupby(col).groups.items():
+            lines = ", ".join(str(i + 2) for i in rows)
+            out.append(f"lines {lines}: duplicate {col} {value!r}; each image must appear once")
+    # Two photographs of one eye may differ in quality, but not in diagnosis.
+    labeled = df[df.labeled == "1"]
+    for (pid, eye), g in labeled.groupby(["patient_id", "eye"]):
+        if g.coarse.nunique() > 1:
+            lines = ", ".join(str(i + 2) for i in g.index)
+            out.append(f"lines {lines}: patient {pid!r} {eye} eye has disagreeing coarse labels "
+                       f"{sorted(g.coarse.unique())}; correct the labels or the patient id")
+    return out
+
+
+def validate_manifest(path: str | Path, labels: LabelMap, check_images: bool = True) -> pd.DataFrame:
+    """Return the manifest if every row is sound; else raise ManifestError listing every bad row."""
+    path = Path(path)
+    df = read_manifest(path)
+    problems = []
+    rows = tqdm(df.iterrows(), total=len(df), desc="validate", disable=len(df) < 2000, leave=False)
+    for i, row in rows:
+        problems += [f"line {i + 2} ({row.image_id or 'no id'}): {p}" for p in _row_problems(row, labels, path.parent, check_images)]
+    problems += _table_problems(df)
+    if not df.empty and (df.patient_id == "").any():
+        lines = ", ".join(str(i + 2) for i in df.index[df.patient_id == ""][:20])
+        problems.append(f"lines {lines}: empty patient_id; splits are by patient, so every row needs one")
+    if df.empty:
+        problems.append("the manifest has no rows")
+    if problems:
+        raise ManifestError(path, problems)
+    df["labeled"] = df.labeled.astype(int)
+    return df
