@@ -1,0 +1,40 @@
+# mtkd: two commands on a fresh machine, `make demo` and `make test`; each builds .venv first if missing.
+PY      := .venv/bin/python
+KERNEL  := .venv/share/jupyter/kernels/mtkd/kernel.json
+PRESET  ?= demo
+
+.PHONY: demo test lab grid paper bench readme-figures clean-venv
+
+.venv/ready: requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+$(KERNEL): .venv/ready
+	$(PY) -m ipykernel install --sys-prefix --name mtkd --display-name "mtkd (.venv)"
+
+demo: $(KERNEL)            ## the whole workbook on the synthetic default (~15 min on 2 CPU cores)
+	$(PY) -m mtkd_utils.batch --preset demo
+
+test: $(KERNEL)            ## unit tests + the notebooks end to end on the smoke preset
+	$(PY) -m pytest
+
+lab: $(KERNEL)             ## JupyterLab with the workbook's kernel
+	.venv/bin/jupyter lab notebooks/
+
+grid: $(KERNEL)            ## any preset's grid: make grid PRESET=paper
+	$(PY) -m mtkd_utils.batch --preset $(PRESET)
+
+paper: $(KERNEL)           ## the paper's full grid (ResNet-50, 224 px, 3 seeds): meant for a GPU
+	$(PY) -m mtkd_utils.batch --preset paper
+
+bench: .venv/ready         ## training-speed benchmark (prints figures; run on purpose)
+	$(PY) -m mtkd_utils.bench
+
+readme-figures: .venv/ready  ## copy the demo's table and figures into docs/figures for the README
+	$(PY) -m mtkd_utils.readme outputs/demo docs/figures
+
+clean-venv:
+	rm -rf .venv

@@ -1,0 +1,39 @@
+"""One save/load pair for every notebook: full state, written atomically, read with weights_only=True."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import atomic_path
+
+
+def fingerprint(obj: Any) -> str:
+    """Short stable hash of a JSON-able object (a label map, a vocabulary)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """torch.save to a temporary file, then rename: a kill never leaves a half-written checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, expect: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load a checkpoint (tensors and plain containers only) and check it fits what the caller expects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint; train this model first (02_teachers / 03_student_mtl_kd)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if expect:
+        have = state.get("signature", {})
+        diff = {k: (have.get(k), v) for k, v in expect.items() if have.get(k) != v}
+        if diff:
+            lines = "; ".join(f"{k}: checkpoint has {a!r}, expected {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"{path} does not fit this run ({lines}). It was trained with another backbone, "
+                             "task set, label map or vocabulary: retrain it or point to the right run folder.")
+    return state

@@ -1,0 +1,143 @@
+"""One config object for every step: plain values, one comment each, saved in every run folder."""
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from itertools import combinations
+from typing import Any
+
+TASKS = ("T1", "T2", "T3")          # coarse disease, fine disease, diagnosis sentence
+MODELS = ("M1", "M2", "M3")         # MTL baseline, MTL+KD (M1 teacher), MTL+KD (teacher ensemble)
+FRACTIONS = (15, 30, 45, 60, 70)    # the paper's training fractions p, % of the labeled data
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = "demo"               # synthetic size preset (mtkd_utils.synthetic.SIZES) when source is synthetic
+    image_size: int = 64                # working resolution (pixels, square)
+    split_seed: int = 0                 # fixes test/val/train pool: the same for every run
+    min_word_freq: int = 2              # T3 vocabulary: words seen fewer times become <unk>
+    max_len: int = 30                   # T3: max tokens including <sos>/<eos>
+    # model
+    backbone: str = "mobilenet_v3_small"  # torchvision name; the paper used resnet50
+    pretrained: str | None = None       # None: random init; "imagenet": torchvision cache; or a .pth path
+    head_hidden: int = 256              # T1/T2 heads: FC(hidden) + ReLU, then the class layer
+    embed_dim: int = 128                # T3 word embedding size
+    lstm_hidden: int = 256              # T3 LSTM size
+    beam_size: int = 1                  # T3 decoding at test: 1 = greedy, >1 = beam search
+    # optimisation
+    seed: int = 0                       # training seed (init, batch order, augmentation)
+    epochs: int = 12                    # teachers / M1
+    student_epochs: int = 6             # M2 / M3 (each epoch also walks the unlabeled pool)
+    batch_size: int = 64
+    lr: float = 2e-3                    # AdamW, cosine schedule
+    weight_decay: float = 1e-4
+    patience: int = 4                   # early stopping on the validation score (epochs without gain)
+    task_weights: dict[str, float] = field(default_factory=lambda: {"T1": 1.0, "T2": 1.0, "T3": 1.0})
+    augment: bool = True                # random flips + small shifts on tensors
+    # distillation
+    alpha: float = 0.95                 # weight of the KD term on labeled images (paper code: 0.95)
+    tau_grid: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0)  # chosen on validation per (tasks, p)
+    unlabeled_per_epoch: float = 1.0    # share of the unlabeled pool walked per student epoch
+    kd_mode: str = "cached"             # "cached": teacher outputs computed once; "online": per batch
+    t3_topk: int = 32                   # T3 soft targets kept per step (exact when >= vocabulary)
+    # runtime
+    device: str = "auto"                # "auto", "cpu" or "cuda"
+    threads: int = 0                    # CPU threads for torch (0: leave torch's default)
+
+    def __post_init__(self) -> None:
+        self.tau_grid = tuple(float(t) for t in self.tau_grid)
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError naming the bad parameter and what is allowed."""
+        for f in fields(self):
+            _check_type(f, getattr(self, f.name))
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha={self.alpha}: must lie in [0, 1]")
+        if not self.tau_grid or any(t <= 0 for t in self.tau_grid):
+            raise ValueError(f"tau_grid={self.tau_grid}: temperatures must be > 0")
+        if self.kd_mode not in ("cached", "online"):
+            raise ValueError(f"kd_mode={self.kd_mode!r}: use 'cached' or 'online'")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device={self.device!r}: use 'auto', 'cpu' or 'cuda'")
+        if self.beam_size < 1 or self.max_len < 3:
+            raise ValueError(f"beam_size={self.beam_size}, max_len={self.max_len}: need beam_size >= 1, max_len >= 3")
+        for name in ("image_size", "epochs", "student_epochs", "batch_size", "patience", "t3_topk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be a positive integer")
+        if set(self.task_weights) - set(TASKS):
+            raise ValueError(f"task_weights={self.task_weights}: keys must be among {TASKS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config field(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def updated(self, **changes: Any) -> "Config":
+        return replace(self, **changes)
+
+
+def _check_type(f, value: Any) -> None:
+    """A papermill parameter of the wrong type fails here, by name, before anything trains."""
+    default = f.default_factory() if f.default is MISSING else f.default
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str),
+          tuple: lambda v: isinstance(v, (tuple, list)),
+          dict: lambda v: isinstance(v, dict)}.get(type(default), lambda v: v is None or isinstance(v, str))
+    if not ok(value):
+        kind = "str or None" if default is None else type(default).__name__
+        raise ValueError(f"{f.name}={value!r} ({type(value).__name__}): expected {kind}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # tiny, for the tests: seconds per model
+    "smoke": dict(dataset="smoke", image_size=32, epochs=2, student_epochs=1, batch_size=32,
+                  head_hidden=32, embed_dim=16, lstm_hidden=32, tau_grid=(2.0, 5.0), patience=2,
+                  min_word_freq=1, t3_topk=8),
+    # the synthetic default on a 2-core CPU: the whole demo in ~15 minutes
+    "demo": dict(dataset="demo", tau_grid=(2.0, 5.0)),
+    # the paper's settings, for a GPU
+    "paper": dict(dataset="paper", image_size=224, backbone="resnet50", pretrained="imagenet",
+                  head_hidden=512, embed_dim=256, lstm_hidden=512, epochs=30, student_epochs=20,
+                  batch_size=64, lr=1e-3, patience=5, beam_size=3, min_word_freq=3),
+}
+
+
+def preset(name: str, **overrides: Any) -> Config:
+    """The named preset's config, with overrides (e.g. from a notebook's parameters cell)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r}: choose one of {sorted(PRESETS)}")
+    return Config(**{**PRESETS[name], **overrides})
+
+
+def parse_tasks(tasks: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """'T1+T3' or ['T1', 'T3'] -> ('T1', 'T3'); rejects anything but a non-empty subset of TASKS."""
+    items = tasks.replace(",", "+").split("+") if isinstance(tasks, str) else list(tasks)
+    items = [t.strip().upper() for t in items if str(t).strip()]
+    if not items or set(items) - set(TASKS) or len(set(items)) != len(items):
+        raise ValueError(f"tasks={tasks!r}: give a non-empty subset of {TASKS} without repeats, e.g. 'T1+T2+T3'")
+    return tuple(sorted(items))
+
+
+def task_key(tasks: tuple[str, ...]) -> str:
+    return "+".join(tasks)
+
+
+def task_subsets(tasks: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every non-empty subset of `tasks` (the teacher ensemble of M3 plus M1 itself)."""
+    return [c for r in range(1, len(tasks) + 1) for c in combinations(tasks, r)]
+
+
+def check_fraction(p: float) -> float:
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 < p <= 70:
+        raise ValueError(f"p={p!r}: the training fraction is a percentage of the labeled data in (0, 70]")
+    return float(p)

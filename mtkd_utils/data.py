@@ -1,0 +1,152 @@
+"""Everything a training run reads: the image cache, labels as tensors, the rows of each role, batches."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .io import atomic_path, read_json, write_json
+from .manifest import LabelMap, read_manifest
+from .splits import load_splits, select_fraction
+from .text import PAD_ID, Vocab
+
+
+# ---------------------------------------------------------------- image cache
+def _cache_key(manifest: pd.DataFrame, root: Path, size: int, crop_fov: bool) -> str:
+    """Changes when any source image, the resolution or the crop changes: then the cache is rebuilt."""
+    h = hashlib.sha1(f"{size}|{crop_fov}".encode())
+    for rel in manifest.image:
+        st = (root / rel).stat()
+        h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def build_image_cache(manifest_path: str | Path, cache_dir: str | Path, size: int, crop_fov: bool = True) -> np.ndarray:
+    """Every manifest image, prepared once (FOV crop, resize) as uint8 (N, size, size, 3), memory-mapped."""
+    from .fundus import prepare_image  # lazy: only needed when (re)building
+
+    manifest_path, cache_dir = Path(manifest_path), Path(cache_dir)
+    manifest = read_manifest(manifest_path)
+    key = _cache_key(manifest, manifest_path.parent, size, crop_fov)
+    arr_path, meta_path = cache_dir / f"images_{size}.npy", cache_dir / f"images_{size}.json"
+    if meta_path.exists() and arr_path.exists() and read_json(meta_path).get("key") == key:
+        return np.load(arr_path, mmap_mode="r")
+    images = np.zeros((len(manifest), size, size, 3), dtype=np.uint8)
+    for i, rel in enumerate(tqdm(manifest.image, desc=f"image cache {size}px", leave=False)):
+        images[i] = prepare_image(manifest_path.parent / rel, size, crop_fov=crop_fov)
+    with atomic_path(arr_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, images)
+    write_json({"key": key, "size": size, "crop_fov": crop_fov, "image_ids": manifest.image_id.tolist()}, meta_path)
+    return np.load(arr_path, mmap_mode="r")
+
+
+def load_mask(manifest_path: str | Path, image_rel: str, mask_rel: str, size: int, crop_fov: bool = True) -> np.ndarray | None:
+    """A lesion mask as bool (size, size), cropped exactly like its image; None when the row has none."""
+    from .fundus import fov_bbox, pad_square
+
+    if not mask_rel:
+        return None
+    root = Path(manifest_path).parent
+    with Image.open(root / image_rel) as im:
+        img = np.asarray(im.convert("RGB"))
+    with Image.open(root / mask_rel) as im:
+        mask = np.asarray(im.convert("L"))
+    top, bottom, left, right = fov_bbox(img) if crop_fov else (0, img.shape[0], 0, img.shape[1])
+    square = pad_square(mask[top:bottom, left:right])
+    return np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.NEAREST)) > 127
+
+
+# ---------------------------------------------------------------- one experiment's data
+@dataclass
+class FundusData:
+    """The cached images of one experiment with its labels, splits and vocabulary for fraction p."""
+
+    images: np.ndarray            # (N, H, W, 3) uint8, manifest order
+    manifest: pd.DataFrame
+    roles: pd.DataFrame           # splits with a `role` column for this p
+    labels: LabelMap
+    vocab: Vocab
+    targets: dict[str, torch.Tensor]  # T1 (N,), T2 (N,) with -1 when unknown; T3 (N, L) token ids
+    p: float
+
+    def rows(self, role: str) -> np.ndarray:
+        """Cache rows of a role: train, val, test, unlabeled."""
+        return np.flatnonzero(self.roles.role.to_numpy() == role)
+
+    def is_labeled_train(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.roles.role.to_numpy()[rows] == "train")
+
+
+def label_targets(manifest: pd.DataFrame, labels: LabelMap, vocab: Vocab, max_len: int) -> dict[str, torch.Tensor]:
+    """Index targets for every row; unlabeled rows get -1 (T1/T2) and <pad> (T3)."""
+    lab = manifest.labeled.astype(int).to_numpy() == 1
+    coarse = {c: i for i, c in enumerate(labels.coarse)}
+    fine = {f: i for i, f in enumerate(labels.fine)}
+    t1 = np.where(lab, manifest.coarse.map(coarse).fillna(-1), -1).astype(np.int64)
+    t2 = np.where(lab, manifest.fine.map(fine).fillna(-1), -1).astype(np.int64)
+    t3 = np.full((len(manifest), max_len), PAD_ID, dtype=np.int64)
+    for i in np.flatnonzero(lab):
+        t3[i] = vocab.encode(manifest.text.iat[i], max_len)
+    return {"T1": torch.from_numpy(t1), "T2": torch.from_numpy(t2), "T3": torch.from_numpy(t3)}
+
+
+def vocab_for(data_dir: Path, roles: pd.DataFrame, manifest: pd.DataFrame, p: float, min_freq: int) -> Vocab:
+    """The T3 vocabulary of fraction p, from its labeled training texts only; built once, then read."""
+    path = data_dir / f"vocab_p{p:g}.json"
+    if path.exists():
+        return Vocab.load(path)
+    vocab = Vocab.build(manifest.text[roles.role.to_numpy() == "train"], min_freq=min_freq)
+    vocab.save(path)
+    return vocab
+
+
+def load_data(experiment_dir: str | Path, p: float, cfg) -> FundusData:
+    """Read what 01_data_prep wrote and select fraction p (checks leakage on the way)."""
+    data_dir = Path(experiment_dir) / "data"
+    if not (data_dir / "dataset.json").exists():
+        raise FileNotFoundError(f"{data_dir}/dataset.json missing: run notebooks/01_data_prep.ipynb for this experiment first")
+    info = read_json(data_dir / "dataset.json")
+    manifest = read_manifest(info["manifest"])
+    manifest["labeled"] = manifest.labeled.astype(int)
+    splits = load_splits(data_dir / "splits.csv")
+    if splits.image_id.tolist() != manifest.image_id.tolist():
+        raise ValueError(f"{data_dir}/splits.csv does not match {info['manifest']}: the manifest changed "
+                         "after data prep. Re-run 01_data_prep.ipynb into a new experiment folder.")
+    roles = select_fraction(splits, p)
+    labels = LabelMap.load(data_dir / "label_map.json")
+    vocab = vocab_for(data_dir, roles, manifest, p, cfg.min_word_freq)
+    images = build_image_cache(info["manifest"], data_dir / "cache", cfg.image_size, info.get("crop_fov", True))
+    return FundusData(images, manifest, roles, labels, vocab, label_targets(manifest, labels, vocab, cfg.max_len), p)
+
+
+# ---------------------------------------------------------------- batches
+def batch_rows(rows: np.ndarray, batch_size: int, shuffle: bool, generator: torch.Generator | None = None):
+    """Yield arrays of rows; shuffled with the given generator (so batch order is seeded)."""
+    order = rows[torch.randperm(len(rows), generator=generator).numpy()] if shuffle else rows
+    for i in range(0, len(order), batch_size):
+        yield order[i : i + batch_size]
+
+
+def image_batch(images: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, 3) rows -> float (B, 3, H, W) in [0, 1] on device."""
+    x = torch.from_numpy(np.ascontiguousarray(images[rows]))
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    return x.permute(0, 3, 1, 2).float().div_(255)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, shift: int = 4, jitter: float = 0.1) -> torch.Tensor:
+    """Small shifts and brightness/contrast jitter. No flips: the text names laterality and location."""
+    B = x.shape[0]
+    dx, dy = (torch.randint(-shift, shift + 1, (2,), generator=generator)).tolist()
+    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    gain = 1 + jitter * (2 * torch.rand(B, 1, 1, 1, generator=generator) - 1)
+    bias = jitter * (2 * torch.rand(B, 1, 1, 1, generator=generator) - 1) * 0.5
+    return (x * gain.to(x.device) + bias.to(x.device)).clamp_(0, 1)

@@ -1,0 +1,189 @@
+"""The training loop: one loss for any task subset with or without teachers, fit with early stopping and resume."""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import losses
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import FundusData, augment, batch_rows, image_batch
+from .metrics import task_metrics, val_score
+from .text import sentence_bleu4, tokenize
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 mixed precision on CUDA where supported; plain fp32 on CPU (exact and deterministic)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def mtl_loss(model, x: torch.Tensor, rows: np.ndarray, data: FundusData, teachers: list, tau: float,
+             alpha: float, weights: dict[str, float], step: int = 0) -> torch.Tensor:
+    """Weighted sum over tasks of CE (labeled rows) and, with teachers, alpha*KD + (1-alpha)*CE.
+
+    Unlabeled rows get the KD term alone. Each teacher distils only the tasks it was trained on;
+    a task's KD term is the mean over the teachers that know it.
+    """
+    labeled = data.is_labeled_train(rows).to(x.device)
+    ref = data.targets["T3"][rows].to(x.device)
+    said = [t.targets(rows, x, ref, labeled) for t in teachers]
+    feats = model.features(x)
+    total = torch.zeros(x.shape[0], device=x.device)
+    for task in model.tasks:
+        if task == "T3":
+            hard = losses.caption_ce(model.decoder(feats, ref), ref) * labeled
+            soft = [losses.caption_kd(model.decoder(feats, s["T3_tokens"]), s["T3_val"], s["T3_idx"], s["T3_tokens"], tau)
+                    for t, s in zip(teachers, said) if task in t.tasks]
+        else:
+            logits = model.heads[task](feats)
+            hard = losses.ce(logits, data.targets[task][rows].to(x.device))
+            soft = [losses.kd(logits, s[task], tau) for t, s in zip(teachers, said) if task in t.tasks]
+        term = hard
+        if soft:
+            kd = torch.stack(soft).mean(0)
+            term = torch.where(labeled, alpha * kd + (1 - alpha) * hard, kd)
+        if not torch.isfinite(term).all():
+            raise FloatingPointError(f"non-finite {task} loss at step {step}: lower the learning rate or check the inputs")
+        total = total + weights.get(task, 1.0) * term
+    return total.mean()
+
+
+def train_one_epoch(model, data: FundusData, rows: np.ndarray, optimizer, scheduler, teachers: list, cfg,
+                    tau: float, epoch: int, device: torch.device, desc: str = "train") -> float:
+    """One pass over `rows` in a seeded order; returns the mean loss."""
+    model.train()
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)   # batch order and augmentation, per epoch
+    running, n = 0.0, 0
+    bar = tqdm(list(batch_rows(rows, cfg.batch_size, shuffle=True, generator=g)), desc=f"{desc} epoch {epoch + 1}", leave=False)
+    for i, b in enumerate(bar):
+        x = image_batch(data.images, b, device)
+        if cfg.augment:
+            x = augment(x, g)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            loss = mtl_loss(model, x, b, data, teachers, tau, cfg.alpha, cfg.task_weights, step=epoch * len(bar) + i)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        running, n = running + loss.item() * len(b), n + len(b)
+        bar.set_postfix(loss=f"{running / n:.3f}")
+    return running / max(n, 1)
+
+
+@torch.no_grad()
+def predict(model, data: FundusData, rows: np.ndarray, batch_size: int, max_len: int, beam_size: int,
+            device: torch.device) -> pd.DataFrame:
+    """One row per image: truths, predictions, top-5 fine labels, sentences and sentence BLEU."""
+    model.eval()
+    m = data.manifest.iloc[rows]
+    cols = {c: [] for c in ("coarse_pred", "fine_pred", "fine_top5", "text_pred")}
+    for b in batch_rows(rows, batch_size, shuffle=False):
+        x = image_batch(data.images, b, device)
+        with autocast(device):
+            feats = model.features(x)
+            if "T1" in model.heads:
+                cols["coarse_pred"] += [data.labels.coarse[i] for i in model.heads["T1"](feats).argmax(1).tolist()]
+            if "T2" in model.heads:
+                top = model.heads["T2"](feats).topk(min(5, len(data.labels.fine)), dim=1).indices.tolist()
+                cols["fine_pred"] += [data.labels.fine[t[0]] for t in top]
+                cols["fine_top5"] += ["|".join(data.labels.fine[i] for i in t) for t in top]
+            if model.decoder is not None:
+                cols["text_pred"] += [" ".join(data.vocab.decode(t)) for t in model.decoder.generate(feats, max_len, beam_size).tolist()]
+    preds = pd.DataFrame({"image_id": m.image_id.to_numpy(), "coarse_true": m.coarse.to_numpy(), "fine_true": m.fine.to_numpy(),
+                          "text_true": m.text.to_numpy()})
+    for c, v in cols.items():
+        preds[c] = v if v else ""
+    # BLEU against the true sentence as written (words outside the vocabulary count as misses).
+    preds["bleu"] = [sentence_bleu4(tokenize(r), tokenize(h)) for r, h in zip(preds.text_true, preds.text_pred)] if cols["text_pred"] else ""
+    order = ["image_id", "coarse_true", "coarse_pred", "fine_true", "fine_pred", "fine_top5", "text_true", "text_pred", "bleu"]
+    return preds[order]
+
+
+def cosine_schedule(optimizer, total_steps: int, warmup: int):
+    """Linear warm-up, then cosine decay to zero."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Path, epochs: int,
+        teachers: list | None = None, tau: float = 1.0, unlabeled_rows: np.ndarray | None = None,
+        signature: dict | None = None, desc: str = "train") -> pd.DataFrame:
+    """Train with early stopping on the validation score; resume from run_dir/last.pt after a kill.
+
+    Leaves the best-validation weights in `model` and in run_dir/checkpoint.pt; returns the history.
+    """
+    run_dir, device, teachers = Path(run_dir), pick_device(cfg.device), teachers or []
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    rows = np.concatenate([train_rows, _unlabeled_share(unlabeled_rows, cfg)]) if unlabeled_rows is not None else train_rows
+    steps = epochs * math.ceil(len(rows) / cfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = cosine_schedule(optimizer, steps, warmup=max(1, steps // 20))
+    state = dict(epoch=0, best=-math.inf, bad_epochs=0, history=[])
+    last = run_dir / "last.pt"
+    if last.exists():                                # a killed run: carry on from its last finished epoch
+        ck = load_checkpoint(last, expect=signature)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng"])
+        state = ck["progress"]
+    val_rows = data.rows("val")
+    for epoch in range(state["epoch"], epochs):
+        loss = train_one_epoch(model, data, rows, optimizer, scheduler, teachers, cfg, tau, epoch, device, desc)
+        val = task_metrics(predict(model, data, val_rows, cfg.batch_size * 2, cfg.max_len, 1, device), data.labels)
+        score = val_score(val, model.tasks)
+        state["history"].append(dict(epoch=epoch + 1, train_loss=loss, val_score=score, **{f"val_{k}": v for k, v in val.items()}))
+        if score > state["best"]:
+            state["best"], state["bad_epochs"] = score, 0
+            save_checkpoint(run_dir / "checkpoint.pt", dict(model=model.state_dict(), signature=signature or {}, epoch=epoch + 1,
+                                                            val_score=score, config=cfg.to_dict()))
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        save_checkpoint(last, dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                   rng=torch.get_rng_state(), progress=state, signature=signature or {}))
+        if state["bad_epochs"] >= cfg.patience:
+            break
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
+    last.unlink(missing_ok=True)
+    return pd.DataFrame(state["history"])
+
+
+def _unlabeled_share(rows: np.ndarray, cfg) -> np.ndarray:
+    """The part of the unlabeled pool a student walks: a fixed seeded subset when unlabeled_per_epoch < 1."""
+    if cfg.unlabeled_per_epoch >= 1:
+        return rows
+    g = np.random.default_rng(cfg.seed)
+    return np.sort(g.choice(rows, size=max(1, int(len(rows) * cfg.unlabeled_per_epoch)), replace=False))
+
+
+def setup_runtime(cfg) -> torch.device:
+    """Threads and determinism for this process; returns the device runs will use."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)   # same seed on CPU -> same numbers
+    else:
+        torch.backends.cudnn.benchmark = True      # speed on GPU; numbers then vary in the last digits
+    return device

@@ -1,0 +1,286 @@
+"""The workbook's steps as functions the notebooks call: prepare data, train teachers, train and test students.
+
+Each step writes into the experiment folder (docs/ARCHITECTURE.md) and skips work already done,
+so any notebook can be re-run alone and a killed run resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .checkpoint import fingerprint, load_checkpoint
+from .config import FRACTIONS, Config, check_fraction, parse_tasks, task_key, task_subsets
+from .data import FundusData, build_image_cache, load_data
+from .distill import OnlineTeacher, build_soft_targets, load_soft_targets
+from .engine import fit, pick_device, predict
+from .io import environment, read_json, write_csv, write_json
+from .manifest import LabelMap, validate_manifest
+from .metrics import confusion, per_disease, task_metrics, val_score
+from .model import MTLModel, build_model
+from .splits import load_user_splits, make_splits, save_splits
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCES = ("synthetic", "manifest", "odir", "csv", "folder")
+
+
+# ---------------------------------------------------------------- data prep
+def resolve_source(source: str, source_path: str | None, options: dict | None, cfg: Config, experiment_dir: Path) -> Path:
+    """Turn any supported source into a manifest path (building the manifest where needed)."""
+    options = dict(options or {})
+    if source == "synthetic":
+        from .synthetic import SIZES, ensure_synthetic
+        if cfg.dataset not in SIZES:
+            raise ValueError(f"dataset={cfg.dataset!r}: synthetic sizes are {sorted(SIZES)}")
+        folder = Path(source_path) if source_path else REPO / "data" / "synthetic" / cfg.dataset
+        return ensure_synthetic(folder, **{**SIZES[cfg.dataset], **options})
+    if source_path is None:
+        raise ValueError(f"source={source!r} needs source_path (see data/README.md)")
+    if source == "manifest":
+        return Path(source_path)
+    from . import sources
+    out = experiment_dir / "data" / "source"
+    if source == "odir":
+        return sources.from_odir_folder(source_path, out, **options)
+    if source == "csv":
+        return sources.from_csv(source_path, out, **options)
+    if source == "folder":
+        return sources.from_folder(source_path, out, **options)
+    raise ValueError(f"source={source!r}: choose one of {SOURCES}")
+
+
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def prepare_data(experiment_dir: str | Path, cfg: Config, source: str = "synthetic", source_path: str | None = None,
+                 source_options: dict | None = None, split_file: str | None = None, crop_fov: bool = True) -> dict:
+    """Build/validate the manifest, make the patient-level splits and the image cache; write data/."""
+    exp = Path(experiment_dir)
+    data_dir = exp / "data"
+    manifest_path = resolve_source(source, source_path, source_options, cfg, exp).resolve()
+    labels = LabelMap.load(manifest_path.parent / "label_map.json")
+    manifest = validate_manifest(manifest_path, labels)
+    info = dict(manifest=str(manifest_path), manifest_sha1=_sha1(manifest_path), source=source,
+                split_seed=cfg.split_seed, split_file=split_file, crop_fov=crop_fov)
+    if (data_dir / "dataset.json").exists():
+        old = read_json(data_dir / "dataset.json")
+        if {k: old.get(k) for k in info} != info:
+            raise FileExistsError(f"{data_dir} was prepared from other data or splits ({old['manifest']}, split_seed="
+                                  f"{old.get('split_seed')}). Choose a new experiment_dir; nothing was overwritten.")
+    splits = load_user_splits(split_file, manifest) if split_file else make_splits(manifest, cfg.split_seed)
+    save_splits(splits, data_dir / "splits.csv")
+    labels.save(data_dir / "label_map.json")
+    build_image_cache(manifest_path, data_dir / "cache", cfg.image_size, crop_fov)
+    write_json(info, data_dir / "dataset.json")
+    return info
+
+
+# ---------------------------------------------------------------- run folders
+def teacher_dir(experiment_dir, tasks, p, seed) -> Path:
+    return Path(experiment_dir) / "teachers" / f"p{p:g}_s{seed}" / task_key(tasks)
+
+
+def student_dir(experiment_dir, tasks, p, seed, model_name: str) -> Path:
+    return Path(experiment_dir) / "students" / task_key(tasks) / f"p{p:g}_s{seed}" / model_name
+
+
+def signature(data: FundusData, cfg: Config, tasks: tuple[str, ...]) -> dict:
+    """What a checkpoint must match to be reused: architecture, task set, label map, vocabulary, split."""
+    return dict(tasks=list(tasks), backbone=cfg.backbone, image_size=cfg.image_size, p=data.p, split_seed=cfg.split_seed,
+                label_map=fingerprint(data.labels.to_dict()), vocab=fingerprint(data.vocab.itos))
+
+
+def _record_run(run: Path, cfg: Config, data: FundusData, **extra) -> None:
+    """Config, seed, versions and the exact split of this run, beside its results."""
+    write_json(dict(config=cfg.to_dict(), environment=environment(), **extra), run / "config.json")
+    write_csv(data.roles[["image_id", "patient_id", "role"]], run / "split.csv")
+
+
+def new_model(cfg: Config, data: FundusData, tasks: tuple[str, ...], seed: int) -> MTLModel:
+    torch.manual_seed(seed)
+    return build_model(cfg, tasks, len(data.labels.coarse), len(data.labels.fine), len(data.vocab))
+
+
+def load_model(run: Path, cfg: Config, data: FundusData, tasks: tuple[str, ...]) -> MTLModel:
+    """A trained model from its run folder, refusing one trained for another setting."""
+    state = load_checkpoint(run / "checkpoint.pt", expect=signature(data, cfg, tasks))
+    model = build_model(cfg.updated(pretrained=None), tasks, len(data.labels.coarse), len(data.labels.fine), len(data.vocab))
+    model.load_state_dict(state["model"])
+    return model.to(pick_device(cfg.device)).eval()
+
+
+def _distil_rows(data: FundusData) -> np.ndarray:
+    return np.sort(np.concatenate([data.rows("train"), data.rows("unlabeled")]))
+
+
+# ---------------------------------------------------------------- teachers (02)
+def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data: FundusData) -> Path:
+    """An MTL model on the labeled fraction (M1 when tasks is the full set); then its soft-target cache."""
+    tasks, p = parse_tasks(tasks), check_fraction(p)
+    run = teacher_dir(experiment_dir, tasks, p, seed)
+    if (run / "metrics.json").exists():
+        return run
+    cfg = cfg.updated(seed=seed)
+    _record_run(run, cfg, data, tasks=list(tasks), p=p, seed=seed, role="teacher")
+    model = new_model(cfg, data, tasks, seed)
+    history = fit(model, data, data.rows("train"), cfg, run, cfg.epochs, signature=signature(data, cfg, tasks), desc=f"teacher {task_key(tasks)}")
+    write_csv(history, run / "history.csv")
+    device = pick_device(cfg.device)
+    build_soft_targets(model, data, _distil_rows(data), run / "soft_targets.pt", cfg.max_len, cfg.t3_topk, cfg.batch_size * 2, device)
+    best = history.loc[history.val_score.idxmax()]
+    write_json(dict(tasks=list(tasks), p=p, seed=seed, best_epoch=int(best.epoch), val_score=float(best.val_score),
+                    init=model.init_note), run / "metrics.json")   # written last: marks the teacher done
+    return run
+
+
+def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config) -> pd.DataFrame:
+    """Every non-empty subset of `tasks` at fraction p: the M3 ensemble, with M1 (the full set) among them."""
+    data = load_data(experiment_dir, p, cfg)
+    rows = []
+    for subset in task_subsets(parse_tasks(tasks)):
+        run = train_teacher(experiment_dir, subset, p, seed, cfg, data)
+        rows.append({"teacher": task_key(subset), **read_json(run / "metrics.json"), "folder": str(run)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- students (03)
+def teachers_for(model_name: str, tasks: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """M2 distils from M1 alone; M3 from every non-empty task subset (M1 included)."""
+    return {"M2": [tasks], "M3": task_subsets(tasks)}[model_name]
+
+
+def _teacher_sources(experiment_dir, model_name, tasks, p, seed, cfg, data) -> list:
+    out = []
+    for subset in teachers_for(model_name, tasks):
+        run = teacher_dir(experiment_dir, subset, p, seed)
+        if not (run / "metrics.json").exists():
+            raise FileNotFoundError(f"teacher {task_key(subset)} at p={p:g}, seed={seed} is missing ({run}); run 02_teachers.ipynb first")
+        if cfg.kd_mode == "cached":
+            load_checkpoint(run / "checkpoint.pt", expect=signature(data, cfg, subset))  # refuse a stale cache
+            out.append(load_soft_targets(run / "soft_targets.pt", subset, len(data.manifest), pick_device(cfg.device)))
+        else:
+            out.append(OnlineTeacher(load_model(run, cfg, data, subset), cfg.max_len, cfg.t3_topk))
+    return out
+
+
+def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, cfg: Config, data: FundusData) -> dict:
+    """One M2/M3 student at temperature tau; returns its validation metrics (never touches test)."""
+    run = student_dir(experiment_dir, tasks, p, seed, model_name) / f"tau_{tau:g}"
+    if (run / "val.json").exists():
+        return read_json(run / "val.json")
+    cfg = cfg.updated(seed=seed)
+    _record_run(run, cfg, data, tasks=list(tasks), p=p, seed=seed, model=model_name, tau=tau,
+                teachers=[task_key(t) for t in teachers_for(model_name, tasks)])
+    teachers = _teacher_sources(experiment_dir, model_name, tasks, p, seed, cfg, data)
+    model = new_model(cfg, data, tasks, seed)
+    history = fit(model, data, data.rows("train"), cfg, run, cfg.student_epochs, teachers=teachers, tau=tau,
+                  unlabeled_rows=data.rows("unlabeled"), signature=signature(data, cfg, tasks), desc=f"{model_name} tau={tau:g}")
+    write_csv(history, run / "history.csv")
+    best = history.loc[history.val_score.idxmax()]
+    val = dict(tau=tau, val_score=float(best.val_score), best_epoch=int(best.epoch))
+    write_json(val, run / "val.json")
+    return val
+
+
+def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
+    """The one read of the test split: predictions.csv, metrics.json, confusion.csv."""
+    device = pick_device(cfg.device)
+    preds = predict(model, data, data.rows("test"), cfg.batch_size * 2, cfg.max_len, cfg.beam_size, device)
+    val = task_metrics(predict(model, data, data.rows("val"), cfg.batch_size * 2, cfg.max_len, cfg.beam_size, device), data.labels)
+    metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels), per_disease=per_disease(preds, data.labels),
+                   bleu_note="T3_bleu1..4: nltk corpus BLEU, no smoothing; T3_sentence_bleu: mean nltk sentence BLEU-4, smoothing method1")
+    write_csv(preds, run / "predictions.csv")
+    if "T1" in model.tasks:
+        confusion(preds, data.labels).to_csv(run / "confusion_T1.csv")
+    write_json(metrics, run / "metrics.json")   # written last: marks the run done
+    return metrics
+
+
+def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg: Config, data: FundusData | None = None) -> dict:
+    """M1 (the teacher on the full task set), or M2/M3 with tau chosen on validation; then the test split."""
+    tasks, p = parse_tasks(tasks), check_fraction(p)
+    if model_name not in ("M1", "M2", "M3"):
+        raise ValueError(f"model={model_name!r}: choose M1, M2 or M3")
+    run = student_dir(experiment_dir, tasks, p, seed, model_name)
+    if (run / "metrics.json").exists():
+        return read_json(run / "metrics.json")
+    data = data or load_data(experiment_dir, p, cfg)
+    meta = dict(model=model_name, tasks=list(tasks), p=p, seed=seed, tau=None)
+    if model_name == "M1":
+        source = teacher_dir(experiment_dir, tasks, p, seed)
+        if not (source / "metrics.json").exists():
+            raise FileNotFoundError(f"M1 is the teacher {task_key(tasks)} at p={p:g}, seed={seed}; run 02_teachers.ipynb first ({source})")
+        _record_run(run, cfg.updated(seed=seed), data, **meta, checkpoint=str(source / "checkpoint.pt"))
+        return evaluate_on_test(load_model(source, cfg, data, tasks), data, cfg, run, meta)
+    search = pd.DataFrame([train_student(experiment_dir, model_name, tasks, p, seed, tau, cfg, data) for tau in cfg.tau_grid])
+    write_csv(search, run / "tau_search.csv")
+    tau = float(search.loc[search.val_score.idxmax(), "tau"])      # ties: the first (smallest) tau in the grid
+    _record_run(run, cfg.updated(seed=seed), data, **{**meta, "tau": tau})
+    model = load_model(run / f"tau_{tau:g}", cfg, data, tasks)
+    return evaluate_on_test(model, data, cfg, run, {**meta, "tau": tau, "tau_search": search.to_dict("records")})
+
+
+# ---------------------------------------------------------------- data-prep views (01)
+def experiment_path(path: str | Path) -> Path:
+    """Relative experiment folders live under the repo root, whether run from papermill or JupyterLab."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO / path
+
+
+def fraction_table(splits: pd.DataFrame, fractions=FRACTIONS) -> pd.DataFrame:
+    """Images per role at each training fraction p."""
+    from .splits import select_fraction
+    return pd.DataFrame({f"p={p}": select_fraction(splits, p).role.value_counts() for p in fractions}).fillna(0).astype(int)
+
+
+def sample_rows(manifest: pd.DataFrame, per_class: int, seed: int, classes: list[str] | None = None) -> pd.DataFrame:
+    """A seeded draw of labeled rows per coarse class, favouring distinct fine labels."""
+    lab = manifest[manifest.labeled.astype(str) == "1"]
+    picks = [g.sample(frac=1, random_state=seed).drop_duplicates("fine").head(per_class) for _, g in lab.groupby("coarse")]
+    order = {c: i for i, c in enumerate(classes)} if classes else {}
+    return pd.concat(picks).sort_values("coarse", key=lambda s: s.map(order).fillna(len(order)), kind="stable").reset_index(drop=True)
+
+
+def load_samples(manifest_path: str | Path, rows: pd.DataFrame, size: int) -> tuple[np.ndarray, list]:
+    """Prepared images and lesion masks of some manifest rows, for figures."""
+    from .data import load_mask
+    from .fundus import prepare_image
+    root = Path(manifest_path).parent
+    images = np.stack([prepare_image(root / r.image, size) for r in rows.itertuples()])
+    masks = [load_mask(manifest_path, r.image, r.mask, size) for r in rows.itertuples()]
+    return images, masks
+
+
+def learnability(experiment_dir, cfg: Config, fractions=(15, 70), size: int = 32) -> pd.DataFrame:
+    """A simple baseline (logistic regression on small images) at each fraction: T1 accuracy on validation."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    out = []
+    for p in fractions:
+        data = load_data(experiment_dir, p, cfg)
+        x = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.array(data.images)).permute(0, 3, 1, 2).float() / 255, size)
+        x = x.flatten(1).numpy()
+        y = data.targets["T1"].numpy()
+        tr, va = data.rows("train"), data.rows("val")
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=300)).fit(x[tr], y[tr])
+        out.append(dict(p=p, train_images=len(tr), val_T1_acc=float((clf.predict(x[va]) == y[va]).mean()),
+                        majority_class=float((y[va] == np.bincount(y[tr]).argmax()).mean())))
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------- student views (03)
+def results_frame(results: dict[str, dict]) -> pd.DataFrame:
+    """Test metrics of several models side by side, with the chosen tau."""
+    rows = {m: {"tau": r["tau"], **r["test"]} for m, r in results.items()}
+    return pd.DataFrame(rows).T.drop(columns=["n"], errors="ignore").round(4)
+
+
+def tau_frame(results: dict[str, dict]) -> pd.DataFrame:
+    """Validation score per tau for each distilled model (the test split plays no part)."""
+    rows = [{"model": m, **t} for m, r in results.items() for t in r.get("tau_search", [])]
+    return pd.DataFrame(rows).pivot(index="tau", columns="model", values="val_score") if rows else pd.DataFrame()

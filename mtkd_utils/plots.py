@@ -1,0 +1,84 @@
+"""Figures the notebooks show and save (PNG at 300 dpi and PDF), each from files earlier steps wrote."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+
+def save_figure(fig, stem: str | Path) -> list[Path]:
+    """Write stem.png (300 dpi) and stem.pdf; returns both paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=300, bbox_inches="tight")
+    return paths
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The boundary pixels of a boolean mask."""
+    inner = mask.copy()
+    inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    return mask & ~inner
+
+
+def overlay_mask(image: np.ndarray, mask: np.ndarray | None, colour=(0, 255, 255)) -> np.ndarray:
+    """The image with the lesion annotation's outline drawn in cyan."""
+    out = image.copy()
+    if mask is not None and mask.any():
+        out[_outline(mask)] = colour
+    return out
+
+
+def sample_grid(samples: pd.DataFrame, images: np.ndarray, masks: list, n_per_class: int, stem: str | Path):
+    """Rows of classes, columns of examples; each captioned with its fine label and diagnosis text."""
+    classes = list(dict.fromkeys(samples.coarse))
+    fig, axes = plt.subplots(len(classes), n_per_class, figsize=(2.6 * n_per_class, 3.1 * len(classes)), squeeze=False)
+    for r, c in enumerate(classes):
+        idx = np.flatnonzero(samples.coarse.to_numpy() == c)[:n_per_class]
+        for k, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if k >= len(idx):
+                continue
+            i = idx[k]
+            ax.imshow(overlay_mask(images[i], masks[i]))
+            row = samples.iloc[i]
+            ax.set_title(f"{row.fine}\n" + "\n".join(textwrap.wrap(row.text, 34)[:4]), fontsize=6.5, loc="left")
+        axes[r][0].text(-0.08, 0.5, c.replace("_", " "), transform=axes[r][0].transAxes, rotation=90,
+                        va="center", ha="right", fontsize=10, fontweight="bold")
+    fig.suptitle("Samples per class (lesion annotation outlined in cyan)", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, stem)
+    return fig
+
+
+def training_curves(histories: dict[str, pd.DataFrame], stem: str | Path):
+    """Training loss and validation score per epoch, one line per model."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name, h in histories.items():
+        a.plot(h.epoch, h.train_loss, marker=".", label=name)
+        b.plot(h.epoch, h.val_score, marker=".", label=name)
+    a.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    b.set(xlabel="epoch", ylabel="validation score", title="validation score (mean of task metrics)")
+    b.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, stem)
+    return fig
+
+
+def confusion_plot(matrix: pd.DataFrame, title: str, stem: str | Path):
+    """A confusion matrix with counts, rows true, columns predicted."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.imshow(matrix.to_numpy(), cmap="Blues")
+    ax.set_xticks(range(matrix.shape[1]), [str(c).replace("_", "\n") for c in matrix.columns], fontsize=7)
+    ax.set_yticks(range(matrix.shape[0]), [str(c).replace("_", " ") for c in matrix.index], fontsize=7)
+    for (i, j), v in np.ndenumerate(matrix.to_numpy()):
+        ax.text(j, i, int(v), ha="center", va="center", fontsize=8, color="black" if v < matrix.to_numpy().max() / 2 else "white")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    save_figure(fig, stem)
+    return fig

@@ -1,0 +1,77 @@
+"""T3 text: tokenizer, vocabulary (built from the training split only) and BLEU (nltk)."""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from nltk.tokenize import wordpunct_tokenize
+from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
+
+from .io import read_json, write_json
+
+PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
+SPECIALS = (PAD, SOS, EOS, UNK)          # indices 0..3, in this order
+PAD_ID, SOS_ID, EOS_ID, UNK_ID = range(4)
+SENTENCE_SMOOTHING = "method1"           # nltk's SmoothingFunction method for sentence BLEU
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words and punctuation (nltk's regex tokenizer: needs no downloaded data)."""
+    return wordpunct_tokenize(text.lower())
+
+
+class Vocab:
+    """Word <-> index, with <pad>, <sos>, <eos>, <unk> first."""
+
+    def __init__(self, words: Iterable[str]):
+        self.itos = list(SPECIALS) + [w for w in words if w not in SPECIALS]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    @classmethod
+    def build(cls, texts: Iterable[str], min_freq: int = 2) -> "Vocab":
+        """From training texts only: validation and test words never shape the vocabulary."""
+        counts = Counter(w for t in texts for w in tokenize(t))
+        return cls(sorted(w for w, n in counts.items() if n >= min_freq))
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str, max_len: int) -> list[int]:
+        """<sos> words <eos>, truncated to max_len (the <eos> is kept), padded with <pad>."""
+        ids = [self.stoi.get(w, UNK_ID) for w in tokenize(text)][: max_len - 2]
+        ids = [SOS_ID, *ids, EOS_ID]
+        return ids + [PAD_ID] * (max_len - len(ids))
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Tokens up to the first <eos>, without specials."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == EOS_ID:
+                break
+            if i not in (PAD_ID, SOS_ID):
+                out.append(self.itos[i])
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        return write_json({"itos": self.itos}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        return cls(read_json(path)["itos"][len(SPECIALS):])
+
+
+def corpus_bleu4(references: list[list[str]], hypotheses: list[list[str]], n: int = 4) -> float:
+    """Corpus BLEU-n without smoothing (the standard figure; not the mean of sentence BLEU)."""
+    weights = tuple([1.0 / n] * n)
+    with warnings.catch_warnings():  # nltk warns on every zero n-gram count; a weak model's 0 is the answer
+        warnings.simplefilter("ignore", UserWarning)
+        return float(corpus_bleu([[r] for r in references], hypotheses, weights=weights))
+
+
+def sentence_bleu4(reference: list[str], hypothesis: list[str]) -> float:
+    """Sentence BLEU-4 with nltk smoothing method1 (without it short sentences score ~0)."""
+    smooth = getattr(SmoothingFunction(), SENTENCE_SMOOTHING)
+    return float(sentence_bleu([reference], hypothesis, smoothing_function=smooth))

@@ -1,0 +1,150 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mtkd_utils.config import TASKS, preset, task_subsets
+from mtkd_utils.data import FundusData
+from mtkd_utils.engine import mtl_loss
+from mtkd_utils.experiment import teachers_for
+from mtkd_utils.manifest import LabelMap
+from mtkd_utils.model import CaptionDecoder, MTLModel, build_encoder
+from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID, Vocab
+
+SMALL = dict(backbone="mobilenet_v3_small", head_hidden=16, embed_dim=8, lstm_hidden=16)
+
+
+def fake_data(n: int = 8, size: int = 32) -> FundusData:
+    """n random images; the first half labeled training rows, the rest unlabeled."""
+    g = torch.Generator().manual_seed(0)
+    labels = LabelMap.from_pairs(["normal", "dr"], [("normal", "normal"), ("dr_a", "dr"), ("dr_b", "dr")])
+    vocab = Vocab(["mild", "dr", "normal", "."])
+    roles = pd.DataFrame({"role": ["train"] * (n // 2) + ["unlabeled"] * (n - n // 2)})
+    lab = torch.arange(n) < n // 2
+    t3 = torch.tensor([vocab.encode("mild dr .", 8)] * n)
+    t3[~lab] = PAD_ID
+    targets = {"T1": torch.where(lab, torch.randint(0, 2, (n,), generator=g), -1),
+               "T2": torch.where(lab, torch.randint(0, 3, (n,), generator=g), -1), "T3": t3}
+    images = np.random.default_rng(0).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
+    return FundusData(images, pd.DataFrame(index=range(n)), roles, labels, vocab, targets, 15.0)
+
+
+def model_for(tasks, data) -> MTLModel:
+    torch.manual_seed(0)
+    return MTLModel(tasks, len(data.labels.coarse), len(data.labels.fine), len(data.vocab), **SMALL)
+
+
+@pytest.mark.parametrize("tasks", task_subsets(TASKS), ids=lambda t: "+".join(t))
+def test_every_task_subset_trains_for_a_step(tasks):
+    data = fake_data()
+    model = model_for(tasks, data)
+    rows = np.arange(4)
+    x = torch.from_numpy(data.images[rows]).permute(0, 3, 1, 2).float() / 255
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = mtl_loss(model, x, rows, data, [], 1.0, 0.95, {"T1": 1, "T2": 1, "T3": 1})
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert torch.isfinite(loss) and loss > 0
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("encoder") for k in changed)
+    for t in tasks:
+        prefix = "decoder" if t == "T3" else f"heads.{t}"
+        assert any(k.startswith(prefix) for k in changed), t
+
+
+class Recorder:
+    """A fake teacher: remembers that it was asked, returns fixed soft targets."""
+
+    def __init__(self, tasks, data, calls):
+        self.tasks, self.data, self.calls = tasks, data, calls
+
+    def targets(self, rows, x, ref, labeled):
+        self.calls.append(self.tasks)
+        n = len(rows)
+        out = {"T1": torch.zeros(n, 2), "T2": torch.zeros(n, 3)}
+        out.update(T3_tokens=torch.tensor([self.data.vocab.encode("dr .", 8)] * n), T3_val=torch.zeros(n, 7, 3), T3_idx=torch.zeros(n, 7, 3, dtype=torch.long))
+        return out
+
+
+def test_ensemble_uses_exactly_the_teachers_that_know_each_task():
+    assert teachers_for("M2", ("T1", "T2")) == [("T1", "T2")]
+    assert teachers_for("M3", ("T1", "T2", "T3")) == [("T1",), ("T2",), ("T3",), ("T1", "T2"), ("T1", "T3"), ("T2", "T3"), ("T1", "T2", "T3")]
+    data = fake_data()
+    model = model_for(("T1", "T3"), data).eval()              # eval: no dropout noise between the calls
+    rows = np.arange(8)
+    x = torch.from_numpy(data.images[rows]).permute(0, 3, 1, 2).float() / 255
+    calls: list = []
+    only_t2 = Recorder(("T2",), data, calls)                   # knows no task of this student
+    t1 = Recorder(("T1",), data, calls)
+    loss_t2_only = mtl_loss(model, x, rows, data, [only_t2], 2.0, 0.5, {"T1": 1, "T3": 1})
+    loss_none = mtl_loss(model, x, rows, data, [], 2.0, 0.5, {"T1": 1, "T3": 1})
+    # A teacher that knows none of the student's tasks changes nothing; one that knows T1 does.
+    assert torch.allclose(loss_t2_only, loss_none)
+    loss_t1 = mtl_loss(model, x, rows, data, [t1], 2.0, 0.5, {"T1": 1, "T3": 1})
+    assert not torch.allclose(loss_t1, loss_none)
+    assert calls == [("T2",), ("T1",)]
+
+
+def test_decoding_stops_at_eos_and_respects_max_length():
+    torch.manual_seed(0)
+    dec = CaptionDecoder(feat_dim=4, vocab_size=6, embed_dim=3, hidden=5)
+    feats = torch.randn(3, 4)
+    with torch.no_grad():
+        dec.out.bias.zero_()
+        dec.out.weight.zero_()
+        dec.out.bias[4] = 5.0                                  # always the word 4 ...
+    for beam in (1, 3):
+        out = dec.generate(feats, max_len=7, beam_size=beam)
+        assert out.shape == (3, 7) and (out[:, 0] == SOS_ID).all()
+        assert (out[:, -1] == EOS_ID).all() and (out[:, 1:-1] == 4).all()   # ... until the length limit closes it
+    with torch.no_grad():
+        dec.out.bias[EOS_ID] = 10.0                            # now <eos> first
+    out = dec.generate(feats, max_len=7, beam_size=2)
+    assert (out[:, 1] == EOS_ID).all() and (out[:, 2:] == PAD_ID).all()
+
+
+def test_beam_search_never_scores_worse_than_greedy():
+    torch.manual_seed(1)
+    dec = CaptionDecoder(feat_dim=4, vocab_size=9, embed_dim=4, hidden=8).eval()
+    feats = torch.randn(5, 4)
+
+    def logprob(tokens):
+        logits = dec(feats, tokens)
+        lp = torch.log_softmax(logits, -1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        mask = tokens[:, 1:] != PAD_ID
+        return (lp * mask).sum(1) / mask.sum(1)
+
+    with torch.no_grad():
+        greedy, beam = dec.generate(feats, 8, 1), dec.generate(feats, 8, 4)
+        assert (logprob(beam) >= logprob(greedy) - 1e-5).all()
+
+
+def test_imagenet_weights_fall_back_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))            # an empty cache: nothing may be downloaded
+    with pytest.warns(UserWarning, match="no cached ImageNet weights.*random initialisation"):
+        _, _, _, note = build_encoder("resnet18", "imagenet")
+    assert "random initialisation" in note
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        build_encoder("resnet18", str(tmp_path / "missing.pth"))
+
+
+def test_weights_from_a_file_are_loaded(tmp_path):
+    import torchvision
+    torch.manual_seed(3)
+    net = torchvision.models.resnet18()
+    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    enc, channels, _, note = build_encoder("resnet18", str(tmp_path / "r18.pth"))
+    assert channels == 512 and "r18.pth" in note
+    assert torch.equal(enc[0].weight, net.conv1.weight)
+
+
+def test_unknown_backbone_lists_the_choices():
+    with pytest.raises(ValueError, match="choose one of"):
+        build_encoder("vgg16")
+
+
+def test_config_rejects_bad_parameters():
+    for bad, msg in [(dict(alpha=1.2), "alpha"), (dict(tau_grid=(0.0,)), "tau_grid"), (dict(epochs="5"), "epochs"),
+                     (dict(kd_mode="sometimes"), "kd_mode")]:
+        with pytest.raises(ValueError, match=msg):
+            preset("smoke", **bad)

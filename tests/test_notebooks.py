@@ -1,0 +1,44 @@
+"""The notebooks executed end to end by papermill on the smoke preset (a real, tiny experiment)."""
+import json
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("exp")
+
+
+def run(name: str, out_dir: Path, **params) -> Path:
+    out = out_dir / "executed" / name
+    out.parent.mkdir(exist_ok=True)
+    pm.execute_notebook(NOTEBOOKS / name, out, parameters=dict(experiment_dir=str(out_dir), preset="smoke", **params),
+                        kernel_name="mtkd", cwd=str(REPO), progress_bar=False)
+    return out
+
+
+def test_notebooks_run_in_order(experiment):
+    run("01_data_prep.ipynb", experiment)
+    assert (experiment / "data" / "splits.csv").exists() and (experiment / "data" / "figures" / "samples.png").exists()
+    run("02_teachers.ipynb", experiment, p=15)
+    assert len(list((experiment / "teachers" / "p15_s0").glob("*/soft_targets.pt"))) == 7
+    run("03_student_mtl_kd.ipynb", experiment, p=15)
+    for model in ("M1", "M2", "M3"):
+        run_dir = experiment / "students" / "T1+T2+T3" / "p15_s0" / model
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert 0 <= metrics["test"]["T1_acc"] <= 1 and metrics["model"] == model
+        assert (run_dir / "predictions.csv").exists() and (run_dir / "config.json").exists() and (run_dir / "split.csv").exists()
+        if model != "M1":
+            assert metrics["tau"] in (2.0, 5.0)                # chosen from the smoke grid on validation
+
+
+def test_a_bad_parameter_fails_before_training(experiment, tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match="training fraction"):
+        run("02_teachers.ipynb", tmp_path, p=90)
+    with pytest.raises(pm.PapermillExecutionError, match="tasks="):
+        run("02_teachers.ipynb", tmp_path, tasks="T1+T4")

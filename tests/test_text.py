@@ -1,0 +1,40 @@
+from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
+
+from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID, UNK_ID, Vocab, corpus_bleu4, sentence_bleu4, tokenize
+
+
+def test_tokenize_lowercases_and_splits_punctuation():
+    assert tokenize("Mild NPDR, left eye.") == ["mild", "npdr", ",", "left", "eye", "."]
+
+
+def test_vocab_from_training_texts_with_min_frequency():
+    v = Vocab.build(["mild dr.", "mild amd.", "rare word"], min_freq=2)
+    assert v.itos[:4] == ["<pad>", "<sos>", "<eos>", "<unk>"]
+    assert set(v.itos[4:]) == {"mild", "."}                # 'dr', 'amd', 'rare', 'word' seen once
+
+
+def test_encode_decode_truncates_but_keeps_eos():
+    v = Vocab(["a", "b", "c"])
+    ids = v.encode("a b zzz c", max_len=8)
+    assert ids == [SOS_ID, 4, 5, UNK_ID, 6, EOS_ID, PAD_ID, PAD_ID]
+    short = v.encode("a b c a b c", max_len=5)
+    assert short == [SOS_ID, 4, 5, 6, EOS_ID] and len(short) == 5
+    assert v.decode(ids) == ["a", "b", "<unk>", "c"]
+
+
+def test_save_load(tmp_path):
+    v = Vocab(["x", "y"])
+    v.save(tmp_path / "v.json")
+    assert Vocab.load(tmp_path / "v.json").itos == v.itos
+
+
+def test_bleu_matches_nltk_on_fixed_examples():
+    refs = [tokenize("moderate npdr with cotton wool spots in the left eye ."), tokenize("normal fundus .")]
+    hyps = [tokenize("moderate npdr with exudates in the left eye ."), tokenize("normal fundus .")]
+    assert corpus_bleu4(refs, hyps) == corpus_bleu([[r] for r in refs], hyps)
+    assert 0.4 < corpus_bleu4(refs, hyps) < 0.9
+    smooth = SmoothingFunction().method1
+    assert sentence_bleu4(refs[0], hyps[0]) == sentence_bleu([refs[0]], hyps[0], smoothing_function=smooth)
+    assert sentence_bleu4(refs[0], refs[0]) == 1.0
+    assert sentence_bleu4(refs[1], hyps[1]) < 1.0             # nltk: a 3-word sentence has no 4-gram, even when exact
+    assert corpus_bleu4([["a"]], [["b"]]) == 0.0
