@@ -19,7 +19,7 @@ from .distill import OnlineTeacher, build_soft_targets, load_soft_targets
 from .engine import fit, pick_device, predict
 from .io import environment, read_json, write_csv, write_json
 from .manifest import LabelMap, validate_manifest
-from .metrics import confusion, per_disease, task_metrics, val_score
+from .metrics import confusion, per_disease, task_metrics
 from .model import MTLModel, build_model
 from .splits import load_user_splits, make_splits, save_splits
 
@@ -94,9 +94,37 @@ def signature(data: FundusData, cfg: Config, tasks: tuple[str, ...]) -> dict:
                 label_map=fingerprint(data.labels.to_dict()), vocab=fingerprint(data.vocab.itos))
 
 
-def _record_run(run: Path, cfg: Config, data: FundusData, **extra) -> None:
-    """Config, seed, versions and the exact split of this run, beside its results."""
-    write_json(dict(config=cfg.to_dict(), environment=environment(), **extra), run / "config.json")
+RUNTIME_FIELDS = ("device", "threads")                   # change how fast, not what is computed
+DISTILL_FIELDS = ("alpha", "tau_grid", "student_epochs", "unlabeled_per_epoch", "kd_mode")  # students only
+
+
+def claim_run(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> None:
+    """Record config, seed and versions in a new run folder; refuse a folder holding a different run.
+
+    A run folder is never overwritten: re-running with the same settings resumes or reuses it, and
+    different settings must go to another experiment folder.
+    """
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS + ignore}
+    if (run / "config.json").exists():
+        old = read_json(run / "config.json")
+        theirs = {k: v for k, v in old["config"].items() if k in mine}
+        diff = sorted(k for k in mine if not json_equal(mine[k], theirs.get(k)))
+        diff += sorted(k for k, v in meta.items() if not json_equal(v, old.get(k)))
+        if diff:
+            raise FileExistsError(f"{run} holds a run with other settings ({', '.join(diff)}); nothing was overwritten. "
+                                  "Use another experiment_dir, or delete that folder to retrain.")
+        return
+    write_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json")
+
+
+def json_equal(a, b) -> bool:
+    """Equality as stored in JSON (tuples become lists)."""
+    import json
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def write_split(run: Path, data: FundusData) -> None:
+    """The exact split of this run, beside its results."""
     write_csv(data.roles[["image_id", "patient_id", "role"]], run / "split.csv")
 
 
@@ -121,11 +149,11 @@ def _distil_rows(data: FundusData) -> np.ndarray:
 def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data: FundusData) -> Path:
     """An MTL model on the labeled fraction (M1 when tasks is the full set); then its soft-target cache."""
     tasks, p = parse_tasks(tasks), check_fraction(p)
-    run = teacher_dir(experiment_dir, tasks, p, seed)
+    run, cfg = teacher_dir(experiment_dir, tasks, p, seed), cfg.updated(seed=seed)
+    claim_run(run, cfg, DISTILL_FIELDS, role="teacher", tasks=list(tasks), p=p, seed=seed)
     if (run / "metrics.json").exists():
         return run
-    cfg = cfg.updated(seed=seed)
-    _record_run(run, cfg, data, tasks=list(tasks), p=p, seed=seed, role="teacher")
+    write_split(run, data)
     model = new_model(cfg, data, tasks, seed)
     history = fit(model, data, data.rows("train"), cfg, run, cfg.epochs, signature=signature(data, cfg, tasks), desc=f"teacher {task_key(tasks)}")
     write_csv(history, run / "history.csv")
@@ -169,12 +197,12 @@ def _teacher_sources(experiment_dir, model_name, tasks, p, seed, cfg, data) -> l
 
 def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, cfg: Config, data: FundusData) -> dict:
     """One M2/M3 student at temperature tau; returns its validation metrics (never touches test)."""
-    run = student_dir(experiment_dir, tasks, p, seed, model_name) / f"tau_{tau:g}"
+    run, cfg = student_dir(experiment_dir, tasks, p, seed, model_name) / f"tau_{tau:g}", cfg.updated(seed=seed)
+    claim_run(run, cfg, ("tau_grid",), model=model_name, tasks=list(tasks), p=p, seed=seed, tau=tau,
+              teachers=[task_key(t) for t in teachers_for(model_name, tasks)])
     if (run / "val.json").exists():
         return read_json(run / "val.json")
-    cfg = cfg.updated(seed=seed)
-    _record_run(run, cfg, data, tasks=list(tasks), p=p, seed=seed, model=model_name, tau=tau,
-                teachers=[task_key(t) for t in teachers_for(model_name, tasks)])
+    write_split(run, data)
     teachers = _teacher_sources(experiment_dir, model_name, tasks, p, seed, cfg, data)
     model = new_model(cfg, data, tasks, seed)
     history = fit(model, data, data.rows("train"), cfg, run, cfg.student_epochs, teachers=teachers, tau=tau,
@@ -205,21 +233,21 @@ def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg
     tasks, p = parse_tasks(tasks), check_fraction(p)
     if model_name not in ("M1", "M2", "M3"):
         raise ValueError(f"model={model_name!r}: choose M1, M2 or M3")
-    run = student_dir(experiment_dir, tasks, p, seed, model_name)
+    run, cfg = student_dir(experiment_dir, tasks, p, seed, model_name), cfg.updated(seed=seed)
+    meta = dict(model=model_name, tasks=list(tasks), p=p, seed=seed)
+    claim_run(run, cfg, DISTILL_FIELDS if model_name == "M1" else (), **meta)
     if (run / "metrics.json").exists():
         return read_json(run / "metrics.json")
     data = data or load_data(experiment_dir, p, cfg)
-    meta = dict(model=model_name, tasks=list(tasks), p=p, seed=seed, tau=None)
+    write_split(run, data)
     if model_name == "M1":
         source = teacher_dir(experiment_dir, tasks, p, seed)
         if not (source / "metrics.json").exists():
             raise FileNotFoundError(f"M1 is the teacher {task_key(tasks)} at p={p:g}, seed={seed}; run 02_teachers.ipynb first ({source})")
-        _record_run(run, cfg.updated(seed=seed), data, **meta, checkpoint=str(source / "checkpoint.pt"))
-        return evaluate_on_test(load_model(source, cfg, data, tasks), data, cfg, run, meta)
+        return evaluate_on_test(load_model(source, cfg, data, tasks), data, cfg, run, {**meta, "tau": None, "checkpoint": str(source / "checkpoint.pt")})
     search = pd.DataFrame([train_student(experiment_dir, model_name, tasks, p, seed, tau, cfg, data) for tau in cfg.tau_grid])
     write_csv(search, run / "tau_search.csv")
     tau = float(search.loc[search.val_score.idxmax(), "tau"])      # ties: the first (smallest) tau in the grid
-    _record_run(run, cfg.updated(seed=seed), data, **{**meta, "tau": tau})
     model = load_model(run / f"tau_{tau:g}", cfg, data, tasks)
     return evaluate_on_test(model, data, cfg, run, {**meta, "tau": tau, "tau_search": search.to_dict("records")})
 

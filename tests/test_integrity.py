@@ -1,0 +1,130 @@
+"""Nothing lost, nothing leaked: resume after a real kill, atomic files, refusals, reproducibility."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtkd_utils import experiment
+from mtkd_utils.config import preset
+from mtkd_utils.data import load_data
+from mtkd_utils.engine import mtl_loss
+from mtkd_utils.io import atomic_path
+
+CFG = preset("smoke", epochs=5, patience=10)
+TRAIN = """
+import sys
+from mtkd_utils import engine, experiment
+from mtkd_utils.config import preset
+from mtkd_utils.data import load_data
+cfg = preset("smoke", epochs=5, patience=10, threads=1)
+engine.setup_runtime(cfg)
+experiment.train_teacher(sys.argv[1], ("T1", "T2"), 15, 0, cfg, load_data(sys.argv[1], 15, cfg))
+"""
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    exp = tmp_path_factory.mktemp("prepared")
+    experiment.prepare_data(exp, CFG)
+    return exp
+
+
+def copy_experiment(src: Path, dst: Path) -> Path:
+    shutil.copytree(src / "data", dst / "data")
+    return dst
+
+
+def train_in_subprocess(exp: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", TRAIN, str(exp)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_killed_training_resumes_to_the_same_weights(prepared, tmp_path):
+    whole = copy_experiment(prepared, tmp_path / "whole")
+    killed = copy_experiment(prepared, tmp_path / "killed")
+    assert train_in_subprocess(whole).wait() == 0
+    proc = train_in_subprocess(killed)
+    last = experiment.teacher_dir(killed, ("T1", "T2"), 15, 0) / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)                            # a real kill, mid-training
+    proc.wait()
+    assert last.exists(), "the run finished before it could be killed; the test needs more epochs"
+    assert not (last.parent / "metrics.json").exists()
+    epochs_done = torch.load(last, weights_only=True)["progress"]["epoch"]
+    assert 1 <= epochs_done < 5
+    assert train_in_subprocess(killed).wait() == 0            # resumes from last.pt
+    a = torch.load(experiment.teacher_dir(whole, ("T1", "T2"), 15, 0) / "checkpoint.pt", weights_only=True)
+    b = torch.load(last.parent / "checkpoint.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert not last.exists()                                    # cleaned up once finished
+
+
+def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_same_seed_same_numbers_and_run_folders_are_never_overwritten(prepared, tmp_path):
+    cfg = preset("smoke", epochs=1)
+    runs = []
+    for name in ("a", "b"):
+        exp = copy_experiment(prepared, tmp_path / name)
+        data = load_data(exp, 15, cfg)
+        experiment.train_teacher(exp, ("T1", "T3"), 15, 0, cfg, data)
+        runs.append(experiment.run_student(exp, "M1", ("T1", "T3"), 15, 0, cfg, data))
+    assert runs[0]["test"] == runs[1]["test"] and runs[0]["val"] == runs[1]["val"]
+    exp = tmp_path / "a"
+    with pytest.raises(FileExistsError, match="other settings.*lr"):
+        experiment.train_teacher(exp, ("T1", "T3"), 15, 0, cfg.updated(lr=0.1), load_data(exp, 15, cfg))
+    with pytest.raises(FileExistsError, match="prepared from other data or splits"):
+        experiment.prepare_data(exp, cfg.updated(split_seed=1))
+
+
+def test_a_checkpoint_from_another_setting_is_refused(prepared, tmp_path):
+    exp = copy_experiment(prepared, tmp_path / "x")
+    cfg = preset("smoke", epochs=1)
+    data = load_data(exp, 15, cfg)
+    run = experiment.train_teacher(exp, ("T1",), 15, 0, cfg, data)
+    with pytest.raises(ValueError, match="backbone: checkpoint has 'mobilenet_v3_small', expected 'resnet18'"):
+        experiment.load_model(run, cfg.updated(backbone="resnet18"), data, ("T1",))
+    with pytest.raises(ValueError, match="tasks"):
+        experiment.load_model(run, cfg, data, ("T1", "T2"))
+    data.vocab.itos.append("newword")                          # another vocabulary (or label map) is refused too
+    with pytest.raises(ValueError, match="vocab"):
+        experiment.load_model(run, cfg, data, ("T1",))
+
+
+def test_non_finite_loss_names_the_step_and_task(prepared):
+    cfg = preset("smoke")
+    data = load_data(prepared, 15, cfg)
+    model = experiment.new_model(cfg, data, ("T1", "T2"), 0)
+    with torch.no_grad():
+        model.heads["T2"][-1].bias.fill_(float("nan"))
+    rows = data.rows("train")[:4]
+    x = torch.from_numpy(np.array(data.images[rows])).permute(0, 3, 1, 2).float() / 255
+    with pytest.raises(FloatingPointError, match="non-finite T2 loss at step 7"):
+        mtl_loss(model, x, rows, data, [], 1.0, 0.9, {}, step=7)
+
+
+def test_no_validation_or_test_image_reaches_training(prepared):
+    data = load_data(prepared, 30, CFG)
+    held = set(data.rows("val")) | set(data.rows("test"))
+    assert not held & (set(data.rows("train")) | set(data.rows("unlabeled")))
+    patients = data.roles.patient_id.to_numpy()
+    assert not set(patients[list(held)]) & set(patients[np.concatenate([data.rows("train"), data.rows("unlabeled")])])
