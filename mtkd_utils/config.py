@@ -38,7 +38,7 @@ class Config:
     # distillation
     alpha: float = 0.95                 # weight of the KD term on labeled images (paper code: 0.95)
     tau_grid: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0)  # chosen on validation per (tasks, p)
-    unlabeled_per_epoch: float = 1.0    # share of the unlabeled pool walked per student epoch
+    unlabeled_per_epoch: float = 1.0    # share of the unlabeled pool drawn anew for each student epoch
     kd_mode: str = "cached"             # "cached": teacher outputs computed once; "online": per batch
     t3_topk: int = 32                   # T3 soft targets kept per step (exact when >= vocabulary)
     # runtime

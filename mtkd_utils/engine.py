@@ -61,11 +61,22 @@ def mtl_loss(model, x: torch.Tensor, rows: np.ndarray, data: FundusData, teacher
     return total.mean()
 
 
+def epoch_rows(train_rows: np.ndarray, unlabeled_rows: np.ndarray | None, share: float, g: torch.Generator) -> np.ndarray:
+    """The labeled rows plus this epoch's share of the unlabeled pool (a new seeded draw every epoch)."""
+    if unlabeled_rows is None or len(unlabeled_rows) == 0:
+        return train_rows
+    k = len(unlabeled_rows) if share >= 1 else max(1, round(share * len(unlabeled_rows)))
+    pick = torch.randperm(len(unlabeled_rows), generator=g)[:k].numpy()
+    return np.concatenate([train_rows, unlabeled_rows[pick]])
+
+
 def train_one_epoch(model, data: FundusData, rows: np.ndarray, optimizer, scheduler, teachers: list, cfg,
-                    tau: float, epoch: int, device: torch.device, desc: str = "train") -> float:
-    """One pass over `rows` in a seeded order; returns the mean loss."""
+                    tau: float, epoch: int, device: torch.device, desc: str = "train",
+                    unlabeled_rows: np.ndarray | None = None) -> float:
+    """One pass over `rows` (and this epoch's share of `unlabeled_rows`) in a seeded order; returns the mean loss."""
     model.train()
-    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)   # batch order and augmentation, per epoch
+    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)   # batch order, unlabeled share, augmentation
+    rows = epoch_rows(rows, unlabeled_rows, cfg.unlabeled_per_epoch, g)
     running, n = 0.0, 0
     bar = tqdm(list(batch_rows(rows, cfg.batch_size, shuffle=True, generator=g)), desc=f"{desc} epoch {epoch + 1}", leave=False)
     for i, b in enumerate(bar):
@@ -134,8 +145,8 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    rows = np.concatenate([train_rows, _unlabeled_share(unlabeled_rows, cfg)]) if unlabeled_rows is not None else train_rows
-    steps = epochs * math.ceil(len(rows) / cfg.batch_size)
+    per_epoch = len(epoch_rows(train_rows, unlabeled_rows, cfg.unlabeled_per_epoch, torch.Generator()))
+    steps = epochs * math.ceil(per_epoch / cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, steps, warmup=max(1, steps // 20))
     state = dict(epoch=0, best=-math.inf, bad_epochs=0, history=[])
@@ -149,7 +160,7 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
         state = ck["progress"]
     val_rows = data.rows("val")
     for epoch in range(state["epoch"], epochs):
-        loss = train_one_epoch(model, data, rows, optimizer, scheduler, teachers, cfg, tau, epoch, device, desc)
+        loss = train_one_epoch(model, data, train_rows, optimizer, scheduler, teachers, cfg, tau, epoch, device, desc, unlabeled_rows)
         val = task_metrics(predict(model, data, val_rows, cfg.batch_size * 2, cfg.max_len, 1, device), data.labels)
         score = val_score(val, model.tasks)
         state["history"].append(dict(epoch=epoch + 1, train_loss=loss, val_score=score, **{f"val_{k}": v for k, v in val.items()}))
@@ -167,14 +178,6 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
     model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     last.unlink(missing_ok=True)
     return pd.DataFrame(state["history"])
-
-
-def _unlabeled_share(rows: np.ndarray, cfg) -> np.ndarray:
-    """The part of the unlabeled pool a student walks: a fixed seeded subset when unlabeled_per_epoch < 1."""
-    if cfg.unlabeled_per_epoch >= 1:
-        return rows
-    g = np.random.default_rng(cfg.seed)
-    return np.sort(g.choice(rows, size=max(1, int(len(rows) * cfg.unlabeled_per_epoch)), replace=False))
 
 
 def setup_runtime(cfg) -> torch.device:

@@ -128,3 +128,24 @@ def test_no_validation_or_test_image_reaches_training(prepared):
     assert not held & (set(data.rows("train")) | set(data.rows("unlabeled")))
     patients = data.roles.patient_id.to_numpy()
     assert not set(patients[list(held)]) & set(patients[np.concatenate([data.rows("train"), data.rows("unlabeled")])])
+
+
+def test_tau_and_early_stopping_never_read_test_labels(prepared, tmp_path):
+    """Scrambling every test label changes nothing that training, early stopping or the tau choice saw."""
+    cfg = preset("smoke", epochs=2, student_epochs=2)
+    searches = []
+    for name, scramble in (("clean", False), ("scrambled", True)):
+        exp = copy_experiment(prepared, tmp_path / name)
+        data = load_data(exp, 15, cfg)
+        if scramble:
+            test = torch.from_numpy(data.rows("test"))
+            g = torch.Generator().manual_seed(1)
+            for task in ("T1", "T2"):
+                data.targets[task][test] = torch.randint(0, 3, (len(test),), generator=g)
+            data.targets["T3"][test] = data.targets["T3"][test.flip(0)]
+            rows = data.rows("test")
+            for col in ("coarse", "fine", "text"):                 # the truth that metrics read
+                data.manifest.loc[rows, col] = data.manifest.loc[rows[::-1], col].to_numpy()
+        experiment.train_teacher(exp, ("T1", "T2", "T3"), 15, 0, cfg, data)
+        searches.append([experiment.train_student(exp, "M2", ("T1", "T2", "T3"), 15, 0, tau, cfg, data) for tau in cfg.tau_grid])
+    assert searches[0] == searches[1]
