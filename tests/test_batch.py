@@ -1,0 +1,206 @@
+"""The batch runner: grid expansion, failure isolation, resume, retry, the kernel."""
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mtkd_utils import batch
+from mtkd_utils.config import PRESETS
+
+TEST_KERNEL = "python3"   # ipykernel's own kernel in the venv: tests leave the 'mtkd' registration alone
+
+DUMMY_BODY = '''
+import json, pathlib
+exp = pathlib.Path(experiment_dir)
+exp.mkdir(parents=True, exist_ok=True)
+with open(exp / "executions.txt", "a") as f:   # one line per execution: the tests count them
+    f.write(json.dumps({"tasks": tasks, "p": p, "seed": seed, "models": models, "overrides": overrides}) + "\\n")
+if p == 70 and (exp / "FAIL").exists():
+    raise RuntimeError(f"planted failure at p={p}")
+'''
+
+
+def write_dummy_notebook(path: Path) -> Path:
+    """A notebook with a `parameters` cell taking every parameter the real notebooks take."""
+    params = nbformat.v4.new_code_cell("experiment_dir = ''\npreset = ''\ntasks = None\np = None\nseed = None\n"
+                                       "models = None\noverrides = None\nsource = None\nsource_path = None")
+    params.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(DUMMY_BODY)])
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def dummy(tmp_path):
+    nb = write_dummy_notebook(tmp_path / "dummy.ipynb")
+    return {stage: str(nb) for stage in batch.STAGES}
+
+
+def executions(exp: Path) -> int:
+    path = exp / "executions.txt"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def statuses(cells) -> dict[str, str]:
+    return {c.name: batch.recorded_status(c) for c in cells}
+
+
+# ---------------------------------------------------------------- the grid
+
+def test_every_preset_has_a_grid():
+    assert set(batch.GRIDS) == set(PRESETS)
+
+
+@pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 2, 2), ("demo", 2, 2), ("paper", 15, 60)])
+def test_grid_counts(preset, n_teachers, n_students, tmp_path):
+    cells = batch.expand_grid(preset, tmp_path)
+    stages = Counter(c.stage for c in cells)
+    assert stages == {"data": 1, "teachers": n_teachers, "students": n_students,
+                      "error_analysis": 1, "gradcam": 1, "results": 1}
+    assert [c.stage for c in cells] == sorted((c.stage for c in cells), key=batch.STAGES.index)
+    assert len({c.name for c in cells}) == len(cells)
+    assert len({c.run_dir for c in cells}) == len(cells)
+
+
+def test_paper_grid_shares_teachers(tmp_path):
+    cells = batch.expand_grid("paper", tmp_path)
+    teachers = [c for c in cells if c.stage == "teachers"]
+    students = [c for c in cells if c.stage == "students"]
+    # one 02 run per (p, seed), on the union of the combinations: it trains all their subsets
+    assert {c.parameters["tasks"] for c in teachers} == {"T1+T2+T3"}
+    assert {(c.parameters["p"], c.parameters["seed"]) for c in teachers} == \
+        {(p, s) for p in (15, 30, 45, 60, 70) for s in (0, 1, 2)}
+    uses = Counter(d for c in students for d in c.deps if d.startswith("teachers/"))
+    assert set(uses.values()) == {4}   # each teacher run serves the four task combinations
+    for c in students:
+        prm = c.parameters
+        assert f"teachers/p{prm['p']}_s{prm['seed']}" in c.deps and "data/all" in c.deps
+        assert prm["models"] == ["M1", "M2", "M3"]
+    assert {c.parameters["tasks"] for c in students} == {"T1+T2", "T1+T3", "T2+T3", "T1+T2+T3"}
+
+
+def test_dependencies_come_first_and_analyses_need_all_training(tmp_path):
+    cells = batch.expand_grid("paper", tmp_path)
+    position = {c.name: i for i, c in enumerate(cells)}
+    assert all(position[d] < position[c.name] for c in cells for d in c.deps)
+    training = {c.name for c in cells if c.stage in ("data", "teachers", "students")}
+    for c in cells[-3:]:
+        assert c.stage in batch.ANALYSES and set(c.deps) == training
+
+
+def test_cell_parameters_and_folders(tmp_path):
+    cells = {c.name: c for c in batch.expand_grid("demo", tmp_path, overrides={"epochs": 3})}
+    exp = str(tmp_path.resolve())
+    assert cells["data/all"].parameters == {"experiment_dir": exp, "preset": "demo"}
+    assert cells["teachers/p15_s0"].parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3",
+                                                   "p": 15, "seed": 0, "overrides": {"epochs": 3}}
+    student = cells["students/T1+T2+T3/p70_s0"]
+    assert student.parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3", "p": 70, "seed": 0,
+                                  "models": ["M1", "M2", "M3"], "overrides": {"epochs": 3}}
+    assert student.notebook == "notebooks/03_student_mtl_kd.ipynb"
+    assert student.run_dir == tmp_path.resolve() / "runs" / "students" / "T1+T2+T3" / "p70_s0"
+    assert student.output_notebook.name == "03_student_mtl_kd.ipynb"
+    assert cells["results/all"].parameters == {"experiment_dir": exp, "preset": "demo"}
+
+
+def test_bad_arguments_name_the_allowed_values(tmp_path):
+    with pytest.raises(ValueError, match="preset='tiny'.*demo.*paper.*smoke"):
+        batch.expand_grid("tiny", tmp_path)
+    with pytest.raises(ValueError, match="unknown config field.*epoch"):
+        batch.expand_grid("demo", tmp_path, overrides={"epoch": 3})
+    with pytest.raises(ValueError, match="stages"):
+        batch.select_stages(batch.expand_grid("demo", tmp_path), ["teacher"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        batch.parse_overrides(["epochs"])
+    assert batch.parse_overrides(["epochs=3", "pretrained=imagenet", "tau_grid=[2, 5]"]) == \
+        {"epochs": 3, "pretrained": "imagenet", "tau_grid": [2, 5]}
+
+
+def test_only_stage_selects(tmp_path):
+    cells = batch.select_stages(batch.expand_grid("paper", tmp_path), ["teachers", "results"])
+    assert Counter(c.stage for c in cells) == {"teachers": 15, "results": 1}
+
+
+def test_dry_run_runs_nothing(tmp_path, dummy, capsys):
+    assert batch.main(["--preset", "smoke", "--experiment-dir", str(tmp_path / "exp"), "--dry-run"], dummy) == 0
+    out = capsys.readouterr().out
+    assert "teachers/p70_s0" in out and "students/T1+T2+T3/p15_s0" in out and "not run" in out
+    assert not (tmp_path / "exp").exists()
+
+
+# ---------------------------------------------------------------- running (real papermill, dummy notebooks)
+
+def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "FAIL").touch()    # the dummy notebook raises at p = 70 while this file exists
+    argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL]
+    cells = batch.expand_grid("smoke", exp, notebooks=dummy)
+
+    assert batch.main(argv, dummy) == 1
+    out = capsys.readouterr().out
+    assert statuses(cells) == {
+        "data/all": "done", "teachers/p15_s0": "done", "teachers/p70_s0": "failed",
+        "students/T1+T2+T3/p15_s0": "done", "students/T1+T2+T3/p70_s0": "skipped",
+        "error_analysis/all": "skipped", "gradcam/all": "skipped", "results/all": "skipped"}
+    assert executions(exp) == 4    # data, two teachers (one failing), the p15 students
+    failed = json.loads((exp / "runs/teachers/p70_s0/cell.json").read_text())
+    assert failed["error"]["type"] == "RuntimeError"
+    assert failed["error"]["message"] == "planted failure at p=70"
+    # papermill keeps the traceback in the executed copy, kept in the run folder
+    assert "planted failure" in Path(failed["error"]["notebook"]).read_text()
+    assert "planted failure" in (exp / "runs/teachers/p70_s0/log.txt").read_text()
+    skipped = json.loads((exp / "runs/students/T1+T2+T3/p70_s0/cell.json").read_text())
+    assert skipped["reason"] == "dependency failed: teachers/p70_s0"
+    assert "RuntimeError: planted failure" in out and "dependency failed" in out
+    assert (exp / "runs" / "summary.csv").exists()
+
+    # a plain re-run runs nothing: finished cells are kept, the failed one is not retried
+    assert batch.main(argv, dummy) == 1
+    assert executions(exp) == 4
+
+    # --retry-failed, with the cause gone: the failed cell and everything it blocked run, nothing else
+    (exp / "FAIL").unlink()
+    assert batch.main(argv + ["--retry-failed"], dummy) == 0
+    assert executions(exp) == 4 + 5
+    assert set(statuses(cells).values()) == {"done"}
+    assert batch.main(argv, dummy) == 0
+    assert executions(exp) == 9
+
+
+def test_a_killed_cell_runs_again(tmp_path, dummy):
+    exp = tmp_path / "exp"
+    cells = batch.expand_grid("smoke", exp, notebooks=dummy)[:2]   # data/all, teachers/p15_s0
+    for cell in cells:   # as a kill leaves them: data finished, the teacher cell still 'running'
+        status = "done" if cell.stage == "data" else "running"
+        batch.write_json(batch._new_record(cell, status), cell.record_path)
+    table = batch.run_grid(cells, kernel_name=TEST_KERNEL, progress=False)
+    assert executions(exp) == 1
+    assert list(table.status) == ["done", "done"]
+    record = batch.read_record(cells[1])
+    assert record["seconds"] > 0 and record["error"] is None and Path(record["output_notebook"]).exists()
+
+
+def test_changed_parameters_are_refused(tmp_path, dummy):
+    exp = tmp_path / "exp"
+    cell = batch.expand_grid("smoke", exp, notebooks=dummy)[1]
+    batch.write_json(batch._new_record(cell, "done"), cell.record_path)
+    batch.check_finished_parameters([cell])   # same parameters: fine
+    changed = batch.expand_grid("smoke", exp, notebooks=dummy, overrides={"epochs": 3})[1]
+    with pytest.raises(ValueError, match="another --experiment-dir"):
+        batch.check_finished_parameters([changed])
+
+
+# ---------------------------------------------------------------- the kernel
+
+def test_ensure_kernel_registers_this_python_once(tmp_path):
+    folder = batch.ensure_kernel("mtkd-test", prefix=tmp_path)
+    assert folder == tmp_path / "share" / "jupyter" / "kernels" / "mtkd-test"
+    spec = json.loads((folder / "kernel.json").read_text())
+    assert spec["argv"][0] == sys.executable and spec["display_name"] == "mtkd-test (.venv)"
+    mtime = (folder / "kernel.json").stat().st_mtime_ns
+    assert batch.ensure_kernel("mtkd-test", prefix=tmp_path) == folder
+    assert (folder / "kernel.json").stat().st_mtime_ns == mtime   # present: not installed again

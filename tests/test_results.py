@@ -1,0 +1,193 @@
+"""Results: collecting metrics, Table 1 (mean ± std, τ marks, blanks), saving, figures, paired bootstrap."""
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from mtkd_utils import results
+from mtkd_utils.io import write_csv, write_json
+from mtkd_utils.text import corpus_bleu4, tokenize
+
+
+def write_run(exp, tasks, p, seed, model, tau, **test):
+    """A hand-made students/<tasks>/p<P>_s<seed>/<model>/metrics.json as 03_student_mtl_kd writes it."""
+    path = exp / "students" / tasks / f"p{p}_s{seed}" / model / "metrics.json"
+    write_json({"model": model, "tasks": tasks.split("+"), "p": float(p), "seed": seed, "tau": tau,  # a float, as 03
+                "val": {}, "test": test, "per_disease": {}}, path)
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    exp = tmp_path / "exp"
+    # T1+T2+T3 at p = 15, two seeds; M3's seeds chose different temperatures
+    for seed, (a1, a2, b4) in enumerate([(0.70, 0.30, 0.20), (0.74, 0.34, 0.24)]):
+        write_run(exp, "T1+T2+T3", 15, seed, "M1", None, T1_acc=a1, T2_acc=a2, T3_bleu4=b4, T1_macro_f1=0.5)
+        write_run(exp, "T1+T2+T3", 15, seed, "M2", 5.0, T1_acc=a1 + 0.02, T2_acc=a2, T3_bleu4=b4, T1_macro_f1=0.5)
+        write_run(exp, "T1+T2+T3", 15, seed, "M3", [2.0, 5.0][seed], T1_acc=a1 + 0.04, T2_acc=a2, T3_bleu4=b4,
+                  T1_macro_f1=0.5)
+    # T1+T2 at p = 70, one seed, M2 only: no T3 column at all
+    write_run(exp, "T1+T2", 70, 0, "M2", 2.0, T1_acc=0.8, T2_acc=0.45, T1_macro_f1=0.6)
+    return exp
+
+
+def test_collect_metrics(experiment):
+    df = results.collect_metrics(experiment)
+    assert len(df) == 7
+    assert df.p.dtype.kind == "i"   # 15.0 in the files, 15 in tables
+    assert list(df.tasks.unique()) == ["T1+T2", "T1+T2+T3"]   # pairs before the triple, as in the paper
+    row = df[(df.model == "M3") & (df.seed == 1)].iloc[0]
+    assert (row.tasks, row.p, row.tau, row.T1_acc) == ("T1+T2+T3", 15, 5.0, pytest.approx(0.78))
+    assert math.isnan(df[df.tasks == "T1+T2"].iloc[0].T3_bleu4)
+
+
+def test_table1_mean_std_tau_and_blanks(experiment):
+    df = results.collect_metrics(experiment)
+    table = results.table1(df)
+    assert list(table.index) == [("T1+T2", "M2"), ("T1+T2+T3", "M1"), ("T1+T2+T3", "M2"), ("T1+T2+T3", "M3")]
+    assert list(table.columns) == [(m, p) for m in ("T1_acc", "T2_acc", "T3_bleu4") for p in (15, 70)]
+    # seeds 0.70 and 0.74: mean 0.720, sample std 0.02·√2 = 0.028
+    assert table.loc[("T1+T2+T3", "M1"), ("T1_acc", 15)] == "0.720 ± 0.028"          # M1: no τ
+    assert table.loc[("T1+T2+T3", "M2"), ("T1_acc", 15)] == "0.740 ± 0.028 (τ=5)"
+    assert table.loc[("T1+T2+T3", "M3"), ("T1_acc", 15)] == "0.760 ± 0.028 (τ=2,5)"  # seeds disagree
+    assert table.loc[("T1+T2+T3", "M3"), ("T3_bleu4", 15)] == "0.220 ± 0.028 (τ=2,5)"
+    assert table.loc[("T1+T2", "M2"), ("T2_acc", 70)] == "0.450 (τ=2)"               # one seed: no ±
+    assert table.loc[("T1+T2", "M2"), ("T3_bleu4", 70)] == ""                        # the combination lacks T3
+    assert table.loc[("T1+T2+T3", "M1"), ("T1_acc", 70)] == ""                       # not run at p = 70
+
+    stats = results.table1_stats(df).set_index(["tasks", "model", "metric", "p"])
+    s = stats.loc[("T1+T2+T3", "M3", "T1_acc", 15)]
+    assert s["mean"] == pytest.approx(0.76) and s["std"] == pytest.approx(0.02 * math.sqrt(2))
+    assert s["n_seeds"] == 2 and s["taus"] == "2,5"
+    with pytest.raises(ValueError, match="T9_acc"):
+        results.table1(df, metrics=("T9_acc",))
+
+
+def test_save_table(experiment, tmp_path):
+    table = results.table1(results.collect_metrics(experiment))
+    paths = results.save_table(table, tmp_path / "out" / "table1")
+    assert [p.name for p in paths] == ["table1.csv", "table1.md", "table1.tex"]
+    csv = pd.read_csv(paths[0], keep_default_na=False)
+    assert list(csv.columns[:3]) == ["tasks", "model", "T1_acc p=15"]
+    assert csv.loc[3, "T1_acc p=15"] == "0.760 ± 0.028 (τ=2,5)"
+    md = paths[1].read_text().splitlines()
+    assert len(md) == 2 + 4 and md[0].startswith("| tasks | model | T1_acc p=15 |")
+    assert all(line.count("|") == md[0].count("|") for line in md)
+    tex = paths[2].read_text()
+    assert r"\toprule" in tex and r"T1\_acc" in tex and r"0.760 $\pm$ 0.028 ($\tau$=2,5)" in tex
+    assert "±" not in tex and "τ" not in tex
+
+
+def test_plot_vs_p(experiment, tmp_path):
+    df = results.collect_metrics(experiment)
+    fig = results.plot_vs_p(df, ["T1_acc", "T3_bleu4"], tmp_path / "fig" / "vs_p")
+    assert len(fig.axes) == 2 and (tmp_path / "fig" / "vs_p.png").stat().st_size > 0
+    assert (tmp_path / "fig" / "vs_p.pdf").exists()
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["M1", "M2", "M3"]
+    assert "std over seeds" in fig.texts[0].get_text()
+    plt.close(fig)
+
+
+def test_plot_single_seed_uses_bootstrap_ci(tmp_path):
+    exp = tmp_path / "exp"
+    n = 300
+    for model, right in (("M1", 150), ("M2", 180), ("M3", 210)):
+        for p in (15, 70):
+            write_run(exp, "T1+T2+T3", p, 0, model, None if model == "M1" else 2.0, T1_acc=right / n)
+            write_csv(make_preds(n, np.arange(n) < right), exp / f"students/T1+T2+T3/p{p}_s0/{model}/predictions.csv")
+    fig = results.plot_vs_p(results.collect_metrics(exp), "T1_acc", tmp_path / "single")
+    assert "bootstrap CI" in fig.texts[0].get_text()
+    # the error bar of M1 at p = 15 spans the 95 % CI of 150/300 right: about ± 0.057
+    bars = fig.axes[0].containers[0][2][0].get_segments()
+    low, high = bars[0][:, 1]
+    assert 0.5 - 0.075 < low < 0.5 - 0.04 and 0.5 + 0.04 < high < 0.5 + 0.075
+    plt.close(fig)
+
+
+def test_plot_single_seed_ci_missing_the_estimate(tmp_path):
+    # seen on the smoke preset: a corpus BLEU-4 of ~1e-230 (no 4-gram match) stored a hair off what
+    # the bootstrap recomputes: the error bar must not go negative
+    exp = tmp_path / "exp"
+    preds = make_preds(20, [True] * 20, text_pred=["amd"] * 20)
+    write_run(exp, "T1+T2+T3", 15, 0, "M1", None, T1_acc=1.0, T3_bleu4=1e-80)
+    write_csv(preds, exp / "students/T1+T2+T3/p15_s0/M1/predictions.csv")
+    fig = results.plot_vs_p(results.collect_metrics(exp), "T3_bleu4")
+    assert "bootstrap CI" in fig.texts[0].get_text()
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- bootstrap
+
+def make_preds(n, coarse_correct, text_pred=None, bleu=None):
+    """Hand-made predictions: image i's coarse label is right where coarse_correct[i]."""
+    ids = [f"img{i:04d}" for i in range(n)]
+    true = ["dr" if i % 2 else "amd" for i in range(n)]
+    pred = [t if ok else "glaucoma" for t, ok in zip(true, coarse_correct)]
+    texts = [f"{t} with small lesions near the disc" for t in true]
+    return pd.DataFrame({"image_id": ids, "coarse_true": true, "coarse_pred": pred, "fine_true": "", "fine_pred": "",
+                         "fine_top5": "", "text_true": texts, "text_pred": text_pred or texts,
+                         "bleu": bleu if bleu is not None else [1.0] * n})
+
+
+def test_identical_predictions_give_zero():
+    rng = np.random.default_rng(1)
+    preds = make_preds(200, rng.random(200) < 0.6, bleu=list(rng.random(200)))
+    for metric in ("T1_acc", "T3_bleu", "T3_bleu4"):
+        res = results.paired_bootstrap(preds, preds.copy(), metric, n_boot=500)
+        assert (res["diff"], res["lo"], res["hi"], res["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_known_difference_lies_in_a_narrow_paired_ci():
+    n = 1000
+    a_ok = np.arange(n) < 600          # a: 60 % right
+    b_ok = np.arange(n) < 700          # b: the same 600 right, and 100 more: +0.10
+    a, b = make_preds(n, a_ok), make_preds(n, b_ok)
+    res = results.paired_bootstrap(a, b.sample(frac=1.0, random_state=0), "T1_acc")   # b's row order must not matter
+    assert res["a"] == pytest.approx(0.6) and res["b"] == pytest.approx(0.7)
+    assert res["diff"] == pytest.approx(0.1)
+    assert res["lo"] < 0.1 < res["hi"] and res["lo"] > 0
+    # paired: only the 100 changed images vary, sd √(0.1·0.9/1000) ≈ 0.0095, so the CI is ≈ ±0.019
+    assert res["hi"] - res["lo"] < 0.05
+    assert res["p_value"] < 0.01
+    with pytest.raises(ValueError, match="same test images"):
+        results.paired_bootstrap(a, b.iloc[:-1], "T1_acc")
+    with pytest.raises(ValueError, match="metric='T4_acc'"):
+        results.paired_bootstrap(a, b, "T4_acc")
+
+
+def test_corpus_bleu_statistic_matches_nltk():
+    refs = ["mild diabetic retinopathy with a few microaneurysms", "normal fundus", "large drusen at the macula",
+            "cupped optic disc with thin rim", "pigmented lesion near the arcade"]
+    hyps = ["mild diabetic retinopathy with microaneurysms", "normal fundus with no lesions", "drusen at the macula",
+            "cupped optic disc with a thin rim", "a pigmented lesion near the inferior arcade"]
+    preds = make_preds(5, [True] * 5, text_pred=hyps)
+    preds["text_true"] = refs
+    expected = corpus_bleu4([tokenize(r) for r in refs], [tokenize(h) for h in hyps])
+    ci = results.bootstrap_ci(preds, "T3_bleu4", n_boot=200)
+    assert ci["value"] == pytest.approx(expected, rel=1e-12)
+    # no 4-gram match anywhere: nltk's floor value, not 0; no unigram match: 0
+    preds["text_pred"] = ["normal fundus"] * 5
+    floor = corpus_bleu4([tokenize(r) for r in refs], [["normal", "fundus"]] * 5)
+    assert 0 < floor < 1e-100
+    assert results.bootstrap_ci(preds, "T3_bleu4", n_boot=50)["value"] == pytest.approx(floor, rel=1e-9, abs=0)
+    preds["text_pred"] = ["xyz"] * 5
+    assert results.bootstrap_ci(preds, "T3_bleu4", n_boot=50)["value"] == 0.0
+    assert ci["lo"] <= ci["value"] <= ci["hi"]
+
+
+def test_compare_m3_m1_reads_predictions(tmp_path):
+    exp = tmp_path / "exp"
+    n = 400
+    for seed in (0, 1):
+        run = exp / "students" / "T1+T3" / f"p15_s{seed}"
+        write_csv(make_preds(n, np.arange(n) < 200), run / "M1" / "predictions.csv")
+        write_csv(make_preds(n, np.arange(n) < 260), run / "M3" / "predictions.csv")
+    write_csv(make_preds(n, np.arange(n) < 200), exp / "students" / "T1+T3" / "p70_s0" / "M1" / "predictions.csv")
+    table = results.compare_m3_m1(exp, n_boot=300)
+    # T2 is absent from these predictions; p70 has no M3 yet
+    assert set(zip(table.metric, table.seed)) == {(m, s) for m in ("T1_acc", "T3_bleu4") for s in (0, 1)}
+    t1 = table[table.metric == "T1_acc"]
+    assert list(t1["M3-M1"]) == pytest.approx([0.15, 0.15])
+    assert (t1.lo < 0.15).all() and (t1.hi > 0.15).all() and set(t1.p) == {15} and set(t1.tasks) == {"T1+T3"}
+    assert list(table[table.metric == "T3_bleu4"]["M3-M1"]) == [0.0, 0.0]   # the same sentences
