@@ -1,0 +1,382 @@
+"""Grad-CAM on one head of the multi-task model, localisation scores against lesion masks, and the figure.
+
+Supplement section 4 shows Grad-CAM overlays beside the ophthalmologist's annotation; here the overlap is
+also measured (pointing game, energy inside the mask), and the model-randomisation check of Adebayo et
+al. (2018) says whether the maps depend on what the model learned at all.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from pytorch_grad_cam import (EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM,
+                              KPCA_CAM, LayerCAM, ScoreCAM, XGradCAM)
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from .io import atomic_path
+
+# CAM methods of pytorch-grad-cam that take (model, target_layers) and class-index targets. Left out:
+# AblationCAM (swaps a layer inside the model), FullGrad (ignores the target layer), FinerCAM (other
+# targets), RandomCAM (draws from numpy's global, unseeded stream: not reproducible). The chance level
+# for the scores is the mask's area share (localisation_table's mask_share); the sanity check is randomized_copy.
+METHODS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "xgradcam": XGradCAM,
+    "layercam": LayerCAM, "gradcam-elementwise": GradCAMElementWise, "eigencam": EigenCAM,
+    "eigengradcam": EigenGradCAM, "scorecam": ScoreCAM, "kpcacam": KPCA_CAM,
+}
+CORRECT_COLOR, WRONG_COLOR = "#1a7f37", "#c0172b"   # green / red captions, as in the supplement's figures
+
+
+class CamError(RuntimeError):
+    """A CAM came out unusable (wrong shape, not finite, constant)."""
+
+
+class TaskOutput(nn.Module):
+    """One head's logits (B, C) from the multi-task model: what a CAM method needs to see."""
+
+    def __init__(self, model: nn.Module, task: str = "T1"):
+        super().__init__()
+        heads = getattr(model, "heads", {})
+        if task not in heads:
+            raise ValueError(f"task={task!r}: CAMs need a class head; this model has {tuple(heads)}"
+                             " (T3 emits sentences: no class to explain)")
+        self.model, self.task = model, task
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and not images.requires_grad:
+            # cam_extractor freezes the weights; a leaf input that needs gradients still carries them
+            # back to the target layer, so the CAM works and no parameter .grad is left behind.
+            images = images.detach().requires_grad_(True)
+        return self.model(images)[self.task]
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """The layer the CAMs look at: the encoder's last convolutional block (`model.cam_layer`)."""
+    model = model.model if isinstance(model, TaskOutput) else model
+    layer = getattr(model, "cam_layer", None)
+    if not isinstance(layer, nn.Module):
+        raise ValueError(f"{type(model).__name__} has no `cam_layer` module: pass an MTLModel")
+    return layer
+
+
+def _method(method: str) -> type[BaseCAM]:
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose one of {sorted(METHODS)}")
+    return METHODS[method]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, task: str = "T1", batch_size: int = 32) -> np.ndarray:
+    """Predicted class indices (N,) of one head, in eval mode; the model's mode is restored."""
+    head, was_training = TaskOutput(model, task), model.training
+    if len(images) == 0:
+        return np.zeros(0, dtype=np.int64)
+    model.eval()
+    try:
+        out = [head(images[i: i + batch_size].to(_device(model))).argmax(1).cpu()
+               for i in range(0, len(images), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+@contextmanager
+def cam_extractor(model: nn.Module, task: str = "T1", method: str = "gradcam") -> Iterator[BaseCAM]:
+    """A CAM object on one head, built once; on exit hooks are released and the model restored, errors propagate."""
+    cls = _method(method)
+    was_training = model.training
+    params = list(model.parameters())
+    needs_grad = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)        # see TaskOutput.forward
+    cam = None
+    try:
+        cam = cls(model=TaskOutput(model, task), target_layers=[target_layer(model)])   # sets eval mode
+        yield cam
+    finally:
+        # Not `with cam:`: the package's __exit__ prints and swallows IndexError.
+        if cam is not None:
+            cam.activations_and_grads.release()
+        for p, flag in zip(params, needs_grad):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def check_cams(cams: np.ndarray, shape: tuple[int, ...], allow_constant: bool = False, hint: str = "") -> np.ndarray:
+    """Return `cams` if they have `shape`, are finite, lie in [0, 1] and vary; CamError otherwise."""
+    if cams.shape != tuple(shape):
+        raise CamError(f"CAMs have shape {cams.shape}, expected {tuple(shape)}. {hint}")
+    bad = ~np.isfinite(cams).all(axis=(1, 2))
+    if bad.any():
+        raise CamError(f"{int(bad.sum())} of {len(cams)} CAMs hold NaN/inf (images {np.flatnonzero(bad)[:10].tolist()}). {hint}")
+    if cams.size and (cams.min() < -1e-6 or cams.max() > 1 + 1e-6):
+        raise CamError(f"CAMs span [{cams.min():.3g}, {cams.max():.3g}], expected [0, 1]. {hint}")
+    flat = np.ptp(cams.reshape(len(cams), -1), axis=1) < 1e-6 if cams.size else np.zeros(0, bool)
+    if flat.any():
+        msg = (f"{int(flat.sum())} of {len(cams)} CAMs are constant (images {np.flatnonzero(flat)[:10].tolist()}): "
+               f"they localise nothing. Either the target layer's map is a single cell (images too small), or no "
+               f"location speaks for the target class (Grad-CAM clips negative evidence to 0). {hint}")
+        if not allow_constant:
+            raise CamError(msg + " Pass allow_constant=True to keep them (e.g. for a randomised model).")
+        warnings.warn(msg, stacklevel=3)
+    return cams
+
+
+def compute_cams(model: nn.Module, images: torch.Tensor, task: str = "T1", targets: Sequence[int] | None = None,
+                 method: str = "gradcam", batch_size: int = 16, allow_constant: bool = False) -> np.ndarray:
+    """CAMs (N, H, W) in [0, 1] of one head for class `targets` (default: the predicted class), checked."""
+    if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise ValueError(f"images: expected a float (N, 3, H, W) tensor in [0, 1], got {images.dtype} {tuple(images.shape)}")
+    if len(images) and (images.min() < 0 or images.max() > 1):
+        raise ValueError("images: values must lie in [0, 1] (the model normalises them itself)")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("compute_cams needs autograd: call it outside torch.inference_mode()")
+    n_classes = TaskOutput(model, task).model.heads[task][-1].out_features
+    targets = predict(model, images, task, batch_size) if targets is None else np.asarray(targets, dtype=int)
+    if targets.shape != (len(images),) or targets.min(initial=0) < 0 or targets.max(initial=0) >= n_classes:
+        raise ValueError(f"targets: one class index in [0, {n_classes}) per image ({len(images)}), got {targets.tolist()}")
+    maps, fmap = [], None
+    with cam_extractor(model, task, method) as cam, torch.enable_grad():   # a caller's no_grad would kill the gradients
+        for i in range(0, len(images), batch_size):
+            x = images[i: i + batch_size].to(_device(model))
+            maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets[i: i + batch_size]]))
+            if fmap is None and cam.activations_and_grads.activations:
+                fmap = tuple(cam.activations_and_grads.activations[0].shape[-2:])
+    cams = np.concatenate(maps) if maps else np.zeros((0, *images.shape[-2:]), np.float32)
+    hint = f"(method={method!r}, task={task!r}, target layer map {fmap}, images {tuple(images.shape[-2:])})"
+    return check_cams(cams, (len(images), *images.shape[-2:]), allow_constant, hint)
+
+
+def randomized_copy(model: nn.Module, seed: int = 0, prefixes: Sequence[str] | None = None) -> nn.Module:
+    """A deep copy with weights re-initialised (every module with reset_parameters; only names under `prefixes` if given)."""
+    device = _device(model)
+    twin = copy.deepcopy(model).cpu()                # drawn on the CPU: the same seed gives the same weights on any device
+    reset = set()
+    with torch.random.fork_rng(devices=[]):          # leaves the caller's random stream untouched
+        torch.manual_seed(seed)
+        for name, module in twin.named_modules():
+            if prefixes is not None and not any(name == p or name.startswith(p + ".") for p in prefixes):
+                continue
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()           # BatchNorm also resets its running statistics
+                reset.update(id(p) for p in module.parameters(recurse=False))
+    missed = [n for n, p in twin.named_parameters() if id(p) not in reset
+              and (prefixes is None or any(n.startswith(p + ".") for p in prefixes))]
+    if missed:
+        warnings.warn(f"randomized_copy: no reset_parameters for {missed[:5]}{'...' if len(missed) > 5 else ''}: "
+                      "these weights kept their trained values", stacklevel=2)
+    return twin.to(device)
+
+
+# ---------------------------------------------------------------- localisation scores
+
+def _mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A boolean (H, W) lesion mask (>0 = lesion) at `shape`, resized by nearest neighbour when needed."""
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.ndim != 2:
+        raise ValueError(f"mask: expected a single-channel (H, W) array, got shape {m.shape}")
+    m = m > 0
+    if m.shape != tuple(shape):
+        # nearest neighbour: a resized mask stays a mask (no blended edge values)
+        m = cv2.resize(m.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+    return m
+
+
+def _cam(cam: np.ndarray) -> np.ndarray:
+    c = np.asarray(cam, dtype=np.float64)
+    if c.ndim != 2 or not np.isfinite(c).all() or c.min() < 0:
+        raise ValueError(f"cam: expected a finite, non-negative (H, W) map, got shape {c.shape}")
+    return c
+
+
+TIES = ("majority", "all", "any")
+
+
+def pointing_game(cam: np.ndarray, mask: np.ndarray, ties: str = "majority", tol: float = 1e-6) -> bool:
+    """Whether the CAM's maximum falls inside the mask (resized to the CAM's size by nearest neighbour).
+
+    Upsampled CAMs have plateaus of equal maxima, so a tie rule is needed: every pixel within `tol`
+    of the maximum counts as a maximum; 'majority' (default) scores a hit when more than half of
+    them lie inside the mask, 'all' when all do, 'any' when one does. A constant CAM is all ties:
+    under 'majority' it hits only when the mask covers most of the image, so it earns no free hits.
+    An empty mask has no inside: ValueError.
+    """
+    if ties not in TIES:
+        raise ValueError(f"ties={ties!r}: choose one of {TIES}")
+    c = _cam(cam)
+    m = _mask(mask, c.shape)
+    if not m.any():
+        raise ValueError("pointing_game: the mask is empty (no lesion pixel); skip this image")
+    inside = m[c >= c.max() - tol]                  # the mask at every maximal pixel
+    return bool({"majority": inside.mean() > 0.5, "all": inside.all(), "any": inside.any()}[ties])
+
+
+def energy_inside(cam: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the CAM's mass inside the mask (resized as in pointing_game); a constant CAM scores the mask's area share.
+
+    An all-zero CAM (no evidence anywhere) counts as uniform, like any constant map: it scores chance,
+    not NaN, so a randomised model's empty maps are not silently dropped from a mean.
+    """
+    c = _cam(cam)
+    m = _mask(mask, c.shape)
+    total = c.sum()
+    return float(c[m].sum() / total) if total > 0 else float(m.mean())
+
+
+def localisation_scores(cams: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray | None],
+                        ties: str = "majority") -> pd.DataFrame:
+    """Per image: pointing hit, energy inside, mask area share (chance level), flat (constant CAM); NaN without a lesion mask."""
+    if len(cams) != len(masks):
+        raise ValueError(f"{len(cams)} CAMs but {len(masks)} masks: give one mask (or None) per CAM")
+    rows = []
+    for cam, mask in zip(cams, masks):
+        m = None if mask is None else _mask(mask, np.shape(cam))
+        if m is None or not m.any():                # no annotation (e.g. a normal eye): nothing to score
+            rows.append(dict(has_mask=False, pointing=np.nan, energy=np.nan, mask_share=np.nan, flat=np.nan))
+            continue
+        rows.append(dict(has_mask=True, pointing=float(pointing_game(cam, m, ties)), energy=energy_inside(cam, m),
+                         mask_share=float(m.mean()), flat=float(np.ptp(np.asarray(cam)) < 1e-6)))
+    return pd.DataFrame(rows, columns=["has_mask", "pointing", "energy", "mask_share", "flat"])
+
+
+def _se(values: pd.Series) -> float:
+    """Standard error of the mean (NaN below two values)."""
+    v = values.dropna()
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def _summary(scores: pd.DataFrame) -> dict:
+    s = scores[scores["has_mask"]]
+    return {"n_images": len(scores), "n_scored": len(s),
+            "pointing": s["pointing"].mean(), "pointing_se": _se(s["pointing"]),
+            "energy": s["energy"].mean(), "energy_se": _se(s["energy"]),
+            "mask_share": s["mask_share"].mean(), "n_flat": int(s["flat"].sum())}
+
+
+def localisation_table(cams: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray | None],
+                       groups: Mapping[str, Sequence] | None = None, ties: str = "majority") -> pd.DataFrame:
+    """Pointing-game rate and mean energy inside the mask (± standard errors) per group and overall ('all', last).
+
+    mask_share is the mean lesion area share: what a uniform CAM scores for energy (chance level);
+    n_flat counts constant CAMs among the scored images. Images without a mask count in n_images only.
+    """
+    scores = localisation_scores(cams, masks, ties)
+    keys = list(groups or {})
+    for k in keys:
+        if len(groups[k]) != len(scores):
+            raise ValueError(f"groups[{k!r}] has {len(groups[k])} values for {len(scores)} CAMs")
+        scores[k] = np.asarray(groups[k]).astype(str)
+    parts = {g if len(keys) > 1 else g[0]: _summary(s) for g, s in scores.groupby(keys, sort=True)} if keys else {}
+    parts[("all",) * len(keys) if len(keys) > 1 else "all"] = _summary(scores)
+    index = pd.MultiIndex.from_tuples(list(parts), names=keys) if len(keys) > 1 else pd.Index(list(parts), name=keys[0] if keys else None)
+    return pd.DataFrame(list(parts.values()), index=index)
+
+
+# ---------------------------------------------------------------- figure
+
+class Panel(NamedTuple):
+    """One CAM column of a figure row: the map, its caption (the predicted label), whether it is right."""
+    cam: np.ndarray
+    caption: str
+    correct: bool
+
+
+class Row(NamedTuple):
+    """One figure row: the image (H, W, 3) in [0, 1] (uint8 accepted), its lesion mask or None, its CAM panels."""
+    image: np.ndarray
+    mask: np.ndarray | None
+    panels: Sequence[Panel]
+
+
+def _rgb01(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(f"image: expected (H, W, 3), got shape {img.shape}")
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    img = img.astype(np.float32)
+    if img.min() < 0 or img.max() > 1:
+        raise ValueError(f"image: float values must lie in [0, 1], got [{img.min():.3g}, {img.max():.3g}]")
+    return img
+
+
+def cam_overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
+    """The CAM as a jet heat map over the image (uint8 RGB); the CAM is resized to the image if needed."""
+    img = _rgb01(image)
+    c = np.asarray(cam, dtype=np.float32)
+    if c.shape != img.shape[:2]:
+        c = cv2.resize(c, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return show_cam_on_image(img, np.clip(c, 0, 1), use_rgb=True, image_weight=image_weight)
+
+
+def _bare(ax) -> None:
+    """No ticks, no frame, but keep the x label (axis('off') would hide the caption)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _outline(ax, mask: np.ndarray | None, shape: tuple[int, int], color: str) -> None:
+    if mask is not None and (m := _mask(mask, shape)).any():
+        ax.contour(m.astype(float), levels=[0.5], colors=color, linewidths=1.0)
+
+
+def gradcam_figure(rows: Sequence[Row | tuple], path_stem: str | Path, column_titles: Sequence[str] | None = None,
+                   row_titles: Sequence[str] | None = None, mask_color: str = "cyan", outline_on_cams: bool = False,
+                   panel_inches: float = 1.9, dpi: int = 300) -> Figure:
+    """Image with its lesion outline, then one CAM overlay per panel captioned green (right) / red (wrong); saves .png and .pdf."""
+    rows = [Row(*r) for r in rows]
+    if not rows:
+        raise ValueError("rows is empty: nothing to draw")
+    n_cols = 1 + max(len(r.panels) for r in rows)
+    titles = list(column_titles) if column_titles is not None else ["annotation"] + [f"CAM {i}" for i in range(1, n_cols)]
+    if len(titles) != n_cols:
+        raise ValueError(f"column_titles: {n_cols} needed (the image, then {n_cols - 1} CAM columns), got {len(titles)}")
+    if row_titles is not None and len(row_titles) != len(rows):
+        raise ValueError(f"row_titles: one per row ({len(rows)}), got {len(row_titles)}")
+    # Not pyplot: the figure is not registered globally, so a notebook shows it once (as the cell's value) and loops leak nothing.
+    fig = Figure(figsize=(panel_inches * n_cols, (panel_inches + 0.3) * len(rows)), layout="constrained")
+    axes = np.asarray(fig.subplots(len(rows), n_cols, squeeze=False))
+    for r, row in enumerate(rows):
+        img = _rgb01(row.image)
+        axes[r, 0].imshow(img)
+        _outline(axes[r, 0], row.mask, img.shape[:2], mask_color)
+        if row_titles is not None:
+            axes[r, 0].set_ylabel(row_titles[r], fontsize=8)
+        for c in range(1, n_cols):
+            ax = axes[r, c]
+            _bare(ax)
+            if c > len(row.panels):
+                continue
+            panel = Panel(*row.panels[c - 1])
+            ax.imshow(cam_overlay(img, panel.cam))
+            if outline_on_cams:
+                _outline(ax, row.mask, img.shape[:2], mask_color)
+            mark = "\u2713" if panel.correct else "\u2717"   # a mark besides the colour, for colour-blind readers
+            ax.set_xlabel(f"{mark} {panel.caption}", color=CORRECT_COLOR if panel.correct else WRONG_COLOR, fontsize=8)
+        _bare(axes[r, 0])
+    for c, title in enumerate(titles):
+        axes[0, c].set_title(title, fontsize=9)
+    for ext in ("png", "pdf"):
+        with atomic_path(f"{path_stem}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=dpi)
+    return fig
