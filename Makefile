@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 KERNEL  := .venv/share/jupyter/kernels/mtkd/kernel.json
 PRESET  ?= demo
 
-.PHONY: demo test lab grid paper bench readme-figures clean-venv
+.PHONY: demo test lab grid paper bench readme clean-venv
 
 .venv/ready: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -33,8 +33,8 @@ paper: $(KERNEL)           ## the paper's full grid (ResNet-50, 224 px, 3 seeds)
 bench: .venv/ready         ## training-speed benchmark (prints figures; run on purpose)
 	$(PY) -m mtkd_utils.bench
 
-readme-figures: .venv/ready  ## copy the demo's table and figures into docs/figures for the README
-	$(PY) -m mtkd_utils.readme outputs/demo docs/figures
+readme: .venv/ready         ## rewrite the README's results section from outputs/demo (after make demo)
+	$(PY) -m mtkd_utils.readme outputs/demo
 
 clean-venv:
 	rm -rf .venv

@@ -380,3 +380,10 @@ def gradcam_figure(rows: Sequence[Row | tuple], path_stem: str | Path, column_ti
         with atomic_path(f"{path_stem}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=dpi)
     return fig
+
+
+def figure_rows(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], cams: Mapping[str, np.ndarray],
+                predicted: Mapping[str, Sequence[str]], truth: Sequence[str], picks: Sequence[int]) -> list[Row]:
+    """Rows for gradcam_figure: for each picked image, one panel per run, captioned with its prediction."""
+    return [Row(images[i], masks[i], [Panel(cams[run][i], predicted[run][i].replace("_", " "), predicted[run][i] == truth[i])
+                                      for run in cams]) for i in picks]

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import FundusData, batch_rows, image_batch
+from .engine import trim
 
 
 @torch.no_grad()
@@ -26,9 +28,11 @@ def teacher_outputs(teacher, x: torch.Tensor, ref_tokens: torch.Tensor, labeled:
         tokens = ref_tokens.clone()
         if (~labeled).any():
             tokens[~labeled] = teacher.decoder.generate(feats[~labeled], max_len, beam_size=1)
-        logits = teacher.decoder(feats, tokens)                          # (B, L-1, V)
+        short = trim(tokens)
+        logits = teacher.decoder(feats, short)                           # (B, l-1, V), l <= L
         val, idx = logits.float().topk(min(topk, logits.shape[-1]), dim=-1)
-        out.update(T3_tokens=tokens, T3_val=val, T3_idx=idx)
+        pad = tokens.shape[1] - short.shape[1]                           # back to (B, L-1, k): batches stack
+        out.update(T3_tokens=tokens, T3_val=F.pad(val, (0, 0, 0, pad)), T3_idx=F.pad(idx, (0, 0, 0, pad)))
     return out
 
 

@@ -14,7 +14,7 @@ from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import FundusData, augment, batch_rows, image_batch
 from .metrics import task_metrics, val_score
-from .text import sentence_bleu4, tokenize
+from .text import PAD_ID, sentence_bleu4, tokenize
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -28,6 +28,12 @@ def autocast(device: torch.device):
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def trim(tokens: torch.Tensor) -> torch.Tensor:
+    """Drop the all-<pad> tail columns of a batch of sentences: the LSTM then runs only as long as needed."""
+    length = int((tokens != PAD_ID).sum(1).max())
+    return tokens[:, : max(length, 2)]
 
 
 def mtl_loss(model, x: torch.Tensor, rows: np.ndarray, data: FundusData, teachers: list, tau: float,
@@ -44,9 +50,14 @@ def mtl_loss(model, x: torch.Tensor, rows: np.ndarray, data: FundusData, teacher
     total = torch.zeros(x.shape[0], device=x.device)
     for task in model.tasks:
         if task == "T3":
-            hard = losses.caption_ce(model.decoder(feats, ref), ref) * labeled
-            soft = [losses.caption_kd(model.decoder(feats, s["T3_tokens"]), s["T3_val"], s["T3_idx"], s["T3_tokens"], tau)
-                    for t, s in zip(teachers, said) if task in t.tasks]
+            ref_t = trim(ref)
+            hard = losses.caption_ce(model.decoder(feats, ref_t), ref_t) * labeled
+            soft = []
+            for t, s in zip(teachers, said):
+                if task in t.tasks:
+                    tokens = trim(s["T3_tokens"])
+                    L = tokens.shape[1] - 1
+                    soft.append(losses.caption_kd(model.decoder(feats, tokens), s["T3_val"][:, :L], s["T3_idx"][:, :L], tokens, tau))
         else:
             logits = model.heads[task](feats)
             hard = losses.ce(logits, data.targets[task][rows].to(x.device))

@@ -312,3 +312,48 @@ def tau_frame(results: dict[str, dict]) -> pd.DataFrame:
     """Validation score per tau for each distilled model (the test split plays no part)."""
     rows = [{"model": m, **t} for m, r in results.items() for t in r.get("tau_search", [])]
     return pd.DataFrame(rows).pivot(index="tau", columns="model", values="val_score") if rows else pd.DataFrame()
+
+
+# ---------------------------------------------------------------- reading finished runs (04, 05)
+def finished_runs(experiment_dir, tasks, seed: int, models=("M1", "M2", "M3"), ps=None) -> pd.DataFrame:
+    """Finished student runs of one task combination and seed: model, p, run folder."""
+    rows = []
+    for path in sorted(Path(experiment_dir).glob(f"students/{task_key(parse_tasks(tasks))}/p*_s{seed}/*/metrics.json")):
+        m = read_json(path)
+        if m["model"] in models and (ps is None or float(m["p"]) in [float(p) for p in ps]):
+            rows.append(dict(model=m["model"], p=float(m["p"]), tau=m.get("tau"), run=path.parent))
+    if not rows:
+        raise FileNotFoundError(f"no finished {task_key(parse_tasks(tasks))} runs with seed {seed} under {experiment_dir}/students; "
+                                "run 03_student_mtl_kd.ipynb first")
+    return pd.DataFrame(rows).sort_values(["p", "model"]).reset_index(drop=True)
+
+
+def run_name(model: str, p: float) -> str:
+    return f"{model} p={p:g}"
+
+
+def student_predictions(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Test predictions of each finished run, keyed like 'M3 p=15'."""
+    return {run_name(r.model, r.p): pd.read_csv(r.run / "predictions.csv", dtype=str, keep_default_na=False)
+            .assign(bleu=lambda d: pd.to_numeric(d.bleu, errors="coerce")) for r in runs.itertuples()}
+
+
+def load_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg: Config, data: FundusData) -> MTLModel:
+    """The trained model behind a finished run: M1's teacher, or the M2/M3 student at its chosen tau."""
+    tasks = parse_tasks(tasks)
+    if model_name == "M1":
+        return load_model(teacher_dir(experiment_dir, tasks, p, seed), cfg, data, tasks)
+    tau = read_json(student_dir(experiment_dir, tasks, p, seed, model_name) / "metrics.json")["tau"]
+    return load_model(student_dir(experiment_dir, tasks, p, seed, model_name) / f"tau_{tau:g}", cfg, data, tasks)
+
+
+def pick_images(rows: pd.DataFrame, masks: list, per_disease: int, seed: int, image_ids=()) -> list[int]:
+    """Positions of the figure's images: the given ids, else a seeded draw of annotated images per disease."""
+    if image_ids:
+        missing = sorted(set(image_ids) - set(rows.image_id))
+        if missing:
+            raise ValueError(f"image_ids {missing} are not test images of this experiment")
+        return [int(np.flatnonzero(rows.image_id.to_numpy() == i)[0]) for i in image_ids]
+    annotated = rows.assign(pos=range(len(rows)))[[m is not None and m.any() for m in masks]]
+    picks = [g.sample(n=min(per_disease, len(g)), random_state=seed).pos for _, g in annotated.groupby("coarse", sort=False)]
+    return [int(i) for part in picks for i in sorted(part)]

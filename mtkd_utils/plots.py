@@ -82,3 +82,29 @@ def confusion_plot(matrix: pd.DataFrame, title: str, stem: str | Path):
     fig.tight_layout()
     save_figure(fig, stem)
     return fig
+
+
+def example_grid(examples: pd.DataFrame, manifest_path: str | Path, stem: str | Path, size: int = 160, per_row: int = 4):
+    """Example test images with the cell they fall in, true/predicted labels and both sentences."""
+    from .fundus import prepare_image
+    from .manifest import read_manifest
+
+    manifest_path = Path(manifest_path)
+    paths = read_manifest(manifest_path).set_index("image_id").image
+    cell_cols = [c for c in examples.columns if c in ("coarse", "fine", "bleu_bucket")]
+    n = len(examples)
+    rows = max(1, -(-n // per_row))
+    fig, axes = plt.subplots(rows, per_row, figsize=(3.4 * per_row, 4.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, ex in zip(axes.flat, examples.itertuples()):
+        ax.imshow(prepare_image(manifest_path.parent / paths[ex.image_id], size))
+        cell = ", ".join(f"{c} {getattr(ex, c)}" for c in cell_cols)
+        lines = [cell, f"coarse: {ex.coarse_true} -> {ex.coarse_pred or '-'}", f"fine: {ex.fine_true} -> {ex.fine_pred or '-'}"]
+        if getattr(ex, "text_pred", ""):
+            lines += textwrap.wrap(f"ref: {ex.text_true}", 44)[:3] + textwrap.wrap(f"gen: {ex.text_pred}", 44)[:3]
+            lines.append(f"sentence BLEU {float(ex.bleu):.2f}")
+        ax.set_title("\n".join(lines), fontsize=6.5, loc="left")
+    fig.tight_layout()
+    save_figure(fig, stem)
+    return fig
