@@ -21,6 +21,7 @@ class Config:
     # model
     backbone: str = "mobilenet_v3_small"  # torchvision name; the paper used resnet50
     pretrained: str | None = None       # None: random init; "imagenet": torchvision cache; or a .pth path
+    output_stride: int = 32             # 16: dilated last stage (mobilenet_v3, resnet50+): finer feature maps and CAMs
     head_hidden: int = 256              # T1/T2 heads: FC(hidden) + ReLU, then the class layer
     embed_dim: int = 128                # T3 word embedding size
     lstm_hidden: int = 256              # T3 LSTM size

@@ -90,7 +90,7 @@ def student_dir(experiment_dir, tasks, p, seed, model_name: str) -> Path:
 
 def signature(data: FundusData, cfg: Config, tasks: tuple[str, ...]) -> dict:
     """What a checkpoint must match to be reused: architecture, task set, label map, vocabulary, split."""
-    return dict(tasks=list(tasks), backbone=cfg.backbone, image_size=cfg.image_size, p=data.p, split_seed=cfg.split_seed,
+    return dict(tasks=list(tasks), backbone=cfg.backbone, output_stride=cfg.output_stride, image_size=cfg.image_size, p=data.p, split_seed=cfg.split_seed,
                 label_map=fingerprint(data.labels.to_dict()), vocab=fingerprint(data.vocab.itos))
 
 
@@ -281,24 +281,6 @@ def load_samples(manifest_path: str | Path, rows: pd.DataFrame, size: int) -> tu
     images = np.stack([prepare_image(root / r.image, size) for r in rows.itertuples()])
     masks = [load_mask(manifest_path, r.image, r.mask, size) for r in rows.itertuples()]
     return images, masks
-
-
-def learnability(experiment_dir, cfg: Config, fractions=(15, 70), size: int = 32) -> pd.DataFrame:
-    """A simple baseline (logistic regression on small images) at each fraction: T1 accuracy on validation."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    out = []
-    for p in fractions:
-        data = load_data(experiment_dir, p, cfg)
-        x = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.array(data.images)).permute(0, 3, 1, 2).float() / 255, size)
-        x = x.flatten(1).numpy()
-        y = data.targets["T1"].numpy()
-        tr, va = data.rows("train"), data.rows("val")
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=300)).fit(x[tr], y[tr])
-        out.append(dict(p=p, train_images=len(tr), val_T1_acc=float((clf.predict(x[va]) == y[va]).mean()),
-                        majority_class=float((y[va] == np.bincount(y[tr]).argmax()).mean())))
-    return pd.DataFrame(out)
 
 
 # ---------------------------------------------------------------- student views (03)

@@ -54,12 +54,24 @@ def _file_state(path: str) -> tuple[dict, str]:
     return state, f"weights from {p}"
 
 
-def build_encoder(name: str, pretrained: str | None = None) -> tuple[nn.Module, int, str, str]:
+def _dilation(name: str, output_stride: int) -> dict:
+    """torchvision's own switch for a last stage at stride 16 (dilated): 4x4 feature maps at 64 px, sharper CAMs."""
+    if output_stride == 32:
+        return {}
+    if output_stride == 16 and name.startswith("mobilenet_v3"):
+        return {"dilated": True}
+    if output_stride == 16 and name in ("resnet50", "resnet101", "wide_resnet50_2"):
+        return {"replace_stride_with_dilation": [False, False, True]}
+    raise ValueError(f"output_stride={output_stride} with backbone={name!r}: 32 works for every backbone; "
+                     "16 for mobilenet_v3_small/large, resnet50, resnet101, wide_resnet50_2")
+
+
+def build_encoder(name: str, pretrained: str | None = None, output_stride: int = 32) -> tuple[nn.Module, int, str, str]:
     """(encoder, feature channels, CAM layer name inside the encoder, where the weights came from)."""
     if name not in SUPPORTED_BACKBONES:
         raise ValueError(f"backbone={name!r}: choose one of {SUPPORTED_BACKBONES}")
     spec = _family(name)
-    net = torchvision.models.get_model(name, weights=None)
+    net = torchvision.models.get_model(name, weights=None, **_dilation(name, output_stride))
     state, note = (None, "random initialisation") if pretrained is None else (
         _imagenet_state(name) if pretrained == "imagenet" else _file_state(pretrained))
     if state is not None:
@@ -135,12 +147,13 @@ class MTLModel(nn.Module):
 
     def __init__(self, tasks: tuple[str, ...], n_coarse: int, n_fine: int, vocab_size: int,
                  backbone: str = "resnet50", pretrained: str | None = None,
-                 head_hidden: int = 256, embed_dim: int = 128, lstm_hidden: int = 256):
+                 head_hidden: int = 256, embed_dim: int = 128, lstm_hidden: int = 256, output_stride: int = 32):
         super().__init__()
         self.tasks = tuple(tasks)
         self.signature = dict(tasks=list(self.tasks), backbone=backbone, n_coarse=n_coarse, n_fine=n_fine,
-                              vocab_size=vocab_size, head_hidden=head_hidden, embed_dim=embed_dim, lstm_hidden=lstm_hidden)
-        self.encoder, feat_dim, self.cam_layer_name, self.init_note = build_encoder(backbone, pretrained)
+                              vocab_size=vocab_size, head_hidden=head_hidden, embed_dim=embed_dim, lstm_hidden=lstm_hidden,
+                              output_stride=output_stride)
+        self.encoder, feat_dim, self.cam_layer_name, self.init_note = build_encoder(backbone, pretrained, output_stride)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.heads = nn.ModuleDict()
@@ -178,4 +191,5 @@ class MTLModel(nn.Module):
 def build_model(cfg, tasks: tuple[str, ...], n_coarse: int, n_fine: int, vocab_size: int) -> MTLModel:
     """The model a config describes (seeded by the caller)."""
     return MTLModel(tasks, n_coarse, n_fine, vocab_size, backbone=cfg.backbone, pretrained=cfg.pretrained,
-                    head_hidden=cfg.head_hidden, embed_dim=cfg.embed_dim, lstm_hidden=cfg.lstm_hidden)
+                    head_hidden=cfg.head_hidden, embed_dim=cfg.embed_dim, lstm_hidden=cfg.lstm_hidden,
+                    output_stride=cfg.output_stride)

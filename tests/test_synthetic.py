@@ -1,0 +1,204 @@
+"""The synthetic fundus generator: deterministic, valid, labels that match what is drawn."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from mtkd_utils import synthetic
+from mtkd_utils.baseline import quick_baseline
+from mtkd_utils.manifest import COLUMNS, LabelMap, read_manifest, validate_manifest
+
+TINY = {"n_patients": 6, "n_unlabeled_patients": 2, "image_size": 48}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    """The smoke dataset (large enough to use the 2-process pool)."""
+    return synthetic.generate(tmp_path_factory.mktemp("syn") / "smoke", **synthetic.SIZES["smoke"])
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_different_seed_different(tmp_path):
+    a = _files(synthetic.generate(tmp_path / "a", **TINY, seed=3))
+    b = _files(synthetic.generate(tmp_path / "b", **TINY, seed=3))
+    c = _files(synthetic.generate(tmp_path / "c", **TINY, seed=4))
+    assert a == b
+    assert a["manifest.csv"] != c["manifest.csv"]
+    same_names = [k for k in a if k.startswith("images/") and k in c]
+    assert same_names and all(a[k] != c[k] for k in same_names)
+
+
+def test_worker_pool_gives_the_serial_result(smoke, tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "_map", lambda fn, jobs: [fn(j) for j in jobs])
+    serial = synthetic.generate(tmp_path / "serial", **synthetic.SIZES["smoke"])
+    assert _files(serial) == _files(smoke)
+
+
+def test_folder_layout_and_manifest_contract(smoke):
+    assert sorted(p.name for p in smoke.iterdir()) == ["images", "label_map.json", "manifest.csv", "masks", "params.json"]
+    assert list(pd.read_csv(smoke / "manifest.csv", nrows=0).columns) == COLUMNS
+    labels = LabelMap.load(smoke / "label_map.json")
+    df = validate_manifest(smoke / "manifest.csv", labels)  # raises on any bad row, missing image or mask
+    size = synthetic.SIZES["smoke"]["image_size"]
+    n = synthetic.SIZES["smoke"]["n_patients"] + synthetic.SIZES["smoke"]["n_unlabeled_patients"]
+    assert len(df) == 2 * n and df.image_id.is_unique
+    assert all(re.fullmatch(r"p\d{5}_[LR]", i) for i in df.image_id)
+    assert (df.image == "images/" + df.image_id + ".png").all()
+    assert df.groupby("patient_id").eye.apply(lambda eyes: sorted(eyes) == ["left", "right"]).all()
+    assert df.patient_id.nunique() == n
+    assert ((df.image_id.str[-1] == "L") == (df.eye == "left")).all()
+    with Image.open(smoke / df.image[0]) as im:
+        assert im.mode == "RGB" and im.size == (size, size)
+
+
+def test_classes_nested_and_every_coarse_class_present(smoke):
+    labels = LabelMap.load(smoke / "label_map.json")
+    assert labels.coarse == ["normal", "diabetic_retinopathy", "amd", "glaucoma", "melanoma"]
+    assert len(labels.fine) >= 40
+    for fine in labels.fine:
+        parent = labels.fine_parent[fine]
+        assert parent in labels.coarse
+        assert fine.startswith({"diabetic_retinopathy": "dr_"}.get(parent, parent))  # names say where they nest
+    df = read_manifest(smoke / "manifest.csv")
+    lab = df[df.labeled == "1"]
+    assert set(lab.coarse) == set(labels.coarse)
+    assert (lab.coarse.value_counts().idxmax(), lab.coarse.value_counts().idxmin()) == ("normal", "melanoma")
+
+
+def test_unlabeled_rows_carry_no_labels(smoke):
+    df = read_manifest(smoke / "manifest.csv")
+    unl = df[df.labeled == "0"]
+    assert len(unl) == 2 * synthetic.SIZES["smoke"]["n_unlabeled_patients"]
+    assert (unl[["coarse", "fine", "text", "mask"]] == "").all().all()
+    assert set(unl.patient_id).isdisjoint(df[df.labeled == "1"].patient_id)
+
+
+def test_masks_exist_exactly_for_abnormal_labeled_images(smoke):
+    df = read_manifest(smoke / "manifest.csv")
+    lab = df[df.labeled == "1"]
+    assert ((lab["mask"] != "") == (lab.coarse != "normal")).all()
+    for _, row in lab[lab["mask"] != ""].iterrows():
+        m = np.asarray(Image.open(smoke / row["mask"]))
+        assert m.shape == (64, 64) and set(np.unique(m)) == {0, 255}
+    assert sorted(p.name for p in (smoke / "masks").iterdir()) == sorted(Path(m).name for m in lab["mask"] if m)
+
+
+@pytest.mark.parametrize("fine", [f for f, _, _ in synthetic.FINE])
+def test_mask_covers_every_drawn_lesion(fine):
+    for k, eye in enumerate(("left", "right")):
+        r = synthetic.render_eye(fine, eye, 64, np.random.default_rng([7, k]))
+        assert r.image.shape == (64, 64, 3) and r.image.dtype == np.uint8
+        if synthetic.FINE_PARENT[fine] == "normal":
+            assert r.lesions == [] and r.mask.max() == 0
+            continue
+        assert r.lesions and set(np.unique(r.mask)) == {0, 255}
+        for les in r.lesions:
+            assert r.mask[round(les.y), round(les.x)] == 255, les
+
+
+def test_lesions_are_visible_where_the_mask_says():
+    """Large melanomas are grey-brown on an orange-red fundus: far less red than the fundus around them."""
+    yy, xx = np.mgrid[0:128, 0:128]
+    for k in range(3):
+        r = synthetic.render_eye("melanoma_superior_large", "left", 128, np.random.default_rng(k))
+        core = next(les for les in r.lesions if les.kind.startswith("melanoma"))
+        d = np.hypot(xx - core.x, yy - core.y)
+        inside = d < 0.5 * core.r
+        ring = (d > 1.6 * core.r) & (d < 2.2 * core.r) & (r.mask == 0) & (r.image.sum(2) > 60)  # in the field of view
+        red = r.image[..., 0].astype(float)
+        assert red[inside].mean() < 0.8 * red[ring].mean()
+    plan = synthetic.plan_eye("dr_moderate_npdr_dme", "right", np.random.default_rng(1))
+    assert any(s.kind == "hard_exudate" for s in plan.spots) and plan.findings["dme"]
+
+
+def test_fine_labels_are_visible_in_the_plan():
+    """What defines a fine class is planned for drawing: CDR grade, notch, melanoma size, new vessels."""
+    rng = np.random.default_rng(0)
+    cdrs = {g: [synthetic.plan_eye(f"glaucoma_cdr{g}", "left", rng).cdr for _ in range(20)] for g in ("06", "09")}
+    normal = [synthetic.plan_eye("normal", "left", rng).cdr for _ in range(20)]
+    assert max(normal) < min(cdrs["06"]) and max(cdrs["06"]) < min(cdrs["09"])
+    assert synthetic.plan_eye("glaucoma_cdr07_notch", "left", rng).notch in ("inferior", "superior")
+    small = synthetic.plan_eye("melanoma_inferior_small", "left", rng)
+    large = synthetic.plan_eye("melanoma_inferior_large", "left", rng)
+    assert max(s.r for s in small.spots) < max(s.r for s in large.spots)
+    assert any(s.kind == "neovascularisation" for s in synthetic.plan_eye("dr_pdr", "left", rng).spots)
+    assert not any(s.kind == "neovascularisation" for s in synthetic.plan_eye("dr_severe_npdr", "left", rng).spots)
+
+
+def test_left_and_right_eyes_are_mirrored():
+    """The disc is nasal: on the image's right for a right eye, on its left for a left eye."""
+    for eye, side in (("right", 1), ("left", -1)):
+        for k in range(5):
+            r = synthetic.render_eye("glaucoma_cdr08", eye, 64, np.random.default_rng(k))
+            disc = next(les for les in r.lesions if les.kind == "glaucomatous_disc")
+            assert side * (disc.x - 31.5) > 10
+
+
+def test_sentences_follow_the_findings_and_vary(smoke):
+    df = read_manifest(smoke / "manifest.csv")
+    lab = df[df.labeled == "1"]
+    for _, row in lab.iterrows():
+        words = synthetic.tokens(row.text)
+        assert row.text == row.text.lower() and 5 <= len(words) <= 25, row.text
+        assert row.eye in words and ({"left", "right"} - {row.eye}).isdisjoint(words), row.text
+    assert lab.groupby("coarse").text.nunique().min() > 1
+    rng = np.random.default_rng(0)
+    for fine, must in (("glaucoma_cdr07", "0.7"), ("melanoma_macular_large", "large"), ("dr_pdr", "proliferative|pdr"),
+                       ("dr_moderate_npdr_dme", "oedema|macula"), ("amd_early", "early"),
+                       ("normal_tessellated", "tessellated|tigroid|choroidal")):
+        texts = {synthetic.describe(synthetic.plan_eye(fine, "right", rng), rng) for _ in range(12)}
+        assert len(texts) >= 4, texts
+        assert all(re.search(must, t) for t in texts), texts
+    vocab = {w for f, _, _ in synthetic.FINE for _ in range(10)
+             for w in synthetic.tokens(synthetic.describe(synthetic.plan_eye(f, "left", rng), rng))}
+    assert 50 < len(vocab) < 300
+
+
+def test_ensure_synthetic_reuses_and_refuses(tmp_path, monkeypatch):
+    out = tmp_path / "data" / "tiny"
+    manifest = synthetic.ensure_synthetic(out, **TINY)
+    assert manifest == out / "manifest.csv" and manifest.is_file()
+    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: pytest.fail("regenerated an existing dataset"))
+    assert synthetic.ensure_synthetic(out, **TINY, seed=0) == manifest  # seed=0 is the default: same params
+    with pytest.raises(ValueError, match="delete"):
+        synthetic.ensure_synthetic(out, **{**TINY, "seed": 1})
+    with pytest.raises(ValueError, match="unknown"):
+        synthetic.ensure_synthetic(out, **TINY, colour="blue")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("someone's files")
+    with pytest.raises(ValueError, match="delete"):
+        synthetic.ensure_synthetic(tmp_path / "mine", **TINY)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "someone's files"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["tiny"]  # no temporary folders left
+
+
+def test_a_failed_generation_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+
+    def flaky(*args):
+        calls.append(1)
+        if len(calls) > 5:
+            raise RuntimeError("killed")
+        return real(*args)
+
+    real = synthetic.render_eye
+    monkeypatch.setattr(synthetic, "render_eye", flaky)
+    with pytest.raises(RuntimeError):
+        synthetic.generate(tmp_path / "half", **TINY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quick_baseline_runs_on_a_patient_split(smoke):
+    res = quick_baseline(smoke, train_fraction=0.5, seed=0, steps=10)
+    assert 0 <= res["coarse_acc"] <= 1 and 0 < res["majority_acc"] < 1
+    n_labeled = 2 * synthetic.SIZES["smoke"]["n_patients"]
+    assert res["n_test_images"] == 2 * round(0.3 * synthetic.SIZES["smoke"]["n_patients"])
+    assert res["n_train_images"] + res["n_test_images"] <= n_labeled
+    with pytest.raises(ValueError, match="train_fraction"):
+        quick_baseline(smoke / "manifest.csv", train_fraction=0.8)
