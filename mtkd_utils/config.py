@@ -44,7 +44,7 @@ class Config:
     t3_topk: int = 32                   # T3 soft targets kept per step (exact when >= vocabulary)
     # runtime
     device: str = "auto"                # "auto", "cpu" or "cuda"
-    threads: int = 0                    # CPU threads for torch (0: leave torch's default)
+    threads: int = 1                    # CPU threads for torch (0: torch's default). 1 measured fastest here: docs/PERFORMANCE.md
 
     def __post_init__(self) -> None:
         self.tau_grid = tuple(float(t) for t in self.tau_grid)
@@ -105,10 +105,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                   head_hidden=32, embed_dim=16, lstm_hidden=32, tau_grid=(2.0, 5.0), patience=2,
                   min_word_freq=1, t3_topk=8),
     # the synthetic default on a 2-core CPU: the whole demo in ~15 minutes
-    "demo": dict(dataset="demo", tau_grid=(2.0, 5.0)),
+    "demo": dict(dataset="demo", batch_size=32, epochs=10, student_epochs=3, unlabeled_per_epoch=0.5, tau_grid=(2.0, 5.0)),
     # the paper's settings, for a GPU
     "paper": dict(dataset="paper", image_size=224, backbone="resnet50", pretrained="imagenet",
-                  head_hidden=512, embed_dim=256, lstm_hidden=512, epochs=30, student_epochs=20,
+                  head_hidden=512, embed_dim=256, lstm_hidden=512, epochs=30, student_epochs=20, threads=0,
                   batch_size=64, lr=1e-3, patience=5, beam_size=3, min_word_freq=3),
 }
 

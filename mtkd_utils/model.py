@@ -79,6 +79,11 @@ def build_encoder(name: str, pretrained: str | None = None, output_stride: int =
     elif pretrained is not None:
         warnings.warn(note, stacklevel=2)
     encoder = getattr(net, spec["attr"]) if "attr" in spec else nn.Sequential(*list(net.children())[: -spec["drop_last"]])
+    for m in encoder.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            # torchvision's MobileNetV3/EfficientNet use momentum 0.01, tuned for ImageNet-length runs;
+            # in a few hundred steps the running statistics would stay near their init and eval collapses.
+            m.momentum = 0.1
     with torch.no_grad():
         channels = encoder.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
     encoder.train()

@@ -4,9 +4,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from mtkd_utils.manifest import COLUMNS, LabelMap
+
+torch.set_num_threads(1)   # small models on a 2-core machine: one thread is fastest and immune to contention
 
 LABELS = LabelMap.from_pairs(["normal", "dr"], [("normal", "normal"), ("dr_mild", "dr"), ("dr_severe", "dr")])
 

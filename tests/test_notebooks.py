@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import papermill as pm
 import pytest
 
@@ -35,6 +36,16 @@ def test_notebooks_run_in_order(experiment):
         assert (run_dir / "predictions.csv").exists() and (run_dir / "config.json").exists() and (run_dir / "split.csv").exists()
         if model != "M1":
             assert metrics["tau"] in (2.0, 5.0)                # chosen from the smoke grid on validation
+    run("04_error_analysis.ipynb", experiment)
+    counts = pd.read_csv(experiment / "analysis" / "supplement_counts.csv", index_col=0)
+    assert {"M1 p=15", "M2 p=15", "M3 p=15"} <= set(counts.columns) and (experiment / "analysis" / "examples.png").exists()
+    run("05_gradcam.ipynb", experiment, n_per_disease=1)
+    loc = pd.read_csv(experiment / "gradcam" / "localisation.csv")
+    assert {"M3 p=15", "randomised M3 p=15"} <= set(loc.run) and (experiment / "gradcam" / "gradcam_M3.pdf").exists()
+    run("06_results.ipynb", experiment, n_boot=200)
+    table = pd.read_csv(experiment / "results" / "table1.csv")
+    assert len(table) == 3 and (experiment / "results" / "metrics_vs_p.png").exists()
+    assert len(pd.read_csv(experiment / "results" / "m3_vs_m1.csv")) == 3   # one row per metric
 
 
 def test_a_bad_parameter_fails_before_training(experiment, tmp_path):
