@@ -34,6 +34,7 @@ class Config:
     lr: float = 2e-3                    # AdamW, cosine schedule
     weight_decay: float = 1e-4
     patience: int = 4                   # early stopping on the validation score (epochs without gain)
+    min_steps: int = 0                  # at least this many updates per model (epochs stretched for small fractions)
     task_weights: dict[str, float] = field(default_factory=lambda: {"T1": 1.0, "T2": 1.0, "T3": 1.0})
     augment: bool = True                # random flips + small shifts on tensors
     # distillation
@@ -105,7 +106,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   head_hidden=32, embed_dim=16, lstm_hidden=32, tau_grid=(2.0, 5.0), patience=2,
                   min_word_freq=1, t3_topk=8),
     # the synthetic default on a 2-core CPU: the whole demo in ~15 minutes
-    "demo": dict(dataset="demo", batch_size=32, epochs=10, student_epochs=3, unlabeled_per_epoch=0.5, tau_grid=(2.0, 5.0)),
+    "demo": dict(dataset="demo", batch_size=32, epochs=10, min_steps=150, student_epochs=3, unlabeled_per_epoch=0.5, tau_grid=(2.0, 5.0)),
     # the paper's settings, for a GPU
     "paper": dict(dataset="paper", image_size=224, backbone="resnet50", pretrained="imagenet",
                   head_hidden=512, embed_dim=256, lstm_hidden=512, epochs=30, student_epochs=20, threads=0,

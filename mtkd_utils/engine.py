@@ -156,8 +156,11 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    per_epoch = len(epoch_rows(train_rows, unlabeled_rows, cfg.unlabeled_per_epoch, torch.Generator()))
-    steps = epochs * math.ceil(per_epoch / cfg.batch_size)
+    per_epoch = math.ceil(len(epoch_rows(train_rows, unlabeled_rows, cfg.unlabeled_per_epoch, torch.Generator())) / cfg.batch_size)
+    # A small fraction gets at least min_steps updates: otherwise p=15 is also an under-trained model.
+    stretch = max(1.0, cfg.min_steps / (epochs * per_epoch))
+    epochs, patience = math.ceil(epochs * stretch), math.ceil(cfg.patience * stretch)
+    steps = epochs * per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, steps, warmup=max(1, steps // 20))
     state = dict(epoch=0, best=-math.inf, bad_epochs=0, history=[])
@@ -184,7 +187,7 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
         state["epoch"] = epoch + 1
         save_checkpoint(last, dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                    rng=torch.get_rng_state(), progress=state, signature=signature or {}))
-        if state["bad_epochs"] >= cfg.patience:
+        if state["bad_epochs"] >= patience:
             break
     model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     last.unlink(missing_ok=True)
