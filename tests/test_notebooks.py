@@ -17,7 +17,7 @@ def experiment(tmp_path_factory) -> Path:
 
 def run(name: str, out_dir: Path, **params) -> Path:
     out = out_dir / "executed" / name
-    out.parent.mkdir(exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(NOTEBOOKS / name, out, parameters=dict(experiment_dir=str(out_dir), preset="smoke", **params),
                         kernel_name="mtkd", cwd=str(REPO), progress_bar=False)
     return out
