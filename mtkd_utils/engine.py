@@ -36,6 +36,32 @@ def trim(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, : max(length, 2)]
 
 
+def caption_terms(decoder, feats: torch.Tensor, ref: torch.Tensor, labeled: torch.Tensor, said: list[dict],
+                  tau: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """T3: CE (B,) and the mean word-level KD over the teachers in `said` (B,), in at most two decoder calls.
+
+    A teacher's sentence is the reference on labeled rows (distill.teacher_outputs), so one pass along
+    the reference serves the CE and every teacher there; unlabeled rows have no CE, and all the teachers'
+    sentences for them go through one batched pass. Same values as one pass per sentence, less work.
+    """
+    B, lab, unl = ref.shape[0], labeled.nonzero().squeeze(1), (~labeled).nonzero().squeeze(1)
+    hard, kd = feats.new_zeros(B), feats.new_zeros(B)
+    if len(lab):
+        tokens = trim(ref[lab])                                                  # (b, L)
+        logits, L = decoder(feats[lab], tokens), tokens.shape[1] - 1             # (b, L-1, V)
+        hard = hard.index_copy(0, lab, losses.caption_ce(logits, tokens))
+        if said:
+            per = [losses.caption_kd(logits, s["T3_val"][lab, :L], s["T3_idx"][lab, :L], tokens, tau) for s in said]
+            kd = kd.index_copy(0, lab, torch.stack(per).mean(0))
+    if said and len(unl):
+        tokens = trim(torch.cat([s["T3_tokens"][unl] for s in said]))           # (k*u, L): teacher after teacher
+        logits, L = decoder(feats[unl].repeat(len(said), 1), tokens), tokens.shape[1] - 1
+        per = [losses.caption_kd(lg, s["T3_val"][unl, :L], s["T3_idx"][unl, :L], tk, tau)
+               for lg, tk, s in zip(logits.chunk(len(said)), tokens.chunk(len(said)), said)]
+        kd = kd.index_copy(0, unl, torch.stack(per).mean(0))
+    return hard, (kd if said else None)
+
+
 def mtl_loss(model, x: torch.Tensor, rows: np.ndarray, data: FundusData, teachers: list, tau: float,
              alpha: float, weights: dict[str, float], step: int = 0) -> torch.Tensor:
     """Weighted sum over tasks of CE (labeled rows) and, with teachers, alpha*KD + (1-alpha)*CE.
@@ -50,14 +76,8 @@ def mtl_loss(model, x: torch.Tensor, rows: np.ndarray, data: FundusData, teacher
     total = torch.zeros(x.shape[0], device=x.device)
     for task in model.tasks:
         if task == "T3":
-            ref_t = trim(ref)
-            hard = losses.caption_ce(model.decoder(feats, ref_t), ref_t) * labeled
-            soft = []
-            for t, s in zip(teachers, said):
-                if task in t.tasks:
-                    tokens = trim(s["T3_tokens"])
-                    L = tokens.shape[1] - 1
-                    soft.append(losses.caption_kd(model.decoder(feats, tokens), s["T3_val"][:, :L], s["T3_idx"][:, :L], tokens, tau))
+            hard, kd = caption_terms(model.decoder, feats, ref, labeled, [s for t, s in zip(teachers, said) if task in t.tasks], tau)
+            soft = [] if kd is None else [kd]
         else:
             logits = model.heads[task](feats)
             hard = losses.ce(logits, data.targets[task][rows].to(x.device))
@@ -201,6 +221,9 @@ def setup_runtime(cfg) -> torch.device:
     device = pick_device(cfg.device)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)   # same seed on CPU -> same numbers
+        # Deterministic mode also fills every new tensor with NaN, a debugging aid that cost ~30% of a CPU
+        # training step here (docs/PERFORMANCE.md); results are bit-identical without it.
+        torch.utils.deterministic.fill_uninitialized_memory = False
     else:
         torch.backends.cudnn.benchmark = True      # speed on GPU; numbers then vary in the last digits
     return device
