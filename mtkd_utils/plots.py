@@ -13,7 +13,7 @@ def save_figure(fig, stem: str | Path) -> list[Path]:
     """Write stem.png (300 dpi) and stem.pdf; returns both paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    paths = [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]   # not with_suffix: stems may hold dots
     for p in paths:
         fig.savefig(p, dpi=300, bbox_inches="tight")
     return paths

@@ -14,6 +14,7 @@ import pandas as pd
 
 from .config import MODELS, parse_tasks, task_key
 from .io import atomic_path, read_json
+from .plots import save_figure
 
 TABLE1_METRICS = ("T1_acc", "T2_acc", "T3_bleu4")   # what the paper's Table 1 reports per task
 KD_MODELS = ("M2", "M3")                            # the models with a temperature τ chosen on validation
@@ -334,13 +335,3 @@ def _bar_note(kinds: set[str]) -> str:
     notes = {"std": "± std over seeds", "ci": "95 % bootstrap CI over test images (one seed)",
              "none": "none (one seed, no predictions)"}
     return "; ".join(notes[k] for k in ("std", "ci", "none") if k in kinds) or "none"
-
-
-def save_figure(fig, path_stem: str | Path) -> list[Path]:
-    """<stem>.png at 300 dpi and <stem>.pdf."""
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=300, bbox_inches="tight")
-    return paths
