@@ -6,10 +6,10 @@ Copies the figures into docs/figures/ and rewrites only the text between the REA
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from .io import atomic_path, read_json
 from .results import collect_metrics, table1, to_markdown
@@ -17,11 +17,21 @@ from .results import collect_metrics, table1, to_markdown
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
 FIGURES = {  # experiment file -> name under docs/figures
-    "data/figures/samples.png": "samples.png",
+    "data/figures/samples.png": "samples.jpg",          # photographs: JPEG keeps the README light
     "results/metrics_vs_p.png": "metrics_vs_p.png",
-    "gradcam/gradcam_M3.png": "gradcam_M3.png",
-    "analysis/examples.png": "error_examples.png",
+    "gradcam/gradcam_M3.png": "gradcam_M3.jpg",
+    "analysis/examples.png": "error_examples.jpg",
 }
+
+
+def _web_copy(src: Path, dst: Path, width: int = 1000) -> None:
+    """A README-sized copy of a 300-dpi figure (the full-resolution PNG and PDF stay in the experiment)."""
+    with Image.open(src) as im:
+        im = im.convert("RGB")
+        if im.width > width:
+            im = im.resize((width, round(im.height * width / im.width)), Image.Resampling.LANCZOS)
+        with atomic_path(dst) as tmp:
+            im.save(tmp, format="JPEG", quality=85) if dst.suffix == ".jpg" else im.save(tmp, format="PNG", optimize=True)
 
 
 def _md(df: pd.DataFrame, digits: int = 3) -> str:
@@ -51,7 +61,7 @@ def section(exp: Path, figures_dir: Path) -> str:
     figures_dir.mkdir(parents=True, exist_ok=True)
     for src, name in FIGURES.items():
         if (exp / src).exists():
-            shutil.copyfile(exp / src, figures_dir / name)
+            _web_copy(exp / src, figures_dir / name)
     rel = figures_dir.relative_to(REPO) if figures_dir.is_relative_to(REPO) else figures_dir
     runs = collect_metrics(exp)
     env = read_json(next(exp.glob("students/*/p*_s*/M1/config.json")))["environment"] if runs.size else {}
@@ -63,10 +73,10 @@ def section(exp: Path, figures_dir: Path) -> str:
              f"![metrics against p]({rel}/metrics_vs_p.png)", "",
              "**Grad-CAM localisation against the lesion masks** (all annotated test images; pointing game and "
              "energy inside the mask; `mask_share` is chance; the randomised row is the sanity check):", "",
-             _localisation(exp), "", f"![Grad-CAM figure]({rel}/gradcam_M3.png)"]
+             _localisation(exp), "", f"![Grad-CAM figure]({rel}/gradcam_M3.jpg)"]
     comparison = exp / "results" / "m3_vs_m1.csv"
     if comparison.exists():
-        parts += ["", "**M3 − M1, paired bootstrap over the test images** (95 % CI):", "", _md(pd.read_csv(comparison), 4)]
+        parts += ["", "**M3 − M1, paired bootstrap over the test images** (95 % CI):", "", _md(pd.read_csv(comparison).set_index(["tasks", "p", "seed", "metric"]), 4)]
     return "\n".join(parts)
 
 
