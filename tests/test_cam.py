@@ -177,7 +177,7 @@ def test_check_cams_catches_bad_maps():
 def test_errors_inside_the_extractor_are_not_swallowed(light):
     # the package's own `with cam:` prints and swallows IndexError; ours must not
     with pytest.raises(IndexError):
-        with cam_extractor(light) as cam:
+        with cam_extractor(light):
             raise IndexError("boom")
     assert not light.cam_layer._forward_hooks
 

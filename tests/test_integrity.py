@@ -1,6 +1,4 @@
 """Nothing lost, nothing leaked: resume after a real kill, atomic files, refusals, reproducibility."""
-import json
-import os
 import shutil
 import signal
 import subprocess

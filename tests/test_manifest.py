@@ -5,7 +5,7 @@ import pytest
 
 from mtkd_utils.manifest import LabelMap, ManifestError, read_manifest, validate_manifest
 
-from conftest import LABELS, write_image
+from conftest import LABELS
 
 
 def edit(manifest, line: int, **values):
