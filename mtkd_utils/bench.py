@@ -13,8 +13,8 @@ and one freshly initialised T1+T2+T3 model; every mode trains its own copy of th
 
   ceiling    forward + backward + AdamW step on float tensors made before the clock starts
   M1         engine.train_one_epoch without teachers: image cache -> batches -> augment -> mtl_loss
-  M3-cached  the same with 7 CachedTeacher, from distill.build_soft_targets of 7 teachers (one per task subset)
-  M3-online  the same with 7 OnlineTeacher: every teacher runs on every student batch (the paper's code)
+  M3-cached  the same with CachedTeachers: distill.build_soft_targets of 7 teachers (one per task subset)
+  M3-online  the same with OnlineTeachers: all 7 teachers run on every student batch (the paper's code)
 
 The modes take turns inside each repeat, so a load spike from other processes hits all of them; the
 table shows medians over repeats and the ratios are medians of per-repeat ratios. Peak memory is
@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ import torch
 from . import losses
 from .config import TASKS, Config, preset, task_subsets
 from .data import FundusData, batch_rows, image_batch
-from .distill import CachedTeacher, OnlineTeacher, build_soft_targets, load_soft_targets
+from .distill import CachedTeachers, OnlineTeachers, build_soft_targets, load_soft_targets
 from .engine import autocast, cosine_schedule, setup_runtime, train_one_epoch, trim
 from .experiment import new_model
 from .io import git_commit
@@ -51,8 +51,8 @@ from .text import EOS_ID, PAD_ID, SOS_ID, SPECIALS, Vocab
 MODES = {   # name -> what one pass measures
     "ceiling": "fwd+bwd+AdamW on float tensors already in memory",
     "M1": "train_one_epoch, no teachers",
-    "M3-cached": "train_one_epoch, 7 CachedTeacher",
-    "M3-online": "train_one_epoch, 7 OnlineTeacher",
+    "M3-cached": "train_one_epoch, 7 cached teachers",
+    "M3-online": "train_one_epoch, 7 online teachers",
 }
 N_COARSE, N_FINE, N_WORDS = 5, 45, 100   # about the synthetic demo set's label map and vocabulary
 LABELED_SHARE = 0.5    # share of the rows that carry labels; the rest play the unlabeled pool
@@ -116,17 +116,16 @@ def teacher_models(cfg: Config, data: FundusData, device: torch.device) -> list:
     """One freshly initialised teacher per non-empty subset of T1+T2+T3: 7 models.
 
     Untrained, their greedy sentences run to max_len (a trained teacher stops at <eos>): the worst case
-    for OnlineTeacher's decoding and for the length of the sentences the student distils along.
+    for the online teachers' decoding and for the length of the sentences the student distils along.
     """
     return [new_model(cfg, data, subset, seed=1 + i).to(device).eval() for i, subset in enumerate(task_subsets(TASKS))]
 
 
-def cached_teachers(models: list, cfg: Config, data: FundusData, rows: np.ndarray, device: torch.device) -> list[CachedTeacher]:
-    """Each teacher's soft targets, written by build_soft_targets and read back as the students read them."""
+def cached_teachers(models: list, cfg: Config, data: FundusData, rows: np.ndarray, device: torch.device) -> CachedTeachers:
+    """The teachers' soft targets, written by build_soft_targets and read back as the students read them."""
     with tempfile.TemporaryDirectory() as tmp:
-        return [load_soft_targets(build_soft_targets(m, data, rows, Path(tmp) / f"{i}.pt", cfg.max_len, cfg.t3_topk,
-                                                     cfg.batch_size * 2, device), m.tasks, len(data.images), device)
-                for i, m in enumerate(models)]
+        path = build_soft_targets(models, data, rows, Path(tmp) / "soft_targets.pt", cfg.max_len, cfg.t3_topk, cfg.batch_size * 2, device)
+        return load_soft_targets(path, len(data.images), device)
 
 
 @dataclass
@@ -136,7 +135,7 @@ class Mode:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
-    teachers: list = field(default_factory=list)
+    teachers: CachedTeachers | OnlineTeachers | None = None
     setup_s: float = 0.0          # one-off cost before training (the soft-target cache)
 
 
@@ -149,7 +148,7 @@ def build_mode(name: str, base: torch.nn.Module, cfg: Config, data: FundusData, 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     mode = Mode(name, model, optimizer, cosine_schedule(optimizer, total_steps=10**6, warmup=1))
     if name == "M3-online":
-        mode.teachers = [OnlineTeacher(t, cfg.max_len, cfg.t3_topk) for t in teachers]
+        mode.teachers = OnlineTeachers(teachers, cfg.max_len, cfg.t3_topk)
     elif name == "M3-cached":
         t0 = time.perf_counter()
         mode.teachers = cached_teachers(teachers, cfg, data, rows, device)

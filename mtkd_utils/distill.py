@@ -1,4 +1,8 @@
-"""Teachers as sources of soft targets: computed once into a cache (default) or per batch (online)."""
+"""A student's teachers as one source of soft targets: computed once into a cache (default) or per batch (online).
+
+Every tensor is row-first, teacher second: T1/T2 logits (B, K, C) of the K teachers that know the task;
+T3 one sentence per image (B, L) and each T3 teacher's top-k logits along it (B, K, L-1, k).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,47 +15,77 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import FundusData, batch_rows, image_batch
 from .engine import trim
+from .text import EOS_ID, PAD_ID, SOS_ID
 
 
 @torch.no_grad()
-def teacher_outputs(teacher, x: torch.Tensor, ref_tokens: torch.Tensor, labeled: torch.Tensor,
-                    max_len: int, topk: int) -> dict[str, torch.Tensor]:
-    """What a teacher tells the student about a batch: T1/T2 logits; T3 a sentence and top-k logits per word.
+def ensemble_greedy(decoders: list, feats: list[torch.Tensor], max_len: int) -> torch.Tensor:
+    """Greedy decoding of the decoders' ensemble (mean word probabilities), in lockstep: (B, max_len) ids.
 
-    The T3 sentence is the reference on labeled images and the teacher's greedy decode on unlabeled
-    ones (word-level KD, Kim & Rush 2016).
+    One decoder gives exactly its own greedy decode (CaptionDecoder.generate with beam_size=1).
     """
-    teacher.eval()
-    feats = teacher.features(x)
-    out = {t: head(feats).float() for t, head in teacher.heads.items()}
-    if teacher.decoder is not None:
+    states = [d.init_state(f) for d, f in zip(decoders, feats)]
+    B, device = feats[0].shape[0], feats[0].device
+    tokens = torch.full((B, max_len), PAD_ID, dtype=torch.long, device=device)
+    tokens[:, 0] = SOS_ID
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for t in range(1, max_len):
+        probs = 0
+        for i, d in enumerate(decoders):
+            y, states[i] = d.lstm(d.embed(tokens[:, t - 1 : t]), states[i])
+            probs = probs + F.softmax(d.out(y[:, 0]).float(), dim=-1)
+        word = probs.argmax(1) if t < max_len - 1 else torch.full_like(done, EOS_ID, dtype=torch.long)
+        tokens[:, t] = torch.where(done, PAD_ID, word)     # a finished sentence only pads
+        done = done | (word == EOS_ID)
+        if done.all():
+            break
+    return tokens
+
+
+@torch.no_grad()
+def ensemble_outputs(teachers: list, x: torch.Tensor, ref_tokens: torch.Tensor, labeled: torch.Tensor,
+                     max_len: int, topk: int) -> dict[str, torch.Tensor]:
+    """What the teachers tell the student about a batch (module docstring for the shapes).
+
+    The T3 sentence is the reference on labeled images and the T3 teachers' ensemble greedy decode on
+    unlabeled ones; every T3 teacher's word distributions are taken along that one sentence (word-level
+    KD, Kim & Rush 2016), as the paper's code does along the reference. One shared sentence lets one
+    student decoder pass serve the caption CE and every teacher.
+    """
+    feats = [t.eval().features(x) for t in teachers]
+    out = {}
+    for task in ("T1", "T2"):
+        known = [t.heads[task](f).float() for t, f in zip(teachers, feats) if task in t.heads]
+        if known:
+            out[task] = torch.stack(known, dim=1)                               # (B, K, C)
+    speakers = [(t.decoder, f) for t, f in zip(teachers, feats) if t.decoder is not None]
+    if speakers:
         tokens = ref_tokens.clone()
         if (~labeled).any():
-            tokens[~labeled] = teacher.decoder.generate(feats[~labeled], max_len, beam_size=1)
+            tokens[~labeled] = ensemble_greedy([d for d, _ in speakers], [f[~labeled] for _, f in speakers], max_len)
         short = trim(tokens)
-        logits = teacher.decoder(feats, short)                           # (B, l-1, V), l <= L
-        val, idx = logits.float().topk(min(topk, logits.shape[-1]), dim=-1)
-        pad = tokens.shape[1] - short.shape[1]                           # back to (B, L-1, k): batches stack
-        out.update(T3_tokens=tokens, T3_val=F.pad(val, (0, 0, 0, pad)), T3_idx=F.pad(idx, (0, 0, 0, pad)))
+        top = [d(f, short).float().topk(min(topk, d.out.out_features), dim=-1) for d, f in speakers]
+        pad = (0, 0, 0, tokens.shape[1] - short.shape[1])                       # back to (B, K, L-1, k): batches stack
+        out.update(T3_tokens=tokens, T3_val=F.pad(torch.stack([v for v, _ in top], dim=1), pad),
+                   T3_idx=F.pad(torch.stack([i for _, i in top], dim=1), pad))
     return out
 
 
-class OnlineTeacher:
-    """Runs the teacher on every student batch (use when augmentation changes what the student sees)."""
+class OnlineTeachers:
+    """Runs every teacher on every student batch (use when augmentation changes what the student sees)."""
 
-    def __init__(self, model, max_len: int, topk: int):
-        self.model, self.tasks, self.max_len, self.topk = model, model.tasks, max_len, topk
+    def __init__(self, models: list, max_len: int, topk: int):
+        self.models, self.max_len, self.topk = models, max_len, topk
 
     def targets(self, rows: np.ndarray, x: torch.Tensor, ref_tokens: torch.Tensor, labeled: torch.Tensor) -> dict:
-        return teacher_outputs(self.model, x, ref_tokens, labeled, self.max_len, self.topk)
+        return ensemble_outputs(self.models, x, ref_tokens, labeled, self.max_len, self.topk)
 
 
-class CachedTeacher:
-    """Looks soft targets up by cache row: a student step then costs what an M1 step costs."""
+class CachedTeachers:
+    """Looks the teachers' soft targets up by row: a student step then costs about what an M1 step costs."""
 
-    def __init__(self, store: dict[str, torch.Tensor], tasks: tuple[str, ...], n_rows: int, device: torch.device):
-        self.tasks = tasks
-        self.store = {k: v.to(device) for k, v in store.items() if k not in ("rows", "tasks")}
+    def __init__(self, store: dict, n_rows: int, device: torch.device):
+        self.store = {k: v.to(device) for k, v in store.items() if isinstance(v, torch.Tensor) and k != "rows"}
         self.pos = torch.full((n_rows,), -1, dtype=torch.long)
         self.pos[store["rows"]] = torch.arange(len(store["rows"]))
 
@@ -63,24 +97,25 @@ class CachedTeacher:
         return {k: v[pos].float() if v.is_floating_point() else v[pos].long() for k, v in self.store.items()}
 
 
-def build_soft_targets(teacher, data: FundusData, rows: np.ndarray, path: str | Path, max_len: int, topk: int,
-                       batch_size: int, device: torch.device) -> Path:
-    """Run the teacher once over `rows` (labeled fraction + unlabeled pool); store fp16 logits, int16 ids."""
+def build_soft_targets(teachers: list, data: FundusData, rows: np.ndarray, path: str | Path, max_len: int, topk: int,
+                       batch_size: int, device: torch.device, meta: dict | None = None) -> Path:
+    """Run the teachers once over `rows` (labeled fraction + unlabeled pool); store fp16 logits, int16 ids."""
     parts: dict[str, list[torch.Tensor]] = {}
-    for b in tqdm(list(batch_rows(rows, batch_size, shuffle=False)), desc="soft targets", leave=False):
-        out = teacher_outputs(teacher, image_batch(data.images, b, device), data.targets["T3"][b].to(device),
-                              data.is_labeled_train(b).to(device), max_len, topk)
+    for b in tqdm(list(batch_rows(rows, batch_size, shuffle=False)), desc=f"soft targets ({len(teachers)} teachers)", leave=False):
+        out = ensemble_outputs(teachers, image_batch(data.images, b, device), data.targets["T3"][b].to(device),
+                               data.is_labeled_train(b).to(device), max_len, topk)
         for k, v in out.items():
             parts.setdefault(k, []).append(v.cpu())
     store = {k: torch.cat(v) for k, v in parts.items()}
     for k in ("T1", "T2", "T3_val"):
         if k in store:
             store[k] = store[k].half()            # logits in fp16: half the disk, same argmax
-    if "T3_idx" in store:
-        store["T3_idx"] = store["T3_idx"].to(torch.int16)
-    store["rows"] = torch.from_numpy(np.asarray(rows)).long()
+    for k in ("T3_tokens", "T3_idx"):
+        if k in store:
+            store[k] = store[k].to(torch.int16)
+    store.update(rows=torch.from_numpy(np.asarray(rows)).long(), meta=meta or {})
     return save_checkpoint(path, store)
 
 
-def load_soft_targets(path: str | Path, tasks: tuple[str, ...], n_rows: int, device: torch.device) -> CachedTeacher:
-    return CachedTeacher(load_checkpoint(path), tasks, n_rows, device)
+def load_soft_targets(path: str | Path, n_rows: int, device: torch.device) -> CachedTeachers:
+    return CachedTeachers(load_checkpoint(path), n_rows, device)

@@ -36,56 +36,42 @@ def trim(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[:, : max(length, 2)]
 
 
-def caption_terms(decoder, feats: torch.Tensor, ref: torch.Tensor, labeled: torch.Tensor, said: list[dict],
+def caption_terms(decoder, feats: torch.Tensor, ref: torch.Tensor, labeled: torch.Tensor, said: dict,
                   tau: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """T3: CE (B,) and the mean word-level KD over the teachers in `said` (B,), in at most two decoder calls.
+    """T3: CE (B,) on labeled rows and the mean word-level KD over the teachers (B,), in one decoder pass.
 
-    A teacher's sentence is the reference on labeled rows (distill.teacher_outputs), so one pass along
-    the reference serves the CE and every teacher there; unlabeled rows have no CE, and all the teachers'
-    sentences for them go through one batched pass. Same values as one pass per sentence, less work.
+    The teachers share one sentence per image, the reference on labeled rows (distill.ensemble_outputs),
+    so one teacher-forced pass along it serves the CE and every teacher.
     """
-    B, lab, unl = ref.shape[0], labeled.nonzero().squeeze(1), (~labeled).nonzero().squeeze(1)
-    hard, kd = feats.new_zeros(B), feats.new_zeros(B)
-    if len(lab):
-        tokens = trim(ref[lab])                                                  # (b, L)
-        logits, L = decoder(feats[lab], tokens), tokens.shape[1] - 1             # (b, L-1, V)
-        hard = hard.index_copy(0, lab, losses.caption_ce(logits, tokens))
-        if said:
-            per = [losses.caption_kd(logits, s["T3_val"][lab, :L], s["T3_idx"][lab, :L], tokens, tau) for s in said]
-            kd = kd.index_copy(0, lab, torch.stack(per).mean(0))
-    if said and len(unl):
-        tokens = trim(torch.cat([s["T3_tokens"][unl] for s in said]))           # (k*u, L): teacher after teacher
-        logits, L = decoder(feats[unl].repeat(len(said), 1), tokens), tokens.shape[1] - 1
-        per = [losses.caption_kd(lg, s["T3_val"][unl, :L], s["T3_idx"][unl, :L], tk, tau)
-               for lg, tk, s in zip(logits.chunk(len(said)), tokens.chunk(len(said)), said)]
-        kd = kd.index_copy(0, unl, torch.stack(per).mean(0))
-    return hard, (kd if said else None)
+    tokens = trim(said.get("T3_tokens", ref))
+    logits, L = decoder(feats, tokens), tokens.shape[1] - 1                       # (B, L-1, V)
+    hard = losses.caption_ce(logits, tokens) * labeled                           # unlabeled rows: no reference
+    if "T3_val" not in said:
+        return hard, None
+    kd = losses.caption_kd(logits, said["T3_val"][:, :, :L], said["T3_idx"][:, :, :L], tokens, tau)  # (B, K)
+    return hard, kd.mean(1)
 
 
-def mtl_loss(model, x: torch.Tensor, rows: np.ndarray, data: FundusData, teachers: list, tau: float,
+def mtl_loss(model, x: torch.Tensor, rows: np.ndarray, data: FundusData, teachers, tau: float,
              alpha: float, weights: dict[str, float], step: int = 0) -> torch.Tensor:
     """Weighted sum over tasks of CE (labeled rows) and, with teachers, alpha*KD + (1-alpha)*CE.
 
-    Unlabeled rows get the KD term alone. Each teacher distils only the tasks it was trained on;
-    a task's KD term is the mean over the teachers that know it.
+    `teachers` (distill.CachedTeachers / OnlineTeachers, or None) gives each task's soft targets from
+    the teachers trained on it; a task's KD term is the mean over them. Unlabeled rows get KD alone.
     """
     labeled = data.is_labeled_train(rows).to(x.device)
     ref = data.targets["T3"][rows].to(x.device)
-    said = [t.targets(rows, x, ref, labeled) for t in teachers]
+    said = teachers.targets(rows, x, ref, labeled) if teachers else {}
     feats = model.features(x)
     total = torch.zeros(x.shape[0], device=x.device)
     for task in model.tasks:
         if task == "T3":
-            hard, kd = caption_terms(model.decoder, feats, ref, labeled, [s for t, s in zip(teachers, said) if task in t.tasks], tau)
-            soft = [] if kd is None else [kd]
+            hard, kd = caption_terms(model.decoder, feats, ref, labeled, said, tau)
         else:
             logits = model.heads[task](feats)
             hard = losses.ce(logits, data.targets[task][rows].to(x.device))
-            soft = [losses.kd(logits, s[task], tau) for t, s in zip(teachers, said) if task in t.tasks]
-        term = hard
-        if soft:
-            kd = torch.stack(soft).mean(0)
-            term = torch.where(labeled, alpha * kd + (1 - alpha) * hard, kd)
+            kd = losses.kd(logits.unsqueeze(1), said[task], tau).mean(1) if task in said else None  # (B, K) -> (B,)
+        term = hard if kd is None else torch.where(labeled, alpha * kd + (1 - alpha) * hard, kd)
         if not torch.isfinite(term).all():
             raise FloatingPointError(f"non-finite {task} loss at step {step}: lower the learning rate or check the inputs")
         total = total + weights.get(task, 1.0) * term
@@ -101,7 +87,7 @@ def epoch_rows(train_rows: np.ndarray, unlabeled_rows: np.ndarray | None, share:
     return np.concatenate([train_rows, unlabeled_rows[pick]])
 
 
-def train_one_epoch(model, data: FundusData, rows: np.ndarray, optimizer, scheduler, teachers: list, cfg,
+def train_one_epoch(model, data: FundusData, rows: np.ndarray, optimizer, scheduler, teachers, cfg,
                     tau: float, epoch: int, device: torch.device, desc: str = "train",
                     unlabeled_rows: np.ndarray | None = None) -> float:
     """One pass over `rows` (and this epoch's share of `unlabeled_rows`) in a seeded order; returns the mean loss."""
@@ -166,13 +152,13 @@ def cosine_schedule(optimizer, total_steps: int, warmup: int):
 
 
 def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Path, epochs: int,
-        teachers: list | None = None, tau: float = 1.0, unlabeled_rows: np.ndarray | None = None,
+        teachers=None, tau: float = 1.0, unlabeled_rows: np.ndarray | None = None,
         signature: dict | None = None, desc: str = "train") -> pd.DataFrame:
     """Train with early stopping on the validation score; resume from run_dir/last.pt after a kill.
 
     Leaves the best-validation weights in `model` and in run_dir/checkpoint.pt; returns the history.
     """
-    run_dir, device, teachers = Path(run_dir), pick_device(cfg.device), teachers or []
+    run_dir, device = Path(run_dir), pick_device(cfg.device)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)

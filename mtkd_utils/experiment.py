@@ -15,7 +15,7 @@ import torch
 from .checkpoint import fingerprint, load_checkpoint
 from .config import FRACTIONS, Config, check_fraction, parse_tasks, task_key, task_subsets
 from .data import FundusData, build_image_cache, load_data
-from .distill import OnlineTeacher, build_soft_targets, load_soft_targets
+from .distill import CachedTeachers, OnlineTeachers, build_soft_targets
 from .engine import fit, pick_device, predict
 from .io import environment, read_json, write_csv, write_json
 from .manifest import LabelMap, validate_manifest
@@ -147,7 +147,7 @@ def _distil_rows(data: FundusData) -> np.ndarray:
 
 # ---------------------------------------------------------------- teachers (02)
 def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data: FundusData) -> Path:
-    """An MTL model on the labeled fraction (M1 when tasks is the full set); then its soft-target cache."""
+    """An MTL model on the labeled fraction (M1 when tasks is the full set)."""
     tasks, p = parse_tasks(tasks), check_fraction(p)
     run, cfg = teacher_dir(experiment_dir, tasks, p, seed), cfg.updated(seed=seed)
     claim_run(run, cfg, DISTILL_FIELDS, role="teacher", tasks=list(tasks), p=p, seed=seed)
@@ -157,8 +157,6 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
     model = new_model(cfg, data, tasks, seed)
     history = fit(model, data, data.rows("train"), cfg, run, cfg.epochs, signature=signature(data, cfg, tasks), desc=f"teacher {task_key(tasks)}")
     write_csv(history, run / "history.csv")
-    device = pick_device(cfg.device)
-    build_soft_targets(model, data, _distil_rows(data), run / "soft_targets.pt", cfg.max_len, cfg.t3_topk, cfg.batch_size * 2, device)
     best = history.loc[history.val_score.idxmax()]
     write_json(dict(tasks=list(tasks), p=p, seed=seed, best_epoch=int(best.epoch), val_score=float(best.val_score),
                     init=model.init_note), run / "metrics.json")   # written last: marks the teacher done
@@ -181,18 +179,24 @@ def teachers_for(model_name: str, tasks: tuple[str, ...]) -> list[tuple[str, ...
     return {"M2": [tasks], "M3": task_subsets(tasks)}[model_name]
 
 
-def _teacher_sources(experiment_dir, model_name, tasks, p, seed, cfg, data) -> list:
-    out = []
-    for subset in teachers_for(model_name, tasks):
-        run = teacher_dir(experiment_dir, subset, p, seed)
+def student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data) -> CachedTeachers | OnlineTeachers:
+    """The student's teachers: their soft targets, computed once into the student's folder and reused by
+    every tau (kd_mode="cached"), or the models themselves, run on every batch (kd_mode="online")."""
+    runs = {subset: teacher_dir(experiment_dir, subset, p, seed) for subset in teachers_for(model_name, tasks)}
+    for subset, run in runs.items():
         if not (run / "metrics.json").exists():
             raise FileNotFoundError(f"teacher {task_key(subset)} at p={p:g}, seed={seed} is missing ({run}); run 02_teachers.ipynb first")
-        if cfg.kd_mode == "cached":
-            load_checkpoint(run / "checkpoint.pt", expect=signature(data, cfg, subset))  # refuse a stale cache
-            out.append(load_soft_targets(run / "soft_targets.pt", subset, len(data.manifest), pick_device(cfg.device)))
-        else:
-            out.append(OnlineTeacher(load_model(run, cfg, data, subset), cfg.max_len, cfg.t3_topk))
-    return out
+    if cfg.kd_mode == "online":
+        return OnlineTeachers([load_model(run, cfg, data, subset) for subset, run in runs.items()], cfg.max_len, cfg.t3_topk)
+    path, rows, device = student_dir(experiment_dir, tasks, p, seed, model_name) / "soft_targets.pt", _distil_rows(data), pick_device(cfg.device)
+    # What the cache was computed from: it is derived data, rebuilt when any of this changed.
+    meta = dict(teachers={task_key(s): _sha1(r / "checkpoint.pt") for s, r in runs.items()},
+                max_len=cfg.max_len, t3_topk=cfg.t3_topk, rows=fingerprint(rows.tolist()))
+    store = load_checkpoint(path) if path.exists() else {}
+    if not json_equal(store.get("meta"), meta):
+        models = [load_model(run, cfg, data, subset) for subset, run in runs.items()]
+        store = load_checkpoint(build_soft_targets(models, data, rows, path, cfg.max_len, cfg.t3_topk, cfg.batch_size * 2, device, meta))
+    return CachedTeachers(store, len(data.manifest), device)
 
 
 def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, cfg: Config, data: FundusData) -> dict:
@@ -203,7 +207,7 @@ def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, c
     if (run / "val.json").exists():
         return read_json(run / "val.json")
     write_split(run, data)
-    teachers = _teacher_sources(experiment_dir, model_name, tasks, p, seed, cfg, data)
+    teachers = student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data)
     model = new_model(cfg, data, tasks, seed)
     history = fit(model, data, data.rows("train"), cfg, run, cfg.student_epochs, teachers=teachers, tau=tau,
                   unlabeled_rows=data.rows("unlabeled"), signature=signature(data, cfg, tasks), desc=f"{model_name} tau={tau:g}")

@@ -36,13 +36,17 @@ def caption_ce(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 def caption_kd(logits: torch.Tensor, top_val: torch.Tensor, top_idx: torch.Tensor, tokens: torch.Tensor,
                tau: float) -> torch.Tensor:
-    """Word-level KD (Kim & Rush 2016) along `tokens`, against the teacher's top-k logits per step.
+    """Word-level KD (Kim & Rush 2016) along `tokens`, against the teachers' top-k logits per step.
 
-    logits (B, L-1, V) student; top_val/top_idx (B, L-1, k) teacher; returns (B,). The teacher's
-    distribution is its softmax over its top-k words (exact when k >= vocabulary size).
+    logits (B, L-1, V) student; top_val/top_idx (B, L-1, k) for one teacher -> (B,), or (B, K, L-1, k)
+    for K teachers -> (B, K). A teacher's distribution is its softmax over its top-k words (exact when
+    k >= vocabulary size).
     """
     mask = tokens[:, 1:] != PAD_ID                           # (B, L-1)
-    log_s = F.log_softmax(logits.float() / tau, dim=-1).gather(-1, top_idx.long())  # (B, L-1, k)
+    log_s = F.log_softmax(logits.float() / tau, dim=-1)
+    if top_idx.dim() == 4:                                   # one view of the student per teacher, no copy
+        log_s, mask = log_s.unsqueeze(1).expand(-1, top_idx.shape[1], -1, -1), mask.unsqueeze(1)
+    log_s = log_s.gather(-1, top_idx.long())                 # (..., L-1, k)
     log_t = F.log_softmax(top_val.detach().float() / tau, dim=-1)
-    per_step = tau**2 * (log_t.exp() * (log_t - log_s)).sum(-1)                      # (B, L-1)
-    return (per_step * mask).sum(1) / mask.sum(1).clamp(min=1)
+    per_step = tau**2 * (log_t.exp() * (log_t - log_s)).sum(-1)                      # (..., L-1)
+    return (per_step * mask).sum(-1) / mask.sum(-1).clamp(min=1)

@@ -6,7 +6,6 @@ import torch
 from mtkd_utils.config import TASKS, preset, task_subsets
 from mtkd_utils.data import FundusData
 from mtkd_utils.engine import mtl_loss
-from mtkd_utils.experiment import teachers_for
 from mtkd_utils.manifest import LabelMap
 from mtkd_utils.model import CaptionDecoder, MTLModel, build_encoder
 from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID, Vocab
@@ -50,39 +49,6 @@ def test_every_task_subset_trains_for_a_step(tasks):
     for t in tasks:
         prefix = "decoder" if t == "T3" else f"heads.{t}"
         assert any(k.startswith(prefix) for k in changed), t
-
-
-class Recorder:
-    """A fake teacher: remembers that it was asked, returns fixed soft targets."""
-
-    def __init__(self, tasks, data, calls):
-        self.tasks, self.data, self.calls = tasks, data, calls
-
-    def targets(self, rows, x, ref, labeled):
-        self.calls.append(self.tasks)
-        n = len(rows)
-        out = {"T1": torch.zeros(n, 2), "T2": torch.zeros(n, 3)}
-        out.update(T3_tokens=torch.tensor([self.data.vocab.encode("dr .", 8)] * n), T3_val=torch.zeros(n, 7, 3), T3_idx=torch.zeros(n, 7, 3, dtype=torch.long))
-        return out
-
-
-def test_ensemble_uses_exactly_the_teachers_that_know_each_task():
-    assert teachers_for("M2", ("T1", "T2")) == [("T1", "T2")]
-    assert teachers_for("M3", ("T1", "T2", "T3")) == [("T1",), ("T2",), ("T3",), ("T1", "T2"), ("T1", "T3"), ("T2", "T3"), ("T1", "T2", "T3")]
-    data = fake_data()
-    model = model_for(("T1", "T3"), data).eval()              # eval: no dropout noise between the calls
-    rows = np.arange(8)
-    x = torch.from_numpy(data.images[rows]).permute(0, 3, 1, 2).float() / 255
-    calls: list = []
-    only_t2 = Recorder(("T2",), data, calls)                   # knows no task of this student
-    t1 = Recorder(("T1",), data, calls)
-    loss_t2_only = mtl_loss(model, x, rows, data, [only_t2], 2.0, 0.5, {"T1": 1, "T3": 1})
-    loss_none = mtl_loss(model, x, rows, data, [], 2.0, 0.5, {"T1": 1, "T3": 1})
-    # A teacher that knows none of the student's tasks changes nothing; one that knows T1 does.
-    assert torch.allclose(loss_t2_only, loss_none)
-    loss_t1 = mtl_loss(model, x, rows, data, [t1], 2.0, 0.5, {"T1": 1, "T3": 1})
-    assert not torch.allclose(loss_t1, loss_none)
-    assert calls == [("T2",), ("T1",)]
 
 
 def test_decoding_stops_at_eos_and_respects_max_length():
