@@ -24,8 +24,8 @@ test: $(KERNEL)            ## unit tests + the notebooks end to end on the smoke
 lab: $(KERNEL)             ## JupyterLab with the workbook's kernel
 	.venv/bin/jupyter lab notebooks/
 
-grid: $(KERNEL)            ## any preset's grid: make grid PRESET=paper
-	$(PY) -m mtkd_utils.batch --preset $(PRESET)
+grid: $(KERNEL)            ## any preset's grid: make grid PRESET=paper, or ARGS="--seeds 0 1 2 --p 15 70"
+	$(PY) -m mtkd_utils.batch --preset $(PRESET) $(ARGS)
 
 paper: $(KERNEL)           ## the paper's full grid (ResNet-50, 224 px, 3 seeds): meant for a GPU
 	$(PY) -m mtkd_utils.batch --preset paper

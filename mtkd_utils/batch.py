@@ -2,6 +2,7 @@
 
     python -m mtkd_utils.batch --preset demo              # the whole grid, skipping finished cells
     python -m mtkd_utils.batch --preset paper --dry-run   # print the grid and what is already done
+    python -m mtkd_utils.batch --preset demo --seeds 0 1 2   # the demo grid over three seeds
 
 Each cell leaves experiment_dir/runs/<stage>/<key>/ with the executed notebook (kept also when it
 fails: papermill writes the traceback into it), log.txt (the notebook's stdout/stderr, live) and
@@ -21,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import FRACTIONS, MODELS, PRESETS, Config, parse_tasks, task_key
+from .config import FRACTIONS, MODELS, PRESETS, Config, check_fraction, parse_tasks, task_key
 from .io import git_commit, read_json, write_csv, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -82,11 +83,24 @@ def default_experiment_dir(preset: str) -> Path:
     return REPO_ROOT / "outputs" / preset
 
 
-def check_preset(preset: str) -> dict[str, list]:
-    """The preset's grid, or ValueError listing the known presets."""
+def check_preset(preset: str, dims: dict[str, list] | None = None) -> dict[str, list]:
+    """The preset's grid with any of its tasks / p / seeds replaced by `dims`; ValueError on a bad value."""
     if preset not in GRIDS:
         raise ValueError(f"preset={preset!r}: choose one of {sorted(GRIDS)}")
-    return GRIDS[preset]
+    dims = {k: v for k, v in (dims or {}).items() if v is not None}
+    if set(dims) - {"tasks", "p", "seeds"}:
+        raise ValueError(f"grid: {sorted(set(dims) - {'tasks', 'p', 'seeds'})} cannot be set; set tasks, p or seeds")
+    for t in dims.get("tasks", []):
+        parse_tasks(t)
+    # 15.0 and 15 are the same cell: whole percentages stay ints, as in the presets
+    dims["p"] = [int(f) if f.is_integer() else f for f in map(check_fraction, dims["p"])] if "p" in dims else None
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in dims.get("seeds", [])):
+        raise ValueError(f"seeds={dims['seeds']!r}: training seeds are integers >= 0")
+    grid = {**GRIDS[preset], **{k: list(v) for k, v in dims.items() if v is not None}}
+    empty = [k for k, v in grid.items() if not v]
+    if empty:
+        raise ValueError(f"grid: {empty} is empty; give at least one value")
+    return grid
 
 
 def check_overrides(preset: str, overrides: dict[str, Any]) -> None:
@@ -95,9 +109,13 @@ def check_overrides(preset: str, overrides: dict[str, Any]) -> None:
 
 
 def expand_grid(preset: str, experiment_dir: str | Path | None = None, *, notebooks: dict[str, str] | None = None,
-                overrides: dict[str, Any] | None = None, data_parameters: dict[str, Any] | None = None) -> list[Cell]:
-    """The preset's cells in run order: data prep, teachers per (p, seed), students per (tasks, p, seed), analyses."""
-    grid = check_preset(preset)
+                overrides: dict[str, Any] | None = None, data_parameters: dict[str, Any] | None = None,
+                dims: dict[str, list] | None = None) -> list[Cell]:
+    """The preset's cells in run order: data prep, teachers per (p, seed), students per (tasks, p, seed), analyses.
+
+    `dims` replaces the preset's tasks / p / seeds lists (the command line's --tasks, --p, --seeds).
+    """
+    grid = check_preset(preset, dims)
     overrides = dict(overrides or {})
     check_overrides(preset, overrides)
     unknown = set(notebooks or {}) - set(STAGES)
@@ -115,9 +133,9 @@ def expand_grid(preset: str, experiment_dir: str | Path | None = None, *, notebo
     union = task_key(parse_tasks(sorted({t for c in combos for t in parse_tasks(c)})))
     runs = [(p, s) for s in grid["seeds"] for p in grid["p"]]   # seed-major: seed 0 completes first
     data = cell("data", "all", dict(data_parameters or {}), [])
-    teachers = {(p, s): cell("teachers", f"p{p}_s{s}", dict(tasks=union, p=p, seed=s, overrides=dict(overrides)),
+    teachers = {(p, s): cell("teachers", f"p{p:g}_s{s}", dict(tasks=union, p=p, seed=s, overrides=dict(overrides)),
                              [data.name]) for p, s in runs}
-    students = [cell("students", f"{t}/p{p}_s{s}",
+    students = [cell("students", f"{t}/p{p:g}_s{s}",
                      dict(tasks=t, p=p, seed=s, models=list(grid["models"]), overrides=dict(overrides)),
                      [data.name, teachers[p, s].name]) for p, s in runs for t in combos]
     training = [data, *teachers.values(), *students]
@@ -229,6 +247,19 @@ def needs_run(state: str | None, retry_failed: bool) -> bool:
     return state not in (DONE, FAILED) or (state == FAILED and retry_failed)
 
 
+def is_stale(cell: Cell, cells: dict[str, Cell]) -> bool:
+    """Done, but its inputs changed since, as make sees it: it needs other cells now (a grid grown by a
+    seed), or one it needs finished after it (a failed teacher retried). Its notebook then runs again;
+    the training notebooks skip every run already finished, so only summaries are recomputed."""
+    record = read_record(cell)
+    if not record or record["status"] != DONE:
+        return False
+    if list(record["deps"]) != list(cell.deps):
+        return True
+    finished = [(read_record(cells[d]) or {}).get("finished", "") for d in cell.deps if d in cells]
+    return any(f > record.get("finished", "") for f in finished)
+
+
 def _counts(status: dict[str, str | None]) -> str:
     values = list(status.values())
     left = sum(v not in (DONE, FAILED, SKIPPED) for v in values)
@@ -241,9 +272,12 @@ def run_grid(cells: list[Cell], *, kernel_name: str = KERNEL_NAME, retry_failed:
     from tqdm import tqdm
 
     check_finished_parameters(cells)
+    by_name = {c.name: c for c in cells}
     status: dict[str, str | None] = {}
     for cell in cells:
         state = recorded_status(cell)
+        if state == DONE and (is_stale(cell, by_name) or any(status.get(d, DONE) is None for d in cell.deps)):
+            state = None                                 # a cell it needs runs (again) first
         status[cell.name] = None if needs_run(state, retry_failed) else state   # None: to run, counted as left
     with tqdm(total=len(cells), unit="cell", disable=not progress, file=sys.stderr) as bar:
         for cell in cells:
@@ -345,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mtkd_utils.batch", description=__doc__.split("\n")[0])
     ap.add_argument("--preset", required=True, choices=sorted(GRIDS), help="grid and Config preset")
     ap.add_argument("--experiment-dir", help="default: outputs/<preset>")
+    ap.add_argument("--tasks", nargs="+", metavar="TASKS", help="task combinations instead of the preset's, e.g. T1+T2 T1+T2+T3")
+    ap.add_argument("--p", nargs="+", type=float, metavar="P", help="training fractions (%%) instead of the preset's, e.g. 15 30 70")
+    ap.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="training seeds instead of the preset's, e.g. 0 1 2")
     ap.add_argument("--only-stage", nargs="+", action="extend", choices=STAGES, metavar="STAGE",
                     help=f"run only these stages ({', '.join(STAGES)}); their needs in other stages are not checked")
     ap.add_argument("--retry-failed", action="store_true", help="run failed cells again (default: keep them failed)")
@@ -369,8 +406,8 @@ def main(argv: list[str] | None = None, notebooks: dict[str, str] | None = None)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        grid = expand_grid(args.preset, args.experiment_dir, notebooks=notebooks,
-                           overrides=parse_overrides(args.overrides), data_parameters=_data_parameters(args))
+        grid = expand_grid(args.preset, args.experiment_dir, notebooks=notebooks, overrides=parse_overrides(args.overrides),
+                           data_parameters=_data_parameters(args), dims=dict(tasks=args.tasks, p=args.p, seeds=args.seeds))
         check_finished_parameters(grid)
     except ValueError as err:
         parser.error(str(err))   # exits 2 with the message, no traceback

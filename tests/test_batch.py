@@ -106,6 +106,18 @@ def test_cell_parameters_and_folders(tmp_path):
     assert cells["results/all"].parameters == {"experiment_dir": exp, "preset": "demo"}
 
 
+def test_tasks_p_and_seeds_replace_the_presets(tmp_path):
+    cells = batch.expand_grid("demo", tmp_path, dims=dict(p=[15.0, 30], seeds=[0, 1], tasks=None))
+    assert {c.key for c in cells if c.stage == "teachers"} == {"p15_s0", "p30_s0", "p15_s1", "p30_s1"}
+    assert {c.parameters["p"] for c in cells if c.stage == "teachers"} == {15, 30}   # 15.0 is the cell p15
+    cells = batch.expand_grid("demo", tmp_path, dims=dict(tasks=["T1+T2", "T3"]))
+    assert {c.parameters["tasks"] for c in cells if c.stage == "students"} == {"T1+T2", "T3"}
+    for dims, message in ((dict(p=[80]), "p=80"), (dict(seeds=[-1]), "seeds"), (dict(tasks=["T4"]), "T4"),
+                          (dict(seeds=[]), "empty"), (dict(models=["M1"]), "cannot be set")):
+        with pytest.raises(ValueError, match=message):
+            batch.expand_grid("demo", tmp_path, dims=dims)
+
+
 def test_bad_arguments_name_the_allowed_values(tmp_path):
     with pytest.raises(ValueError, match="preset='tiny'.*demo.*paper.*smoke"):
         batch.expand_grid("tiny", tmp_path)
@@ -169,6 +181,20 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     assert set(statuses(cells).values()) == {"done"}
     assert batch.main(argv, dummy) == 0
     assert executions(exp) == 9
+
+
+def test_a_grown_grid_reruns_the_summaries_only(tmp_path, dummy):
+    exp = tmp_path / "exp"
+    argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--p", "15"]
+    assert batch.main(argv, dummy) == 0
+    assert executions(exp) == 6               # data, teacher, students, three analyses
+    assert batch.main(argv, dummy) == 0
+    assert executions(exp) == 6               # nothing changed: nothing runs
+    assert batch.main(argv + ["--seeds", "0", "1"], dummy) == 0
+    # the new seed's teacher and students, then the analyses, which now need them: 2 + 3
+    assert executions(exp) == 11
+    ran = [json.loads(line) for line in (exp / "executions.txt").read_text().splitlines()[6:]]
+    assert [r["seed"] for r in ran] == [1, 1, None, None, None]
 
 
 def test_a_killed_cell_runs_again(tmp_path, dummy):
