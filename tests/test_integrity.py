@@ -12,7 +12,7 @@ import torch
 
 from mtkd_utils import experiment
 from mtkd_utils.config import preset
-from mtkd_utils.data import load_data
+from mtkd_utils.data import image_batch, load_data
 from mtkd_utils.engine import mtl_loss
 from mtkd_utils.io import atomic_path
 
@@ -21,7 +21,7 @@ TRAIN = """
 import sys
 from mtkd_utils import engine, experiment
 from mtkd_utils.config import preset
-from mtkd_utils.data import load_data
+from mtkd_utils.data import image_batch, load_data
 cfg = preset("smoke", epochs=5, patience=10, threads=1)
 engine.setup_runtime(cfg)
 experiment.train_teacher(sys.argv[1], ("T1", "T2"), 15, 0, cfg, load_data(sys.argv[1], 15, cfg))
@@ -108,6 +108,31 @@ def test_a_checkpoint_from_another_setting_is_refused(prepared, tmp_path):
         experiment.load_model(run, cfg, data, ("T1",))
 
 
+def test_the_soft_target_cache_is_built_once_and_rebuilt_when_a_teacher_changes(prepared, tmp_path):
+    exp = copy_experiment(prepared, tmp_path / "x")
+    cfg = preset("smoke", epochs=1)
+    data = load_data(exp, 15, cfg)
+    run = experiment.train_teacher(exp, ("T1", "T3"), 15, 0, cfg, data)
+    cache = experiment.student_dir(exp, ("T1", "T3"), 15, 0, "M2") / "soft_targets.pt"
+
+    def teachers(kd_mode="cached"):
+        return experiment.student_teachers(exp, "M2", ("T1", "T3"), 15, 0, cfg.updated(kd_mode=kd_mode), data)
+
+    cached, built = teachers(), cache.stat().st_mtime_ns
+    teachers()
+    assert cache.stat().st_mtime_ns == built                    # every tau reuses it
+    rows = data.rows("unlabeled")[:6]
+    x = image_batch(data.images, rows, torch.device("cpu"))
+    a = cached.targets(rows, x, None, None)
+    b = teachers("online").targets(rows, x, data.targets["T3"][rows], data.is_labeled_train(rows))
+    assert torch.equal(a["T3_tokens"], b["T3_tokens"]) and torch.allclose(a["T1"], b["T1"], atol=1e-2)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)  # the teacher changes under it
+    state["model"]["heads.T1.3.bias"] += 1.0
+    torch.save(state, run / "checkpoint.pt")
+    after = teachers().targets(rows, x, None, None)
+    assert cache.stat().st_mtime_ns != built and torch.allclose(after["T1"], a["T1"] + 1.0, atol=1e-2)
+
+
 def test_non_finite_loss_names_the_step_and_task(prepared):
     cfg = preset("smoke")
     data = load_data(prepared, 15, cfg)
@@ -117,7 +142,7 @@ def test_non_finite_loss_names_the_step_and_task(prepared):
     rows = data.rows("train")[:4]
     x = torch.from_numpy(np.array(data.images[rows])).permute(0, 3, 1, 2).float() / 255
     with pytest.raises(FloatingPointError, match="non-finite T2 loss at step 7"):
-        mtl_loss(model, x, rows, data, [], 1.0, 0.9, {}, step=7)
+        mtl_loss(model, x, rows, data, None, 1.0, 0.9, {}, step=7)
 
 
 def test_no_validation_or_test_image_reaches_training(prepared):

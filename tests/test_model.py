@@ -40,7 +40,7 @@ def test_every_task_subset_trains_for_a_step(tasks):
     rows = np.arange(4)
     x = torch.from_numpy(data.images[rows]).permute(0, 3, 1, 2).float() / 255
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loss = mtl_loss(model, x, rows, data, [], 1.0, 0.95, {"T1": 1, "T2": 1, "T3": 1})
+    loss = mtl_loss(model, x, rows, data, None, 1.0, 0.95, {"T1": 1, "T2": 1, "T3": 1})
     loss.backward()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     assert torch.isfinite(loss) and loss > 0
