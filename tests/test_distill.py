@@ -4,12 +4,12 @@ import torch
 from test_model import fake_data, model_for
 
 from mtkd_utils import losses
-from mtkd_utils.config import TASKS, task_subsets
+from mtkd_utils.config import TASKS, preset, task_subsets
 from mtkd_utils.distill import OnlineTeachers, build_soft_targets, ensemble_greedy, ensemble_outputs, load_soft_targets
 from mtkd_utils.engine import caption_terms, mtl_loss
 from mtkd_utils.experiment import teachers_for
-from mtkd_utils.model import CaptionDecoder
-from mtkd_utils.text import EOS_ID, PAD_ID
+from mtkd_utils.model import CaptionDecoder, build_model
+from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID
 
 MAX_LEN, TOPK = 8, 5
 
@@ -103,3 +103,18 @@ def test_cached_soft_targets_give_the_online_loss(tmp_path):
     assert torch.equal(got["T3_tokens"], online.targets(rows, x, data.targets["T3"][rows], data.is_labeled_train(rows))["T3_tokens"].flip(0))
     a, b = (mtl_loss(model, x, rows, data, t, 2.0, 0.5, weights) for t in (cached, online))
     assert torch.allclose(a, b, rtol=1e-3)                                  # fp16 logits in the cache
+
+
+def test_the_paper_preset_distils_a_step_on_cpu():
+    """ResNet-50 at 224 px with the paper's heads: one M2 step and a beam-search decode (no GPU, no weights)."""
+    cfg = preset("paper", pretrained=None, max_len=8)          # fake_data writes sentences of 8 ids
+    data = fake_data(n=4, size=cfg.image_size)
+    torch.manual_seed(0)
+    teacher, student = (build_model(cfg, TASKS, len(data.labels.coarse), len(data.labels.fine), len(data.vocab)) for _ in range(2))
+    rows = np.arange(4)
+    x = batch(data, rows)
+    loss = mtl_loss(student, x, rows, data, OnlineTeachers([teacher.eval()], cfg.max_len, cfg.t3_topk), 2.0, cfg.alpha, {})
+    loss.backward()
+    assert torch.isfinite(loss) and student.encoder[0].weight.grad.abs().sum() > 0
+    sentences = student.eval().generate(x, cfg.max_len, cfg.beam_size)
+    assert sentences.shape == (4, cfg.max_len) and (sentences[:, 0] == SOS_ID).all()
