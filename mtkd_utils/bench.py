@@ -9,7 +9,9 @@ A script run on purpose, never a timed test:
     python -m mtkd_utils.bench --profile M3-cached      # instead: where one pass of a mode spends its time
 
 One run builds one synthetic in-memory dataset (random uint8 images, labels and sentences: no files)
-and one freshly initialised T1+T2+T3 model; every mode trains its own copy of that model on the same rows:
+and one freshly initialised T1+T2+T3 model; every mode trains its own copy of that model, `--steps` batches
+a pass: the ceiling and M1 on labeled rows (as M1, a teacher, trains), the M3 modes on labeled and unlabeled
+rows half and half (as a student trains):
 
   ceiling    forward + backward + AdamW step on float tensors made before the clock starts
   M1         engine.train_one_epoch without teachers: image cache -> batches -> augment -> mtl_loss
@@ -135,23 +137,32 @@ class Mode:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object
+    rows: np.ndarray              # what one pass trains on (mode_rows)
     teachers: CachedTeachers | OnlineTeachers | None = None
     setup_s: float = 0.0          # one-off cost before training (the soft-target cache)
 
 
-def build_mode(name: str, base: torch.nn.Module, cfg: Config, data: FundusData, rows: np.ndarray,
+def mode_rows(name: str, data: FundusData) -> np.ndarray:
+    """What each mode trains on, as in a real run: the ceiling and M1 labeled rows only (M1 is a teacher,
+    trained on the labeled fraction); the M3 modes as many rows, half labeled and half unlabeled (a student)."""
+    labeled = data.is_labeled_train(np.arange(len(data.images))).numpy()
+    lab, unl = np.flatnonzero(labeled), np.flatnonzero(~labeled)
+    return lab if name in ("ceiling", "M1") else np.sort(np.concatenate([lab[: len(lab) // 2], unl[: len(lab) - len(lab) // 2]]))
+
+
+def build_mode(name: str, base: torch.nn.Module, cfg: Config, data: FundusData,
                device: torch.device, teachers: list | None = None) -> Mode:
     """A copy of `base` ready to train in mode `name`; M3 modes need the 7 teacher models."""
     model = copy.deepcopy(base).to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)   # as engine.fit does
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    mode = Mode(name, model, optimizer, cosine_schedule(optimizer, total_steps=10**6, warmup=1))
+    mode = Mode(name, model, optimizer, cosine_schedule(optimizer, total_steps=10**6, warmup=1), mode_rows(name, data))
     if name == "M3-online":
         mode.teachers = OnlineTeachers(teachers, cfg.max_len, cfg.t3_topk)
     elif name == "M3-cached":
         t0 = time.perf_counter()
-        mode.teachers = cached_teachers(teachers, cfg, data, rows, device)
+        mode.teachers = cached_teachers(teachers, cfg, data, mode.rows, device)
         mode.setup_s = time.perf_counter() - t0
     return mode
 
@@ -189,8 +200,9 @@ def ceiling_step(model, optimizer, x: torch.Tensor, y: dict[str, torch.Tensor], 
     optimizer.step()
 
 
-def timed_pass(mode: Mode, data: FundusData, rows: np.ndarray, cfg: Config, device: torch.device, epoch: int) -> float:
-    """Seconds for one pass of `mode` over `rows` (a pass is one engine epoch)."""
+def timed_pass(mode: Mode, data: FundusData, cfg: Config, device: torch.device, epoch: int, limit: int | None = None) -> float:
+    """Seconds for one pass of `mode` over its rows (the first `limit` of them); a pass is one engine epoch."""
+    rows = mode.rows[:limit]
     batches = ceiling_batches(data, rows, cfg, device, epoch) if mode.name == "ceiling" else None
     sync(device)
     t0 = time.perf_counter()
@@ -203,15 +215,14 @@ def timed_pass(mode: Mode, data: FundusData, rows: np.ndarray, cfg: Config, devi
     return time.perf_counter() - t0
 
 
-def time_modes(modes: list[Mode], data: FundusData, rows: np.ndarray, cfg: Config, device: torch.device,
-               repeats: int) -> pd.DataFrame:
+def time_modes(modes: list[Mode], data: FundusData, cfg: Config, device: torch.device, repeats: int) -> pd.DataFrame:
     """Seconds per pass, one row per repeat and a column per mode; the modes take turns (order rotates)."""
     for m in modes:                                     # warm-up: allocator, kernels, thread pool
-        timed_pass(m, data, rows[: 2 * cfg.batch_size], cfg, device, epoch=0)
+        timed_pass(m, data, cfg, device, epoch=0, limit=2 * cfg.batch_size)
     out = []
     for r in range(repeats):
         turn = modes[r % len(modes):] + modes[: r % len(modes)]
-        out.append({m.name: timed_pass(m, data, rows, cfg, device, epoch=r + 1) for m in turn})
+        out.append({m.name: timed_pass(m, data, cfg, device, epoch=r + 1) for m in turn})
     return pd.DataFrame(out)[[m.name for m in modes]]
 
 
@@ -247,14 +258,14 @@ def peak_memory(name: str, args: argparse.Namespace) -> dict[str, float]:
     """One mode's memory in this process: set up, start a new peak, train one pass; MB."""
     cfg = bench_config(args)
     device = setup_runtime(cfg)
-    data, rows = setup_data(cfg, args.steps)
+    data = setup_data(cfg, args.steps)
     teachers = teacher_models(cfg, data, device) if name.startswith("M3") else None
-    mode = build_mode(name, new_model(cfg, data, TASKS, seed=0), cfg, data, rows, device, teachers)
+    mode = build_mode(name, new_model(cfg, data, TASKS, seed=0), cfg, data, device, teachers)
     del teachers                                        # cached mode: the teacher models are gone after the cache
     gc.collect()
     exact = reset_peak(device)
     before, _ = memory_now(device)
-    timed_pass(mode, data, rows, cfg, device, epoch=0)
+    timed_pass(mode, data, cfg, device, epoch=0)
     _, peak = memory_now(device)
     return {"peak_MB": peak, "train_MB": peak - before, "peak_reset": exact}
 
@@ -269,10 +280,9 @@ def memory_in_subprocess(name: str, argv: list[str]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- the run
-def setup_data(cfg: Config, steps: int) -> tuple[FundusData, np.ndarray]:
-    """Exactly `steps` batches of rows, labeled and unlabeled mixed."""
-    data = synthetic_data(steps * cfg.batch_size, cfg.image_size, cfg.max_len)
-    return data, np.arange(len(data.images))
+def setup_data(cfg: Config, steps: int) -> FundusData:
+    """2 * `steps` batches of rows, half labeled: every mode's pass is `steps` batches (mode_rows)."""
+    return synthetic_data(2 * steps * cfg.batch_size, cfg.image_size, cfg.max_len)
 
 
 def machine(device: torch.device) -> dict[str, str]:
@@ -321,16 +331,16 @@ def benchmark(args: argparse.Namespace) -> dict:
     """Time every mode on the same data and the same initial model; measure each mode's peak memory."""
     cfg = bench_config(args)
     device = setup_runtime(cfg)
-    data, rows = setup_data(cfg, args.steps)
+    data = setup_data(cfg, args.steps)
     info = {**machine(device), "model": f"{cfg.backbone}, T1+T2+T3, {cfg.image_size} px, batch {cfg.batch_size}, "
             f"head {cfg.head_hidden}, LSTM {cfg.lstm_hidden}, vocab {len(data.vocab)}, max_len {cfg.max_len}, top-k {cfg.t3_topk}",
-            "data": f"{len(rows)} synthetic images in memory ({LABELED_SHARE:.0%} labeled), {args.steps} steps per pass, "
-            f"{args.repeats} repeats"}
+            "data": f"{len(data.images)} synthetic images in memory ({LABELED_SHARE:.0%} labeled), {args.steps} steps per pass, "
+            f"{args.repeats} repeats; ceiling and M1 on labeled rows, M3 on labeled and unlabeled rows half and half"}
     base = new_model(cfg, data, TASKS, seed=0)
     teachers = teacher_models(cfg, data, device)
-    modes = [build_mode(name, base, cfg, data, rows, device, teachers) for name in MODES]
-    info["soft-target cache (7 teachers, once)"] = f"{modes[2].setup_s:.1f} s for {len(rows)} images"
-    times = time_modes(modes, data, rows, cfg, device, args.repeats)
+    modes = [build_mode(name, base, cfg, data, device, teachers) for name in MODES]
+    info["soft-target cache (7 teachers, once)"] = f"{modes[2].setup_s:.1f} s for {len(modes[2].rows)} images"
+    times = time_modes(modes, data, cfg, device, args.repeats)
     info["load average (1/5/15 min) at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     memory = None if args.no_memory else {name: memory_in_subprocess(name, args.argv) for name in MODES}
     return {"machine": info, "times": times, "table": results_table(times, args.steps, cfg.batch_size, memory),
@@ -355,8 +365,8 @@ def knobs(args: argparse.Namespace) -> pd.DataFrame:
     """M1 images/s under 1 thread vs all usable cores x the DETERMINISM settings, interleaved in one process."""
     cfg = bench_config(args)
     device = setup_runtime(cfg)
-    data, rows = setup_data(cfg, args.steps)
-    mode = build_mode("M1", new_model(cfg, data, TASKS, seed=0), cfg, data, rows, device)
+    data = setup_data(cfg, args.steps)
+    mode = build_mode("M1", new_model(cfg, data, TASKS, seed=0), cfg, data, device)
     threads0, det0 = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     fill0 = torch.utils.deterministic.fill_uninitialized_memory
     settings = [(t, d) for t in sorted({1, len(os.sched_getaffinity(0))}) for d in DETERMINISM]
@@ -366,14 +376,14 @@ def knobs(args: argparse.Namespace) -> pd.DataFrame:
             for t, d in settings[r % len(settings):] + settings[: r % len(settings)]:
                 torch.set_num_threads(t)
                 set_determinism(d)
-                sec = timed_pass(mode, data, rows if r else rows[: 2 * cfg.batch_size], cfg, device, epoch=r)
+                sec = timed_pass(mode, data, cfg, device, epoch=r, limit=None if r else 2 * cfg.batch_size)
                 if r:
                     times[(t, d)].append(sec)
     finally:
         torch.set_num_threads(threads0)
         torch.use_deterministic_algorithms(det0)
         torch.utils.deterministic.fill_uninitialized_memory = fill0
-    n = len(rows)
+    n = len(mode.rows)
     return pd.DataFrame([{"threads": t, "deterministic": d, "M1 images/s": round(n / float(np.median(v)), 1),
                           "slowest": round(n / max(v), 1), "fastest": round(n / min(v), 1)} for (t, d), v in times.items()])
 
@@ -383,13 +393,13 @@ def profile(name: str, args: argparse.Namespace, rows_shown: int = 20) -> str:
     from torch.profiler import ProfilerActivity, profile as torch_profile
     cfg = bench_config(args)
     device = setup_runtime(cfg)
-    data, rows = setup_data(cfg, args.steps)
+    data = setup_data(cfg, args.steps)
     teachers = teacher_models(cfg, data, device) if name.startswith("M3") else None
-    mode = build_mode(name, new_model(cfg, data, TASKS, seed=0), cfg, data, rows, device, teachers)
-    timed_pass(mode, data, rows[: 2 * cfg.batch_size], cfg, device, epoch=0)
+    mode = build_mode(name, new_model(cfg, data, TASKS, seed=0), cfg, data, device, teachers)
+    timed_pass(mode, data, cfg, device, epoch=0, limit=2 * cfg.batch_size)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
-        timed_pass(mode, data, rows, cfg, device, epoch=1)
+        timed_pass(mode, data, cfg, device, epoch=1)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows_shown)
 
