@@ -304,12 +304,13 @@ def summary(cells: list[Cell]) -> pd.DataFrame:
 
 def describe_grid(cells: list[Cell]) -> pd.DataFrame:
     """The grid as a table (for --dry-run): cell, notebook, recorded status, dependencies, parameters."""
-    rows = []
+    rows, by_name = [], {c.name: c for c in cells}
     for cell in cells:
         shown = {k: v for k, v in cell.parameters.items() if k not in ("experiment_dir", "preset")}
         deps = ", ".join(cell.deps) if len(cell.deps) <= 2 else f"{len(cell.deps)} cells (all training)"
         rows.append({"cell": cell.name, "notebook": Path(cell.notebook).name,
-                     "status": recorded_status(cell) or "not run", "needs": deps,
+                     "status": "done, inputs changed: runs again" if is_stale(cell, by_name) else recorded_status(cell) or "not run",
+                     "needs": deps,
                      "parameters": json.dumps(shown)})
     return pd.DataFrame(rows)
 

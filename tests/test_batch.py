@@ -183,13 +183,16 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     assert executions(exp) == 9
 
 
-def test_a_grown_grid_reruns_the_summaries_only(tmp_path, dummy):
+def test_a_grown_grid_reruns_the_summaries_only(tmp_path, dummy, capsys):
     exp = tmp_path / "exp"
     argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--p", "15"]
     assert batch.main(argv, dummy) == 0
     assert executions(exp) == 6               # data, teacher, students, three analyses
     assert batch.main(argv, dummy) == 0
     assert executions(exp) == 6               # nothing changed: nothing runs
+    capsys.readouterr()
+    assert batch.main(argv + ["--seeds", "0", "1", "--dry-run"], dummy) == 0
+    assert capsys.readouterr().out.count("inputs changed: runs again") == 3   # the three analyses
     assert batch.main(argv + ["--seeds", "0", "1"], dummy) == 0
     # the new seed's teacher and students, then the analyses, which now need them: 2 + 3
     assert executions(exp) == 11
