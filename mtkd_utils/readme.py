@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from .io import atomic_path, read_json
-from .results import collect_metrics, table1, to_markdown
+from .results import baseline_note, collect_metrics, constant_baseline, table1, to_markdown
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
@@ -70,6 +70,7 @@ def section(exp: Path, figures_dir: Path) -> str:
              f"commit {str(env.get('git_commit', '?'))[:12]}). {_timings(exp)}_",
              "", "**Table 1 on the synthetic demo** (test split, mean over seeds; τ chosen on validation):", "",
              to_markdown(table1(runs)) if runs.size else "_(no finished runs)_", "",
+             baseline_note(constant_baseline(exp)), "",
              f"![metrics against p]({rel}/metrics_vs_p.png)", "",
              "**Grad-CAM localisation against the lesion masks** (all annotated test images; pointing game and "
              "energy inside the mask; `mask_share` is chance; the randomised row is the sanity check):", "",

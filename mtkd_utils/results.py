@@ -107,6 +107,28 @@ def table1(df: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, digits: in
     return table.reindex(index=rows, columns=cols).astype(object).fillna("")
 
 
+def constant_baseline(experiment_dir: str | Path) -> pd.Series:
+    """T1_acc / T2_acc of always answering the test split's commonest class: the bar a classifier must clear.
+
+    Read from any run's predictions.csv (every run shares the test split). Empty without runs.
+    """
+    baseline = {}
+    for path in sorted(Path(experiment_dir).glob("students/*/p*_s*/*/predictions.csv")):
+        preds = read_predictions(path)
+        for metric, col in (("T1_acc", "coarse_true"), ("T2_acc", "fine_true")):
+            if metric not in baseline and (preds[col] != "").any():
+                baseline[metric] = float(preds[col].value_counts(normalize=True).iloc[0])
+    return pd.Series(baseline, name="commonest class", dtype=float)
+
+
+def baseline_note(baseline: pd.Series) -> str:
+    """One sentence for under Table 1."""
+    if baseline.empty:
+        return ""
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in baseline.items())
+    return f"Always answering the test split's commonest class scores {shown}: accuracies near these are no skill."
+
+
 # ---------------------------------------------------------------- saving tables
 
 def _flat(table: pd.DataFrame) -> pd.DataFrame:

@@ -191,3 +191,13 @@ def test_compare_m3_m1_reads_predictions(tmp_path):
     assert list(t1["M3-M1"]) == pytest.approx([0.15, 0.15])
     assert (t1.lo < 0.15).all() and (t1.hi > 0.15).all() and set(t1.p) == {15} and set(t1.tasks) == {"T1+T3"}
     assert list(table[table.metric == "T3_bleu4"]["M3-M1"]) == [0.0, 0.0]   # the same sentences
+
+
+def test_constant_baseline_is_the_commonest_test_class(tmp_path):
+    exp = tmp_path / "exp"
+    preds = pd.DataFrame({"coarse_true": ["a", "a", "a", "b"], "fine_true": ["x", "y", "z", "z"]})
+    write_csv(preds, exp / "students" / "T1+T2" / "p15_s0" / "M1" / "predictions.csv")
+    base = results.constant_baseline(exp)
+    assert base.to_dict() == {"T1_acc": 0.75, "T2_acc": 0.5}
+    assert "T1_acc 0.750, T2_acc 0.500" in results.baseline_note(base)
+    assert results.constant_baseline(tmp_path / "empty").empty and results.baseline_note(results.constant_baseline(tmp_path)) == ""
