@@ -315,11 +315,12 @@ def _error_bar(runs: pd.DataFrame, metric: str, n_boot: int) -> tuple[float, flo
 
 
 def plot_vs_p(df: pd.DataFrame, metric: str | Sequence[str], path_stem: str | Path | None = None,
-              tasks: str | None = None, n_boot: int = 1000):
+              tasks: str | None = None, n_boot: int = 1000, baseline: pd.Series | None = None):
     """Metric against p for M1, M2, M3, one panel per metric, with error bars; saved as PNG (300 dpi) and PDF.
 
     Error bars: ± std over seeds when a point has several seeds, else the 95 % bootstrap CI over
     the test images of its one run. `tasks`: the task combination (default: the largest one present).
+    `baseline` (constant_baseline): a dashed line per metric it has, the level of no skill.
     """
     import matplotlib.pyplot as plt
 
@@ -341,6 +342,8 @@ def plot_vs_p(df: pd.DataFrame, metric: str | Sequence[str], path_stem: str | Pa
             kinds |= {k for *_, k in bars}
             ax.errorbar(np.array(ps) + offset, [runs.loc[runs["p"] == p, m].mean() for p in ps],
                         yerr=np.array([b[:2] for b in bars]).T, marker="o", capsize=3, label=model)
+        if baseline is not None and m in baseline:
+            ax.axhline(baseline[m], color="0.5", linestyle="--", linewidth=1, label="commonest class")
         ax.set(xlabel="p (% of the labeled data used for training)", ylabel=m, title=f"{m} — {tasks}")
         ax.set_xticks(sorted(sub["p"].unique()))
         ax.set_xlim(sub["p"].min() - 5, sub["p"].max() + 5)   # room for the offsets, also with one p

@@ -87,6 +87,11 @@ def test_plot_vs_p(experiment, tmp_path):
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["M1", "M2", "M3"]
     assert "std over seeds" in fig.texts[0].get_text()
     plt.close(fig)
+    fig = results.plot_vs_p(df, ["T1_acc", "T3_bleu4"], baseline=pd.Series({"T1_acc": 0.4}))
+    t1, t3 = ([t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes)
+    assert "commonest class" in t1 and "commonest class" not in t3
+    assert 0.4 in [line.get_ydata()[0] for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
+    plt.close(fig)
 
 
 def test_plot_single_seed_uses_bootstrap_ci(tmp_path):
