@@ -87,16 +87,17 @@ def check_preset(preset: str, dims: dict[str, list] | None = None) -> dict[str, 
     """The preset's grid with any of its tasks / p / seeds replaced by `dims`; ValueError on a bad value."""
     if preset not in GRIDS:
         raise ValueError(f"preset={preset!r}: choose one of {sorted(GRIDS)}")
-    dims = {k: v for k, v in (dims or {}).items() if v is not None}
-    if set(dims) - {"tasks", "p", "seeds"}:
-        raise ValueError(f"grid: {sorted(set(dims) - {'tasks', 'p', 'seeds'})} cannot be set; set tasks, p or seeds")
+    dims = {k: list(v) for k, v in (dims or {}).items() if v is not None}
+    unknown = sorted(set(dims) - {"tasks", "p", "seeds"})
+    if unknown:
+        raise ValueError(f"grid: {unknown} cannot be set; set tasks, p or seeds")
     for t in dims.get("tasks", []):
         parse_tasks(t)
-    # 15.0 and 15 are the same cell: whole percentages stay ints, as in the presets
-    dims["p"] = [int(f) if f.is_integer() else f for f in map(check_fraction, dims["p"])] if "p" in dims else None
+    if "p" in dims:   # 15.0 and 15 are the same cell: whole percentages stay ints, as in the presets
+        dims["p"] = [int(f) if f.is_integer() else f for f in map(check_fraction, dims["p"])]
     if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in dims.get("seeds", [])):
         raise ValueError(f"seeds={dims['seeds']!r}: training seeds are integers >= 0")
-    grid = {**GRIDS[preset], **{k: list(v) for k, v in dims.items() if v is not None}}
+    grid = {**GRIDS[preset], **dims}
     empty = [k for k, v in grid.items() if not v]
     if empty:
         raise ValueError(f"grid: {empty} is empty; give at least one value")
@@ -260,6 +261,18 @@ def is_stale(cell: Cell, cells: dict[str, Cell]) -> bool:
     return any(f > record.get("finished", "") for f in finished)
 
 
+def plan(cells: list[Cell], retry_failed: bool = False) -> dict[str, str | None]:
+    """Each cell's recorded status, or None when it runs this time: not done yet, or done but stale, or
+    needing a cell that runs."""
+    by_name, status = {c.name: c for c in cells}, {}
+    for cell in cells:
+        state = recorded_status(cell)
+        if state == DONE and (is_stale(cell, by_name) or any(status.get(d, DONE) is None for d in cell.deps)):
+            state = None                                 # a cell it needs runs (again) first
+        status[cell.name] = None if needs_run(state, retry_failed) else state
+    return status
+
+
 def _counts(status: dict[str, str | None]) -> str:
     values = list(status.values())
     left = sum(v not in (DONE, FAILED, SKIPPED) for v in values)
@@ -272,13 +285,7 @@ def run_grid(cells: list[Cell], *, kernel_name: str = KERNEL_NAME, retry_failed:
     from tqdm import tqdm
 
     check_finished_parameters(cells)
-    by_name = {c.name: c for c in cells}
-    status: dict[str, str | None] = {}
-    for cell in cells:
-        state = recorded_status(cell)
-        if state == DONE and (is_stale(cell, by_name) or any(status.get(d, DONE) is None for d in cell.deps)):
-            state = None                                 # a cell it needs runs (again) first
-        status[cell.name] = None if needs_run(state, retry_failed) else state   # None: to run, counted as left
+    status = plan(cells, retry_failed)                   # None: to run, counted as left
     with tqdm(total=len(cells), unit="cell", disable=not progress, file=sys.stderr) as bar:
         for cell in cells:
             if status[cell.name] is None:
@@ -302,15 +309,18 @@ def summary(cells: list[Cell]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _planned_status(recorded: str | None, planned: str | None) -> str:
+    return "done, inputs changed: runs again" if recorded == DONE and planned is None else recorded or "not run"
+
+
 def describe_grid(cells: list[Cell]) -> pd.DataFrame:
     """The grid as a table (for --dry-run): cell, notebook, recorded status, dependencies, parameters."""
-    rows, by_name = [], {c.name: c for c in cells}
+    rows, planned = [], plan(cells)
     for cell in cells:
         shown = {k: v for k, v in cell.parameters.items() if k not in ("experiment_dir", "preset")}
         deps = ", ".join(cell.deps) if len(cell.deps) <= 2 else f"{len(cell.deps)} cells (all training)"
         rows.append({"cell": cell.name, "notebook": Path(cell.notebook).name,
-                     "status": "done, inputs changed: runs again" if is_stale(cell, by_name) else recorded_status(cell) or "not run",
-                     "needs": deps,
+                     "status": _planned_status(recorded_status(cell), planned[cell.name]), "needs": deps,
                      "parameters": json.dumps(shown)})
     return pd.DataFrame(rows)
 

@@ -191,7 +191,8 @@ def student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data) -> C
     path, rows, device = student_dir(experiment_dir, tasks, p, seed, model_name) / "soft_targets.pt", _distil_rows(data), pick_device(cfg.device)
     # What the cache was computed from: it is derived data, rebuilt when any of this changed.
     meta = dict(teachers={task_key(s): _sha1(r / "checkpoint.pt") for s, r in runs.items()},
-                max_len=cfg.max_len, t3_topk=cfg.t3_topk, rows=fingerprint(rows.tolist()))
+                data=fingerprint(signature(data, cfg, tasks)), max_len=cfg.max_len, t3_topk=cfg.t3_topk,
+                rows=fingerprint(rows.tolist()))
     store = load_checkpoint(path) if path.exists() else {}
     if not json_equal(store.get("meta"), meta):
         models = [load_model(run, cfg, data, subset) for subset, run in runs.items()]

@@ -118,6 +118,8 @@ def constant_baseline(experiment_dir: str | Path) -> pd.Series:
         for metric, col in (("T1_acc", "coarse_true"), ("T2_acc", "fine_true")):
             if metric not in baseline and (preds[col] != "").any():
                 baseline[metric] = float(preds[col].value_counts(normalize=True).iloc[0])
+        if len(baseline) == 2:
+            break
     return pd.Series(baseline, name="commonest class", dtype=float)
 
 
