@@ -9,10 +9,12 @@ from PIL import Image
 from scipy import ndimage
 
 from mtkd_utils import synthetic
+from mtkd_utils import experiment
 from mtkd_utils.baseline import quick_baseline
+from mtkd_utils.config import preset
 from mtkd_utils.data import load_mask
 from mtkd_utils.manifest import COLUMNS, LabelMap, read_manifest, validate_manifest
-from mtkd_utils.splits import load_evaluation_only, make_splits, select_fraction
+from mtkd_utils.splits import load_evaluation_only, load_splits, make_splits, select_fraction
 from mtkd_utils.synthetic import dataset as synthetic_dataset
 
 TINY = {"n_patients": 6, "n_unlabeled_patients": 2, "image_size": 48}
@@ -217,6 +219,14 @@ def test_evaluation_only_patients_are_listed_and_always_tested(smoke):
     for p in (15, 70):
         roles = select_fraction(make_splits(df, seed=0, evaluation_only=held), p)
         assert (roles[roles.patient_id.isin(held)].role == "test").all()
+
+
+def test_prepare_data_tests_the_evaluation_only_patients(smoke, tmp_path):
+    """The list beside the manifest reaches the experiment's splits.csv."""
+    experiment.prepare_data(tmp_path / "exp", preset("smoke"), source="manifest", source_path=str(smoke / "manifest.csv"))
+    splits = load_splits(tmp_path / "exp" / "data" / "splits.csv")
+    held = splits[splits.evaluation_only == 1]
+    assert set(held.patient_id) == load_evaluation_only(smoke / "manifest.csv") and (held.split == "test").all()
 
 
 def test_left_and_right_eyes_are_mirrored():
