@@ -59,7 +59,7 @@ def _train_order(counts: pd.DataFrame, patients: pd.Index, rng: np.random.Genera
     fine = [c for c in counts.columns if str(c).startswith("fine:")]
     table = counts.loc[patients, fine or list(counts.columns)]
     totals = table.sum()
-    stratum = table.gt(0).mul(1.0 / totals.replace(0, np.nan)).idxmax(axis=1)   # the patient's label with the fewest images
+    stratum = table.gt(0).mul(1.0 / totals.replace(0, np.nan)).idxmax(axis=1)   # the patient's rarest label
     pos = pd.Series(0.0, index=patients)
     for _, members in stratum.groupby(stratum):
         idx = rng.permutation(len(members))
@@ -151,8 +151,9 @@ def check_leakage(roles: pd.DataFrame) -> None:
     if "evaluation_only" in roles:
         trained = roles[(roles.evaluation_only == 1) & ~roles[col].isin(["test", "excluded"])]
         if len(trained):
+            first = trained.iloc[0]
             raise LeakageError(f"{trained.patient_id.nunique()} evaluation-only patient(s) outside the test split, "
-                               f"e.g. {trained.patient_id.iloc[0]} in {trained[col].iloc[0]!r}: they may only be tested")
+                               f"e.g. {first.patient_id} in {first[col]!r}: they may only be tested")
     dup = roles.image_id[roles.image_id.duplicated()].tolist()
     if dup:
         raise LeakageError(f"images listed twice in the splits: {dup[:10]}")
@@ -167,16 +168,20 @@ def load_user_splits(path: str | Path, manifest: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a split file has image_id and split")
     bad = user[~user.split.isin(SPLITS + ("unlabeled",))]
     if len(bad):
-        raise ValueError(f"{path}: line {bad.index[0] + 2}: split {bad.split.iloc[0]!r}; use train, val, test or unlabeled")
+        raise ValueError(f"{path}: line {bad.index[0] + 2}: split {bad.split.iloc[0]!r}; "
+                         "use train, val, test or unlabeled")
     unknown = set(user.image_id) - set(manifest.image_id)
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} image_id(s) not in the manifest, e.g. {sorted(unknown)[:5]}")
-    out = manifest[["image_id", "patient_id", "labeled", "coarse"]].merge(user[["image_id", "split"]], on="image_id", how="left")
-    if out.split.isna().any():
-        raise ValueError(f"{path}: {out.split.isna().sum()} manifest image(s) have no split, e.g. {out.image_id[out.split.isna()].tolist()[:5]}")
+    out = manifest[["image_id", "patient_id", "labeled", "coarse"]].merge(user[["image_id", "split"]], on="image_id",
+                                                                          how="left")
+    missing_split = out.image_id[out.split.isna()].tolist()
+    if missing_split:
+        raise ValueError(f"{path}: {len(missing_split)} manifest image(s) have no split, e.g. {missing_split[:5]}")
     check_leakage(out)
     rank = out[out.split == "train"].patient_id.drop_duplicates().reset_index(drop=True)
-    out["train_rank"] = out.patient_id.map(pd.Series(rank.index, index=rank.values)).where(out.split == "train", -1).fillna(-1).astype(int)
+    ranks = out.patient_id.map(pd.Series(rank.index, index=rank.values))
+    out["train_rank"] = ranks.where(out.split == "train", -1).fillna(-1).astype(int)
     return out
 
 

@@ -47,8 +47,8 @@ def test_worker_pool_gives_the_serial_result(smoke, tmp_path, monkeypatch):
 
 
 def test_folder_layout_and_manifest_contract(smoke):
-    assert sorted(p.name for p in smoke.iterdir()) == ["evaluation_only.csv", "images", "label_map.json", "manifest.csv",
-                                                       "masks", "params.json"]
+    assert sorted(p.name for p in smoke.iterdir()) == ["evaluation_only.csv", "images", "label_map.json",
+                                                       "manifest.csv", "masks", "params.json"]
     assert list(pd.read_csv(smoke / "manifest.csv", nrows=0).columns) == COLUMNS
     labels = LabelMap.load(smoke / "label_map.json")
     df = validate_manifest(smoke / "manifest.csv", labels)  # raises on any bad row, missing image or mask
@@ -223,7 +223,8 @@ def test_evaluation_only_patients_are_listed_and_always_tested(smoke):
 
 def test_prepare_data_tests_the_evaluation_only_patients(smoke, tmp_path):
     """The list beside the manifest reaches the experiment's splits.csv."""
-    experiment.prepare_data(tmp_path / "exp", preset("smoke"), source="manifest", source_path=str(smoke / "manifest.csv"))
+    experiment.prepare_data(tmp_path / "exp", preset("smoke"), source="manifest",
+                            source_path=str(smoke / "manifest.csv"))
     splits = load_splits(tmp_path / "exp" / "data" / "splits.csv")
     held = splits[splits.evaluation_only == 1]
     assert set(held.patient_id) == load_evaluation_only(smoke / "manifest.csv") and (held.split == "test").all()
