@@ -16,6 +16,11 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def file_sha1(path: str | Path) -> str:
+    """Full sha1 of a file's bytes (a manifest, a teacher checkpoint): what a derived file was built from."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """torch.save to a temporary file, then rename: a kill never leaves a half-written checkpoint."""
     with atomic_path(path) as tmp:

@@ -155,9 +155,6 @@ class MTLModel(nn.Module):
                  head_hidden: int = 256, embed_dim: int = 128, lstm_hidden: int = 256, output_stride: int = 32):
         super().__init__()
         self.tasks = tuple(tasks)
-        self.signature = dict(tasks=list(self.tasks), backbone=backbone, n_coarse=n_coarse, n_fine=n_fine,
-                              vocab_size=vocab_size, head_hidden=head_hidden, embed_dim=embed_dim, lstm_hidden=lstm_hidden,
-                              output_stride=output_stride)
         self.encoder, feat_dim, self.cam_layer_name, self.init_note = build_encoder(backbone, pretrained, output_stride)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

@@ -8,7 +8,6 @@ import nbformat
 import pytest
 
 from mtkd_utils import batch
-from mtkd_utils.config import PRESETS
 
 TEST_KERNEL = "python3"   # ipykernel's own kernel in the venv: tests leave the 'mtkd' registration alone
 
@@ -49,10 +48,6 @@ def statuses(cells) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- the grid
-
-def test_every_preset_has_a_grid():
-    assert set(batch.GRIDS) == set(PRESETS)
-
 
 @pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 2, 2), ("demo", 2, 2), ("paper", 15, 60)])
 def test_grid_counts(preset, n_teachers, n_students, tmp_path):

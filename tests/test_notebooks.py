@@ -6,21 +6,14 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = REPO / "notebooks"
+from conftest import run_notebook as run
+
+from mtkd_utils import batch
 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("exp")
-
-
-def run(name: str, out_dir: Path, **params) -> Path:
-    out = out_dir / "executed" / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(NOTEBOOKS / name, out, parameters=dict(experiment_dir=str(out_dir), preset="smoke", **params),
-                        kernel_name="mtkd", cwd=str(REPO), progress_bar=False)
-    return out
 
 
 def test_notebooks_run_in_order(experiment):
@@ -32,7 +25,9 @@ def test_notebooks_run_in_order(experiment):
     for model in ("M1", "M2", "M3"):
         run_dir = experiment / "students" / "T1+T2+T3" / "p15_s0" / model
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        assert 0 <= metrics["test"]["T1_acc"] <= 1 and metrics["model"] == model
+        preds = pd.read_csv(run_dir / "predictions.csv", dtype=str, keep_default_na=False)
+        assert metrics["test"]["T1_acc"] == pytest.approx((preds.coarse_pred == preds.coarse_true).mean())
+        assert metrics["model"] == model and len(preds) == metrics["test"]["n"]
         assert (run_dir / "predictions.csv").exists() and (run_dir / "config.json").exists() and (run_dir / "split.csv").exists()
         if model != "M1":
             assert metrics["tau"] in (2.0, 5.0)                # chosen from the smoke grid on validation
@@ -54,3 +49,18 @@ def test_a_bad_parameter_fails_before_training(experiment, tmp_path):
         run("02_teachers.ipynb", tmp_path, p=90)
     with pytest.raises(pm.PapermillExecutionError, match="tasks="):
         run("02_teachers.ipynb", tmp_path, tasks="T1+T4")
+
+
+def test_architecture_overrides_reach_every_notebook(tmp_path):
+    """--set image_size / backbone / head_hidden train, and 04-06 rebuild the models from each run's config.json."""
+    exp = tmp_path / "exp"
+    overrides = ["--set", "image_size=48", "--set", "backbone=resnet18", "--set", "head_hidden=16"]
+    assert batch.main(["--preset", "smoke", "--experiment-dir", str(exp), "--p", "15", *overrides]) == 0
+    m3 = exp / "students" / "T1+T2+T3" / "p15_s0" / "M3"
+    trained = json.loads((m3 / "config.json").read_text())["config"]
+    assert (trained["image_size"], trained["backbone"], trained["head_hidden"]) == (48, "resnet18", 16)
+    gradcam = (exp / "runs" / "gradcam" / "all" / "05_gradcam.ipynb").read_text()
+    assert "CAMs at 48 px" in gradcam                          # not the preset's 32 px
+    loc = pd.read_csv(exp / "gradcam" / "localisation.csv")
+    assert {"M1 p=15", "M3 p=15", "randomised M3 p=15"} <= set(loc.run)
+    assert (exp / "analysis" / "supplement_counts.csv").exists() and (exp / "results" / "table1.csv").exists()
