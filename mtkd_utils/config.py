@@ -45,7 +45,7 @@ class Config:
     t3_topk: int = 32                   # T3 soft targets kept per step (exact when >= vocabulary)
     # runtime
     device: str = "auto"                # "auto", "cpu" or "cuda"
-    threads: int = 1                    # CPU threads for torch (0: torch's default). 1 measured fastest here: docs/PERFORMANCE.md
+    threads: int = 1                    # CPU threads for torch (0: torch's default); 1 was fastest: docs/PERFORMANCE.md
 
     def __post_init__(self) -> None:
         self.tau_grid = tuple(float(t) for t in self.tau_grid)

@@ -61,7 +61,8 @@ def ensemble_outputs(teachers: list, x: torch.Tensor, ref_tokens: torch.Tensor, 
     if captioners:
         tokens = ref_tokens.clone()
         if (~labeled).any():
-            tokens[~labeled] = ensemble_greedy([d for d, _ in captioners], [f[~labeled] for _, f in captioners], max_len)
+            decoders, unlabeled_feats = [d for d, _ in captioners], [f[~labeled] for _, f in captioners]
+            tokens[~labeled] = ensemble_greedy(decoders, unlabeled_feats, max_len)
         short = trim(tokens)
         top = [d(f, short).float().topk(min(topk, d.out.out_features), dim=-1) for d, f in captioners]
         pad = (0, 0, 0, tokens.shape[1] - short.shape[1])                       # back to (B, K, L-1, k): batches stack
@@ -100,7 +101,8 @@ def build_soft_targets(teachers: list, data: FundusData, rows: np.ndarray, path:
                        batch_size: int, device: torch.device, meta: dict | None = None) -> Path:
     """Run the teachers once over `rows` (labeled fraction + unlabeled pool); store fp16 logits, int16 ids."""
     parts: dict[str, list[torch.Tensor]] = {}
-    for b in tqdm(list(batch_rows(rows, batch_size, shuffle=False)), desc=f"soft targets ({len(teachers)} teachers)", leave=False):
+    batches = list(batch_rows(rows, batch_size, shuffle=False))
+    for b in tqdm(batches, desc=f"soft targets ({len(teachers)} teachers)", leave=False):
         out = ensemble_outputs(teachers, image_batch(data.images, b, device), data.targets["T3"][b].to(device),
                                data.is_labeled_train(b).to(device), max_len, topk)
         for k, v in out.items():

@@ -90,7 +90,8 @@ class MultiTaskLoss:
         return total.mean()
 
 
-def epoch_rows(train_rows: np.ndarray, unlabeled_rows: np.ndarray | None, share: float, g: torch.Generator) -> np.ndarray:
+def epoch_rows(train_rows: np.ndarray, unlabeled_rows: np.ndarray | None, share: float,
+               g: torch.Generator) -> np.ndarray:
     """The labeled rows plus this epoch's share of the unlabeled pool (a new seeded draw every epoch)."""
     if unlabeled_rows is None or len(unlabeled_rows) == 0:
         return train_rows
@@ -161,14 +162,17 @@ def predict(model, data: FundusData, rows: np.ndarray, batch_size: int, max_len:
                 cols["fine_pred"] += [data.labels.fine[t[0]] for t in top]
                 cols["fine_top5"] += ["|".join(data.labels.fine[i] for i in t) for t in top]
             if model.decoder is not None:
-                cols["text_pred"] += [" ".join(data.vocab.decode(t)) for t in model.decoder.generate(feats, max_len, beam_size).tolist()]
-    preds = pd.DataFrame({"image_id": m.image_id.to_numpy(), "coarse_true": m.coarse.to_numpy(), "fine_true": m.fine.to_numpy(),
-                          "text_true": m.text.to_numpy()})
+                sentences = model.decoder.generate(feats, max_len, beam_size).tolist()
+                cols["text_pred"] += [" ".join(data.vocab.decode(t)) for t in sentences]
+    preds = pd.DataFrame({"image_id": m.image_id.to_numpy(), "coarse_true": m.coarse.to_numpy(),
+                          "fine_true": m.fine.to_numpy(), "text_true": m.text.to_numpy()})
     for c, v in cols.items():
         preds[c] = v if v else ""
     # BLEU against the true sentence as written (words outside the vocabulary count as misses).
-    preds["bleu"] = [sentence_bleu4(tokenize(r), tokenize(h)) for r, h in zip(preds.text_true, preds.text_pred)] if cols["text_pred"] else ""
-    order = ["image_id", "coarse_true", "coarse_pred", "fine_true", "fine_pred", "fine_top5", "text_true", "text_pred", "bleu"]
+    pairs = zip(preds.text_true, preds.text_pred)
+    preds["bleu"] = [sentence_bleu4(tokenize(r), tokenize(h)) for r, h in pairs] if cols["text_pred"] else ""
+    order = ["image_id", "coarse_true", "coarse_pred", "fine_true", "fine_pred", "fine_top5", "text_true", "text_pred",
+             "bleu"]
     return preds[order]
 
 
@@ -192,7 +196,8 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    per_epoch = math.ceil(len(epoch_rows(train_rows, unlabeled_rows, cfg.unlabeled_per_epoch, torch.Generator())) / cfg.batch_size)
+    rows_per_epoch = len(epoch_rows(train_rows, unlabeled_rows, cfg.unlabeled_per_epoch, torch.Generator()))
+    per_epoch = math.ceil(rows_per_epoch / cfg.batch_size)
     # A small fraction gets at least min_steps updates: otherwise p=15 is also an under-trained model.
     stretch = max(1.0, cfg.min_steps / (epochs * per_epoch))
     epochs, patience = math.ceil(epochs * stretch), math.ceil(cfg.patience * stretch)
@@ -214,16 +219,18 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
         loss = train_one_epoch(model, batches, optimizer, scheduler, loss_fn, f"{desc} epoch {epoch + 1}")
         val = task_metrics(predict(model, data, val_rows, eval_batch_size(cfg), cfg.max_len, 1, device), data.labels)
         score = val_score(val, model.tasks)
-        state["history"].append(dict(epoch=epoch + 1, train_loss=loss, val_score=score, **{f"val_{k}": v for k, v in val.items()}))
+        state["history"].append(dict(epoch=epoch + 1, train_loss=loss, val_score=score,
+                                     **{f"val_{k}": v for k, v in val.items()}))
         if score > state["best"]:
             state["best"], state["bad_epochs"] = score, 0
-            save_checkpoint(run_dir / "checkpoint.pt", dict(model=model.state_dict(), signature=signature or {}, epoch=epoch + 1,
-                                                            val_score=score, config=cfg.to_dict()))
+            save_checkpoint(run_dir / "checkpoint.pt", dict(model=model.state_dict(), signature=signature or {},
+                                                            epoch=epoch + 1, val_score=score, config=cfg.to_dict()))
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        save_checkpoint(last, dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                   rng=torch.get_rng_state(), progress=state, signature=signature or {}))
+        save_checkpoint(last, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                   scheduler=scheduler.state_dict(), rng=torch.get_rng_state(), progress=state,
+                                   signature=signature or {}))
         if state["bad_epochs"] >= patience:
             break
     model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])

@@ -187,7 +187,8 @@ def finished_runs(experiment_dir, tasks, seed: int, models=MODELS, ps=None) -> p
     tasks, rows = parse_tasks(tasks), []
     for key, run in student_runs(experiment_dir):
         if key.tasks == tasks and key.seed == seed and key.model in models and (ps is None or key.p in map(float, ps)):
-            rows.append(dict(model=key.model, p=key.p, tau=read_json(run / "metrics.json").get("tau"), run=run, key=key))
+            tau = read_json(run / "metrics.json").get("tau")
+            rows.append(dict(model=key.model, p=key.p, tau=tau, run=run, key=key))
     if not rows:
         raise FileNotFoundError(f"no finished {task_key(tasks)} runs with seed {seed} under {experiment_dir}/students; "
                                 "run 03_student_mtl_kd.ipynb first")

@@ -6,7 +6,7 @@ import pandas as pd
 import papermill as pm
 import pytest
 
-from conftest import run_notebook as run
+from conftest import REPO, run_notebook as run
 
 from mtkd_utils import batch
 
@@ -63,4 +63,19 @@ def test_architecture_overrides_reach_every_notebook(tmp_path):
     assert "CAMs at 48 px" in gradcam                          # not the preset's 32 px
     loc = pd.read_csv(exp / "gradcam" / "localisation.csv")
     assert {"M1 p=15", "M3 p=15", "randomised M3 p=15"} <= set(loc.run)
-    assert (exp / "analysis" / "supplement_counts.csv").exists() and (exp / "results" / "table1.csv").exists()
+    tau = json.loads((m3 / "metrics.json").read_text())["tau"]
+    values = {"<P>": "15", "<seed>": "0", "<tasks>": "T1+T2+T3", "<model>": "M3", "<τ>": f"{tau:g}", "<size>": "48",
+              "<stage>": "teachers", "<key>": "p15_s0"}
+    missing = [path for path in architecture_paths(values) if not (exp / path).exists()]
+    assert not missing, f"docs/ARCHITECTURE.md names paths the code did not write: {missing}"
+
+
+def architecture_paths(values: dict[str, str]) -> list[str]:
+    """The experiment-folder paths docs/ARCHITECTURE.md lists, with its placeholders filled in."""
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    block = text.split("## Experiment folder", 1)[1].split("```", 2)[1]
+    paths = [line.split()[0] for line in block.splitlines() if line.strip()]
+    for placeholder, value in values.items():
+        paths = [p.replace(placeholder, value) for p in paths]
+    assert paths and not [p for p in paths if "<" in p], paths   # every placeholder known
+    return paths
