@@ -25,7 +25,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from .io import atomic_path
+from .io import save_figure
 
 # CAM methods of pytorch-grad-cam that take (model, target_layers) and class-index targets. Left out:
 # AblationCAM (swaps a layer inside the model), FullGrad (ignores the target layer), FinerCAM (other
@@ -82,7 +82,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, task: str = "T1", batch_size: int = 32) -> np.ndarray:
+def predicted_classes(model: nn.Module, images: torch.Tensor, task: str = "T1", batch_size: int = 32) -> np.ndarray:
     """Predicted class indices (N,) of one head, in eval mode; the model's mode is restored."""
     head, was_training = TaskOutput(model, task), model.training
     if len(images) == 0:
@@ -150,7 +150,7 @@ def compute_cams(model: nn.Module, images: torch.Tensor, task: str = "T1", targe
     if torch.is_inference_mode_enabled():
         raise RuntimeError("compute_cams needs autograd: call it outside torch.inference_mode()")
     n_classes = TaskOutput(model, task).model.heads[task][-1].out_features
-    targets = predict(model, images, task, batch_size) if targets is None else np.asarray(targets, dtype=int)
+    targets = predicted_classes(model, images, task, batch_size) if targets is None else np.asarray(targets, dtype=int)
     if targets.shape != (len(images),) or targets.min(initial=0) < 0 or targets.max(initial=0) >= n_classes:
         raise ValueError(f"targets: one class index in [0, {n_classes}) per image ({len(images)}), "
                          f"got {targets.tolist()}")
@@ -345,7 +345,7 @@ def _bare(ax) -> None:
         spine.set_visible(False)
 
 
-def _outline(ax, mask: np.ndarray | None, shape: tuple[int, int], color: str) -> None:
+def _draw_outline(ax, mask: np.ndarray | None, shape: tuple[int, int], color: str) -> None:
     if mask is not None and (m := _mask(mask, shape)).any():
         ax.contour(m.astype(float), levels=[0.5], colors=color, linewidths=1.0)
 
@@ -373,7 +373,7 @@ def gradcam_figure(rows: Sequence[Row | tuple], path_stem: str | Path, column_ti
     for r, row in enumerate(rows):
         img = _rgb01(row.image)
         axes[r, 0].imshow(img)
-        _outline(axes[r, 0], row.mask, img.shape[:2], mask_color)
+        _draw_outline(axes[r, 0], row.mask, img.shape[:2], mask_color)
         if row_titles is not None:
             axes[r, 0].set_ylabel(row_titles[r], fontsize=8)
         for c in range(1, n_cols):
@@ -384,15 +384,13 @@ def gradcam_figure(rows: Sequence[Row | tuple], path_stem: str | Path, column_ti
             panel = Panel(*row.panels[c - 1])
             ax.imshow(cam_overlay(img, panel.cam))
             if outline_on_cams:
-                _outline(ax, row.mask, img.shape[:2], mask_color)
+                _draw_outline(ax, row.mask, img.shape[:2], mask_color)
             mark = "\u2713" if panel.correct else "\u2717"   # a mark besides the colour, for colour-blind readers
             ax.set_xlabel(f"{mark} {panel.caption}", color=CORRECT_COLOR if panel.correct else WRONG_COLOR, fontsize=8)
         _bare(axes[r, 0])
     for c, title in enumerate(titles):
         axes[0, c].set_title(title, fontsize=9)
-    for ext in ("png", "pdf"):
-        with atomic_path(f"{path_stem}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=dpi)
+    save_figure(fig, path_stem, dpi=dpi, tight=False)
     return fig
 
 

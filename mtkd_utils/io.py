@@ -32,6 +32,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def save_figure(fig, stem: str | Path, dpi: int = 300, tight: bool = True) -> list[Path]:
+    """Write stem.png and stem.pdf atomically (a kill leaves the old file or none); returns both paths.
+
+    tight: crop to the drawn area (bbox_inches="tight"); off for figures with a constrained layout.
+    """
+    stem = Path(stem)
+    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "pdf")]   # not with_suffix: stems may hold dots
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
+    return paths
+
+
 def write_json(obj: Any, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -8,18 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-
-def save_figure(fig, stem: str | Path) -> list[Path]:
-    """Write stem.png (300 dpi) and stem.pdf; returns both paths."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]   # not with_suffix: stems may hold dots
-    for p in paths:
-        fig.savefig(p, dpi=300, bbox_inches="tight")
-    return paths
+from .io import save_figure
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
+def _boundary(mask: np.ndarray) -> np.ndarray:
     """The boundary pixels of a boolean mask."""
     inner = mask.copy()
     inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
@@ -30,7 +22,7 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray | None, colour=(0, 255, 255
     """The image with the lesion annotation's outline drawn in cyan."""
     out = image.copy()
     if mask is not None and mask.any():
-        out[_outline(mask)] = colour
+        out[_boundary(mask)] = colour
     return out
 
 

@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .config import MODELS, task_key
-from .io import atomic_path, read_json
-from .plots import save_figure
+from .io import atomic_path, read_json, save_figure
 from .runs import student_dir, student_runs
 
 TABLE1_METRICS = ("T1_acc", "T2_acc", "T3_bleu4")   # what the paper's Table 1 reports per task

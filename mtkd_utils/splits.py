@@ -133,7 +133,7 @@ def load_user_splits(path: str | Path, manifest: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def summary(roles: pd.DataFrame, col: str = "role") -> pd.DataFrame:
+def role_summary(roles: pd.DataFrame, col: str = "role") -> pd.DataFrame:
     """Images per split and coarse class, for the data-prep notebook."""
     t = pd.crosstab(roles[col], roles.coarse.replace("", "(no label)"), margins=True, margins_name="total")
     return t

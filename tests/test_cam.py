@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mtkd_utils.cam import (METHODS, CamError, TaskOutput, cam_extractor, check_cams, compute_cams, energy_inside,
-                            gradcam_figure, localisation_scores, localisation_table, pointing_game, predict,
+                            gradcam_figure, localisation_scores, localisation_table, pointing_game, predicted_classes,
                             randomized_copy, target_layer)
 from mtkd_utils.model import SUPPORTED_BACKBONES, MTLModel
 from pytorch_grad_cam.utils.image import scale_cam_image
@@ -93,7 +93,7 @@ def manual_gradcam(model: MTLModel, x: torch.Tensor, task: str, k: int) -> np.nd
 def test_cams_are_gradcam_for_the_given_class(backbone):
     model = tiny_model(backbone)
     x = images(3)
-    preds = predict(model, x, "T2")
+    preds = predicted_classes(model, x, "T2")
     np.testing.assert_array_equal(preds, model(x)["T2"].argmax(1).numpy())
     np.testing.assert_allclose(compute_cams(model, x, task="T2"),               # default: the predicted class
                                compute_cams(model, x, task="T2", targets=preds), atol=1e-6)
