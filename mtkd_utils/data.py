@@ -12,6 +12,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .io import atomic_path, read_json, write_json
+from . import runs
 from .manifest import LabelMap, read_manifest
 from .splits import load_splits, select_fraction
 from .text import PAD_ID, Vocab
@@ -110,7 +111,7 @@ def vocab_for(data_dir: Path, roles: pd.DataFrame, manifest: pd.DataFrame, p: fl
 
 def load_data(experiment_dir: str | Path, p: float, cfg) -> FundusData:
     """Read what 01_data_prep wrote and select fraction p (checks leakage on the way)."""
-    data_dir = Path(experiment_dir) / "data"
+    data_dir = runs.data_dir(experiment_dir)
     if not (data_dir / "dataset.json").exists():
         raise FileNotFoundError(f"{data_dir}/dataset.json missing: run notebooks/01_data_prep.ipynb for this "
                                 "experiment first")

@@ -12,7 +12,7 @@ import pandas as pd
 from PIL import Image
 
 from .io import atomic_path, read_json
-from .runs import student_runs
+from .runs import analysis_dir, student_runs
 from .results import baseline_note, collect_metrics, constant_baseline, table1, to_markdown
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def _md(df: pd.DataFrame, digits: int = 3) -> str:
 
 
 def _localisation(exp: Path) -> str:
-    path = exp / "gradcam" / "localisation.csv"
+    path = analysis_dir(exp, "gradcam") / "localisation.csv"
     if not path.exists():
         return "_(no Grad-CAM run yet)_"
     t = pd.read_csv(path)
@@ -79,7 +79,7 @@ def section(exp: Path, figures_dir: Path) -> str:
              "**Grad-CAM localisation against the lesion masks** (all annotated test images; pointing game and "
              "energy inside the mask; `mask_share` is chance; the randomised row is the sanity check):", "",
              _localisation(exp), "", f"![Grad-CAM figure]({rel}/gradcam_M3.jpg)"]
-    comparison = exp / "results" / "m3_vs_m1.csv"
+    comparison = analysis_dir(exp, "results") / "m3_vs_m1.csv"
     if comparison.exists():
         table = pd.read_csv(comparison).set_index(["tasks", "p", "seed", "metric"])
         parts += ["", "**M3 − M1, paired bootstrap over the test images** (95 % CI):", "", _md(table, 4)]

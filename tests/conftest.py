@@ -40,7 +40,8 @@ def tiny_dataset(tmp_path: Path) -> Path:
         rows.append(dict(image_id=f"img{i}", image=f"images/{i}.png", patient_id=pid, eye=eye, labeled=1,
                          coarse=coarse, fine=fine, text=text, mask=""))
     write_image(tmp_path / "images" / "u.png")
-    rows.append(dict(image_id="u0", image="images/u.png", patient_id="c", eye="left", labeled=0, coarse="", fine="", text="", mask=""))
+    rows.append(dict(image_id="u0", image="images/u.png", patient_id="c", eye="left", labeled=0, coarse="", fine="",
+                     text="", mask=""))
     pd.DataFrame(rows, columns=COLUMNS).to_csv(tmp_path / "manifest.csv", index=False)
     LABELS.save(tmp_path / "label_map.json")
     return tmp_path / "manifest.csv"

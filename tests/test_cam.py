@@ -72,7 +72,8 @@ def test_every_backbone_gives_valid_gradcams(backbone):
 
 
 def manual_gradcam(model: MTLModel, x: torch.Tensor, task: str, k: int) -> np.ndarray:
-    """Grad-CAM written out (Selvaraju et al. 2017) for class k: ReLU(sum_c mean(dy/dA_c) A_c), scaled as the package does."""
+    """Grad-CAM written out (Selvaraju et al. 2017) for class k: ReLU(sum_c mean(dy/dA_c) A_c), scaled as the
+    package does."""
     store = {}
     def keep(module, inputs, output):
         output.retain_grad()
@@ -102,7 +103,8 @@ def test_cams_are_gradcam_for_the_given_class(backbone):
         np.testing.assert_allclose(got, manual_gradcam(model, x, "T2", k), atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam", "scorecam"])
+@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam",
+                                    "scorecam"])
 def test_other_methods(light, method):
     assert_valid(compute_cams(light, images(1), method=method, allow_constant=False), 1)
 

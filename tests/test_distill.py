@@ -29,7 +29,8 @@ def test_ensemble_uses_exactly_the_teachers_that_know_each_task():
     data = fake_data()
     rows = np.arange(8)
     x = batch(data, rows)
-    out = ensemble_outputs(teachers(data, task_subsets(TASKS)), x, data.targets["T3"][rows], data.is_labeled_train(rows), MAX_LEN, TOPK)
+    out = ensemble_outputs(teachers(data, task_subsets(TASKS)), x, data.targets["T3"][rows], data.is_labeled_train(rows),
+                           MAX_LEN, TOPK)
     assert out["T1"].shape == (8, 4, 2) and out["T2"].shape == (8, 4, 3)          # (B, K, C): 4 teachers know each
     assert out["T3_val"].shape == out["T3_idx"].shape == (8, 4, MAX_LEN - 1, TOPK)
     model = model_for(("T1", "T3"), data).eval()              # eval: no dropout noise between the calls
@@ -96,12 +97,14 @@ def test_cached_soft_targets_give_the_online_loss(tmp_path):
     data = fake_data()
     rows = np.arange(8)
     ts = teachers(data, task_subsets(TASKS))
-    path = build_soft_targets(ts, data, rows, tmp_path / "soft_targets.pt", MAX_LEN, TOPK, batch_size=3, device=torch.device("cpu"))
+    path = build_soft_targets(ts, data, rows, tmp_path / "soft_targets.pt", MAX_LEN, TOPK, batch_size=3,
+                              device=torch.device("cpu"))
     cached, online = load_soft_targets(path, len(rows), torch.device("cpu")), OnlineTeachers(ts, MAX_LEN, TOPK)
     model = model_for(TASKS, data).eval()
     x, weights = batch(data, rows), {"T1": 1, "T2": 1, "T3": 1}
     got = cached.targets(rows[::-1].copy(), x, None, None)                  # looked up by row, in any order
-    assert torch.equal(got["T3_tokens"], online.targets(rows, x, data.targets["T3"][rows], data.is_labeled_train(rows))["T3_tokens"].flip(0))
+    from_online = online.targets(rows, x, data.targets["T3"][rows], data.is_labeled_train(rows))
+    assert torch.equal(got["T3_tokens"], from_online["T3_tokens"].flip(0))
     a, b = (MultiTaskLoss(data, weights, alpha=0.5, tau=2.0, teachers=t)(model, x, rows) for t in (cached, online))
     assert torch.allclose(a, b, rtol=1e-3)                                  # fp16 logits in the cache
 
@@ -111,7 +114,8 @@ def test_the_paper_preset_distils_a_step_on_cpu():
     cfg = preset("paper", pretrained=None, max_len=8)          # fake_data writes sentences of 8 ids
     data = fake_data(n=4, size=cfg.image_size)
     torch.manual_seed(0)
-    teacher, student = (build_model(cfg, TASKS, len(data.labels.coarse), len(data.labels.fine), len(data.vocab)) for _ in range(2))
+    sizes = len(data.labels.coarse), len(data.labels.fine), len(data.vocab)
+    teacher, student = (build_model(cfg, TASKS, *sizes) for _ in range(2))
     rows = np.arange(4)
     x = batch(data, rows)
     teachers = OnlineTeachers([teacher.eval()], cfg.max_len, cfg.t3_topk)

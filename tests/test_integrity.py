@@ -172,5 +172,6 @@ def test_tau_and_early_stopping_never_read_test_labels(prepared, tmp_path):
             for col in ("coarse", "fine", "text"):                 # the truth that metrics read
                 data.manifest.loc[rows, col] = data.manifest.loc[rows[::-1], col].to_numpy()
         training.train_teacher(exp, ("T1", "T2", "T3"), 15, 0, cfg, data)
-        searches.append([training.train_student(exp, "M2", ("T1", "T2", "T3"), 15, 0, tau, cfg, data) for tau in cfg.tau_grid])
+        searches.append([training.train_student(exp, "M2", ("T1", "T2", "T3"), 15, 0, tau, cfg, data)
+                         for tau in cfg.tau_grid])
     assert searches[0] == searches[1]

@@ -28,13 +28,14 @@ def test_notebooks_run_in_order(experiment):
         preds = pd.read_csv(run_dir / "predictions.csv", dtype=str, keep_default_na=False)
         assert metrics["test"]["T1_acc"] == pytest.approx((preds.coarse_pred == preds.coarse_true).mean())
         assert metrics["model"] == model and len(preds) == metrics["test"]["n"]
-        assert (run_dir / "predictions.csv").exists() and (run_dir / "config.json").exists() and (run_dir / "split.csv").exists()
+        assert all((run_dir / name).exists() for name in ("predictions.csv", "config.json", "split.csv"))
         if model != "M1":
             assert metrics["tau"] in (2.0, 5.0)                # chosen from the smoke grid on validation
             assert (run_dir / "soft_targets.pt").exists()      # the teachers ran once, for every tau
     run("04_error_analysis.ipynb", experiment)
     counts = pd.read_csv(experiment / "analysis" / "supplement_counts.csv", index_col=0)
-    assert {"M1 p=15", "M2 p=15", "M3 p=15"} <= set(counts.columns) and (experiment / "analysis" / "examples.png").exists()
+    assert {"M1 p=15", "M2 p=15", "M3 p=15"} <= set(counts.columns)
+    assert (experiment / "analysis" / "examples.png").exists()
     run("05_gradcam.ipynb", experiment, n_per_disease=1)
     loc = pd.read_csv(experiment / "gradcam" / "localisation.csv")
     assert {"M3 p=15", "randomised M3 p=15"} <= set(loc.run) and (experiment / "gradcam" / "gradcam_M3.pdf").exists()
