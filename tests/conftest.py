@@ -107,3 +107,16 @@ def odir_jpeg(path, seed=0, size=(40, 48)):
     img[disc] = (180 + seed % 50, 80, 40)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).save(path, quality=90)
+
+
+def architecture_paths(values: dict[str, str], under: str | None = None, skip: str | None = None) -> list[str]:
+    """The experiment-folder paths docs/ARCHITECTURE.md lists (only those `under` a folder, or all but those
+    under `skip`), with its placeholders filled in from `values`."""
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    block = text.split("## Experiment folder", 1)[1].split("```", 2)[1]
+    paths = [line.split()[0] for line in block.splitlines() if line.strip()]
+    paths = [p for p in paths if (under is None or p.startswith(under)) and (skip is None or not p.startswith(skip))]
+    for placeholder, value in values.items():
+        paths = [p.replace(placeholder, value) for p in paths]
+    assert paths and not [p for p in paths if "<" in p], paths   # every placeholder known
+    return paths

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import architecture_paths
 
 from mtkd_utils import batch
 
@@ -176,6 +177,8 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     assert set(statuses(cells).values()) == {"done"}
     assert batch.main(argv, dummy) == 0
     assert executions(exp) == 9
+    documented = architecture_paths({"<stage>": "teachers", "<key>": "p70_s0"}, under="runs/")
+    assert [path for path in documented if not (exp / path).exists()] == []   # docs/ARCHITECTURE.md's runs/ paths
 
 
 def test_a_grown_grid_reruns_the_summaries_only(tmp_path, dummy, capsys):
