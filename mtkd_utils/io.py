@@ -1,6 +1,7 @@
 """Atomic file writes and run-folder bookkeeping: a kill never leaves a half-written file."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -30,6 +31,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fingerprint(obj: Any) -> str:
+    """Short stable hash of a JSON-able object (a label map, a vocabulary, a data signature)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def file_sha1(path: str | Path) -> str:
+    """Full sha1 of a file's bytes (a manifest, a teacher checkpoint): what a derived file was built from."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
 def save_figure(fig, stem: str | Path, dpi: int = 300, tight: bool = True) -> list[Path]:

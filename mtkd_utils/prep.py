@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import presets, runs
-from .checkpoint import file_sha1
 from .config import Config
 from .data import build_image_cache
-from .io import read_json, write_json
+from .io import file_sha1, read_json, write_json
 from .manifest import LabelMap, validate_manifest
 from .splits import load_user_splits, make_splits, save_splits
 

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checkpoint import fingerprint
 from .config import MODELS, Config, check_fraction, parse_tasks, task_key
-from .io import environment, read_json, write_json
+from .io import environment, fingerprint, read_json, write_json
 
 RUNTIME_FIELDS = ("device", "threads")                   # change how fast, not what is computed
 DISTILL_FIELDS = ("alpha", "tau_grid", "student_epochs", "unlabeled_per_epoch", "kd_mode")  # students only

@@ -12,12 +12,12 @@ import pandas as pd
 import torch
 
 from . import runs
-from .checkpoint import file_sha1, fingerprint, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import Config, task_key, task_subsets
 from .data import FundusData, load_data
 from .distill import CachedTeachers, OnlineTeachers, build_soft_targets
 from .engine import eval_batch_size, fit, pick_device, predict
-from .io import read_json, write_csv, write_json
+from .io import file_sha1, fingerprint, read_json, write_csv, write_json
 from .metrics import confusion, per_disease, task_metrics
 from .model import MTLModel, build_model
 from .runs import RunKey
