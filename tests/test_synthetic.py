@@ -9,9 +9,9 @@ from PIL import Image
 from scipy import ndimage
 
 from mtkd_utils import synthetic
-from mtkd_utils import experiment
+from mtkd_utils import prep
 from mtkd_utils.baseline import quick_baseline
-from mtkd_utils.config import preset
+from mtkd_utils.presets import config as preset
 from mtkd_utils.data import load_mask
 from mtkd_utils.manifest import COLUMNS, LabelMap, read_manifest, validate_manifest
 from mtkd_utils.splits import load_evaluation_only, load_splits, make_splits, select_fraction
@@ -223,8 +223,8 @@ def test_evaluation_only_patients_are_listed_and_always_tested(smoke):
 
 def test_prepare_data_tests_the_evaluation_only_patients(smoke, tmp_path):
     """The list beside the manifest reaches the experiment's splits.csv."""
-    experiment.prepare_data(tmp_path / "exp", preset("smoke"), source="manifest",
-                            source_path=str(smoke / "manifest.csv"))
+    prep.prepare_data(tmp_path / "exp", preset("smoke"), source="manifest",
+                      source_path=str(smoke / "manifest.csv"))
     splits = load_splits(tmp_path / "exp" / "data" / "splits.csv")
     held = splits[splits.evaluation_only == 1]
     assert set(held.patient_id) == load_evaluation_only(smoke / "manifest.csv") and (held.split == "test").all()
@@ -295,7 +295,8 @@ def test_a_failed_generation_leaves_nothing(tmp_path, monkeypatch):
 
 def test_quick_baseline_runs_on_a_patient_split(smoke):
     res = quick_baseline(smoke, train_fraction=0.5, seed=0, steps=10)
-    assert 0 <= res["coarse_acc"] <= 1 and 0 < res["majority_acc"] < 1
+    correct = res["coarse_acc"] * res["n_test_images"]           # a share of whole test images
+    assert correct == pytest.approx(round(correct)) and 0 < res["majority_acc"] < 1
     n_patients = synthetic.SIZES["smoke"]["n_patients"] + synthetic.SIZES["smoke"]["n_eval_patients"]
     n_labeled = 2 * n_patients
     assert res["n_test_images"] == 2 * round(0.3 * n_patients)

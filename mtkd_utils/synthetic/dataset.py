@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..io import read_json, write_csv, write_json
 from ..manifest import COLUMNS, write_manifest
+from ..presets import SYNTHETIC_SIZES
 from ..splits import EVALUATION_ONLY
 from .cohort import plan_cohort
 from .draw import Lesion, draw_eye
@@ -26,15 +27,7 @@ from .text import describe
 
 GENERATOR_VERSION = 2  # bump when the images or labels change: old folders are then refused, not reused
 
-SIZES = {
-    # a few seconds: tests and a first look
-    "smoke": {"n_patients": 40, "n_eval_patients": 10, "n_unlabeled_patients": 40, "image_size": 64, "seed": 0},
-    # the demo (training resizes to 64 px): 1,700 development images (p = 70 trains on ~1,190) and 800
-    # evaluation-only ones, so that the test split holds ~255 + 800 images; generation well under a minute
-    "demo": {"n_patients": 850, "n_eval_patients": 400, "n_unlabeled_patients": 1750, "image_size": 128, "seed": 0},
-    # paper-like scale (the paper had 3,502 patients), for a GPU machine: its 15 % test split is already > 1,000
-    "paper": {"n_patients": 3500, "n_eval_patients": 0, "n_unlabeled_patients": 8000, "image_size": 256, "seed": 0},
-}
+SIZES = SYNTHETIC_SIZES  # the generator's sizes live with their presets: one table for config, grid and data
 
 
 @dataclass
