@@ -23,6 +23,7 @@ _FAMILIES = {
 SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2",
                        "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
                        "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "efficientnet_b0")
+TEACHER_HEAD_DROPOUT = 0.2       # the heads' dropout for teachers, M1 and M1b (students: Config.head_dropout)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -46,7 +47,8 @@ def _imagenet_state(name: str) -> tuple[dict | None, str]:
 def _file_state(path: str) -> tuple[dict, str]:
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"pretrained={path!r}: no such file. Give a torchvision state-dict (.pth), 'imagenet' or None.")
+        raise FileNotFoundError(f"pretrained={path!r}: no such file. Give a torchvision state-dict (.pth), "
+                                "'imagenet' or None.")
     state = torch.load(p, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):  # common wrappers
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -78,7 +80,10 @@ def build_encoder(name: str, pretrained: str | None = None, output_stride: int =
         net.load_state_dict(state, strict=False)
     elif pretrained is not None:
         warnings.warn(note, stacklevel=2)
-    encoder = getattr(net, spec["attr"]) if "attr" in spec else nn.Sequential(*list(net.children())[: -spec["drop_last"]])
+    if "attr" in spec:
+        encoder = getattr(net, spec["attr"])
+    else:
+        encoder = nn.Sequential(*list(net.children())[: -spec["drop_last"]])
     for m in encoder.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             # torchvision's MobileNetV3/EfficientNet use momentum 0.01, tuned for ImageNet-length runs;
@@ -95,7 +100,8 @@ class ClassHead(nn.Sequential):
     """The paper's T1/T2 head: FC + ReLU, then the class layer (softmax lives in the loss)."""
 
     def __init__(self, in_dim: int, hidden: int, n_classes: int, dropout: float = 0.2):
-        super().__init__(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, n_classes))
+        super().__init__(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, n_classes))
 
 
 class CaptionDecoder(nn.Module):
@@ -152,20 +158,18 @@ class MTLModel(nn.Module):
 
     def __init__(self, tasks: tuple[str, ...], n_coarse: int, n_fine: int, vocab_size: int,
                  backbone: str = "resnet50", pretrained: str | None = None,
-                 head_hidden: int = 256, embed_dim: int = 128, lstm_hidden: int = 256, output_stride: int = 32):
+                 head_hidden: int = 256, embed_dim: int = 128, lstm_hidden: int = 256, output_stride: int = 32,
+                 head_dropout: float = TEACHER_HEAD_DROPOUT):
         super().__init__()
         self.tasks = tuple(tasks)
-        self.signature = dict(tasks=list(self.tasks), backbone=backbone, n_coarse=n_coarse, n_fine=n_fine,
-                              vocab_size=vocab_size, head_hidden=head_hidden, embed_dim=embed_dim, lstm_hidden=lstm_hidden,
-                              output_stride=output_stride)
         self.encoder, feat_dim, self.cam_layer_name, self.init_note = build_encoder(backbone, pretrained, output_stride)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.heads = nn.ModuleDict()
         if "T1" in tasks:
-            self.heads["T1"] = ClassHead(feat_dim, head_hidden, n_coarse)
+            self.heads["T1"] = ClassHead(feat_dim, head_hidden, n_coarse, head_dropout)
         if "T2" in tasks:
-            self.heads["T2"] = ClassHead(feat_dim, head_hidden, n_fine)
+            self.heads["T2"] = ClassHead(feat_dim, head_hidden, n_fine, head_dropout)
         self.decoder = CaptionDecoder(feat_dim, vocab_size, embed_dim, lstm_hidden) if "T3" in tasks else None
 
     @property
@@ -193,8 +197,10 @@ class MTLModel(nn.Module):
         return self.decoder.generate(self.features(images), max_len, beam_size)
 
 
-def build_model(cfg, tasks: tuple[str, ...], n_coarse: int, n_fine: int, vocab_size: int) -> MTLModel:
-    """The model a config describes (seeded by the caller)."""
+def build_model(cfg, tasks: tuple[str, ...], n_coarse: int, n_fine: int, vocab_size: int,
+                student: bool = False) -> MTLModel:
+    """The model a config describes (seeded by the caller); a student's heads get cfg.head_dropout (its noise)."""
     return MTLModel(tasks, n_coarse, n_fine, vocab_size, backbone=cfg.backbone, pretrained=cfg.pretrained,
                     head_hidden=cfg.head_hidden, embed_dim=cfg.embed_dim, lstm_hidden=cfg.lstm_hidden,
-                    output_stride=cfg.output_stride)
+                    output_stride=cfg.output_stride,
+                    head_dropout=cfg.head_dropout if student else TEACHER_HEAD_DROPOUT)

@@ -55,10 +55,13 @@ def apply_params(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tens
     p = {k: v.to(x.device, x.dtype) for k, v in params.items()}
     rad = p["angle"] * (math.pi / 180)
     cos, sin = torch.cos(rad) * p["scale"], torch.sin(rad) * p["scale"]
-    theta = torch.stack([torch.stack([cos, -sin, p["shift_x"]], 1), torch.stack([sin, cos, p["shift_y"]], 1)], 1)  # (B, 2, 3)
+    theta = torch.stack([torch.stack([cos, -sin, p["shift_x"]], 1),
+                         torch.stack([sin, cos, p["shift_y"]], 1)], 1)                          # (B, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # black beyond the edge, as a fundus
-    gray = (x * torch.tensor(GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)  # (B, 1, H, W)
+    # Zeros beyond the edge: black, like the surround of a fundus photograph.
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    luma = torch.tensor(GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    gray = (x * luma).sum(1, keepdim=True)                                                   # (B, 1, H, W)
     x = gray + (x - gray) * p["saturation"].view(-1, 1, 1, 1)
     mean = gray.mean(dim=(1, 2, 3), keepdim=True)
     x = mean + (x - mean) * p["contrast"].view(-1, 1, 1, 1)

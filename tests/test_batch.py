@@ -6,9 +6,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import architecture_paths
 
 from mtkd_utils import batch
-from mtkd_utils.config import PRESETS
 
 TEST_KERNEL = "python3"   # ipykernel's own kernel in the venv: tests leave the 'mtkd' registration alone
 
@@ -50,10 +50,6 @@ def statuses(cells) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the grid
 
-def test_every_preset_has_a_grid():
-    assert set(batch.GRIDS) == set(PRESETS)
-
-
 @pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 2, 2), ("demo", 2, 2), ("paper", 15, 60)])
 def test_grid_counts(preset, n_teachers, n_students, tmp_path):
     cells = batch.expand_grid(preset, tmp_path)
@@ -78,7 +74,7 @@ def test_paper_grid_shares_teachers(tmp_path):
     for c in students:
         prm = c.parameters
         assert f"teachers/p{prm['p']}_s{prm['seed']}" in c.deps and "data/all" in c.deps
-        assert prm["models"] == ["M1", "M2", "M3"]
+        assert prm["models"] == ["M1", "M2", "M3", "M1b"]   # M1b after the students whose budget it matches
     assert {c.parameters["tasks"] for c in students} == {"T1+T2", "T1+T3", "T2+T3", "T1+T2+T3"}
 
 
@@ -99,7 +95,7 @@ def test_cell_parameters_and_folders(tmp_path):
                                                    "p": 15, "seed": 0, "overrides": {"epochs": 3}}
     student = cells["students/T1+T2+T3/p70_s0"]
     assert student.parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3", "p": 70, "seed": 0,
-                                  "models": ["M1", "M2", "M3"], "overrides": {"epochs": 3}}
+                                  "models": ["M1", "M2", "M3", "M1b"], "overrides": {"epochs": 3}}
     assert student.notebook == "notebooks/03_student_mtl_kd.ipynb"
     assert student.run_dir == tmp_path.resolve() / "runs" / "students" / "T1+T2+T3" / "p70_s0"
     assert student.output_notebook.name == "03_student_mtl_kd.ipynb"
@@ -181,6 +177,8 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     assert set(statuses(cells).values()) == {"done"}
     assert batch.main(argv, dummy) == 0
     assert executions(exp) == 9
+    documented = architecture_paths({"<stage>": "teachers", "<key>": "p70_s0"}, under="runs/")
+    assert [path for path in documented if not (exp / path).exists()] == []   # docs/ARCHITECTURE.md's runs/ paths
 
 
 def test_a_grown_grid_reruns_the_summaries_only(tmp_path, dummy, capsys):

@@ -6,16 +6,21 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from test_model import fake_data, model_for
+from conftest import fake_data, model_for
 
-from mtkd_utils import losses
+from mtkd_utils import losses, prep, presets, runs, training
+from mtkd_utils.checkpoint import load_checkpoint
 from mtkd_utils.config import TASKS, task_subsets
-from mtkd_utils.data import labeled_share_batches
+from mtkd_utils.data import labeled_share_batches, load_data
 from mtkd_utils.distill import OnlineTeachers, build_soft_targets, ensemble_outputs, load_soft_targets
+from mtkd_utils.engine import TrainBatches, schedule
+from mtkd_utils.io import read_json
 from mtkd_utils.noise import NoiseSpec, apply_params, draw_params, student_noise
+from mtkd_utils.runs import RunKey
 from mtkd_utils.seeds import derive_seed
 from mtkd_utils.text import PAD_ID
 
@@ -76,7 +81,7 @@ def test_ce_is_averaged_over_labeled_rows_and_kd_over_all_rows():
     kd = torch.tensor([0.5, 0.5, 1.0, 1.0, 2.0, 1.0])
     labeled = torch.tensor([True, True, False, False, False, False])
     got = losses.distill_objective(hard, kd, labeled, alpha=0.9)
-    assert torch.isclose(got, torch.tensor(0.9 * 6.0 / 6 + 0.1 * 4.0 / 2))  # 0.9 * mean_all(KD) + 0.1 * mean_labeled(CE)
+    assert torch.isclose(got, torch.tensor(0.9 * 6.0 / 6 + 0.1 * 4.0 / 2))   # 0.9 mean_all(KD) + 0.1 mean_labeled(CE)
     # More unlabeled rows change the KD mean only: the CE keeps its weight 1 - alpha.
     more = losses.distill_objective(torch.cat([hard, torch.zeros(6)]), torch.cat([kd, kd]),
                                     torch.cat([labeled, torch.zeros(6, dtype=torch.bool)]), alpha=0.9)
@@ -169,7 +174,8 @@ def test_the_rest_bucket_agrees_for_cached_and_online_teachers_and_several_teach
     labeled, ref, topk = data.is_labeled_train(rows), data.targets["T3"][rows], 3     # vocabulary 8 > k = 3
     out = ensemble_outputs(teachers, x, ref, labeled, 8, topk, taus=(2.0, 5.0))
     assert out["T3_rest"].shape == (8, 2, 7, 2)                        # (B, K, L-1, n_tau)
-    path = build_soft_targets(teachers, data, rows, tmp_path / "soft.pt", 8, topk, 3, torch.device("cpu"), taus=(2.0, 5.0))
+    path = build_soft_targets(teachers, data, rows, tmp_path / "soft.pt", 8, topk, 3, torch.device("cpu"),
+                              taus=(2.0, 5.0))
     cached = load_soft_targets(path, len(rows), torch.device("cpu"), tau=5.0).targets(rows, x, ref, labeled)
     online = OnlineTeachers(teachers, 8, topk, tau=5.0).targets(rows, x, ref, labeled)
     assert cached["T3_rest"].shape == online["T3_rest"].shape == (8, 2, 7)
@@ -178,7 +184,67 @@ def test_the_rest_bucket_agrees_for_cached_and_online_teachers_and_several_teach
     with pytest.raises(ValueError, match="tau=3"):
         load_soft_targets(path, len(rows), torch.device("cpu"), tau=3.0)
     student = torch.randn(8, 7, 8)
-    per_teacher = losses.caption_kd(student, online["T3_val"], online["T3_idx"], online["T3_tokens"], 5.0, online["T3_rest"])
+    per_teacher = losses.caption_kd(student, online["T3_val"], online["T3_idx"], online["T3_tokens"], 5.0,
+                                    online["T3_rest"])
     one = losses.caption_kd(student, online["T3_val"][:, 1], online["T3_idx"][:, 1], online["T3_tokens"], 5.0,
                             online["T3_rest"][:, 1])
     assert per_teacher.shape == (8, 2) and torch.allclose(per_teacher[:, 1], one, atol=1e-6)
+
+
+# ---------------------------------------------------------------- the recipe wired into training
+@pytest.fixture(scope="module")
+def smoke_experiment(tmp_path_factory):
+    exp = tmp_path_factory.mktemp("recipe")
+    prep.prepare_data(exp, presets.config("smoke"))
+    return exp
+
+
+def test_student_batches_hold_the_share_and_get_the_noised_view(smoke_experiment):
+    cfg = presets.config("smoke", batch_size=8, labeled_share=0.25)
+    data = load_data(smoke_experiment, 15, cfg)
+    labeled, pool = data.rows("train"), data.rows("unlabeled")
+    student = TrainBatches(data, labeled, cfg, 0, torch.device("cpu"), pool, student=True)
+    assert all(np.isin(rows, labeled).sum() == 2 for rows in student.order)
+    assert len(student) == math.ceil(len(pool) * cfg.unlabeled_per_epoch / 6)
+    x, rows = next(iter(student))
+    clean = torch.from_numpy(np.array(data.images[rows])).permute(0, 3, 1, 2).float() / 255
+    assert not torch.allclose(x, clean, atol=0.05)                      # noised
+    teacher = TrainBatches(data, labeled, cfg.updated(augment=False), 0, torch.device("cpu"))
+    x, rows = next(iter(teacher))
+    assert torch.equal(x, torch.from_numpy(np.array(data.images[rows])).permute(0, 3, 1, 2).float() / 255)
+
+
+def test_m1b_gets_the_students_updates_and_every_model_records_its_own_seed(smoke_experiment):
+    tasks = ("T1", "T3")
+    cfg = presets.config("smoke", t3_topk=4)                           # below the vocabulary: the rest bucket
+    data = load_data(smoke_experiment, 15, cfg)
+    training.train_teacher(smoke_experiment, tasks, 15, 0, cfg, data)
+    m2 = training.run_student(smoke_experiment, "M2", tasks, 15, 0, cfg, data)
+    run = runs.student_dir(smoke_experiment, RunKey(tasks, 15, 0, "M2"))
+    assert sorted(p.name for p in run.glob("tau_*_alpha_*")) == [f"tau_2_alpha_{a:g}" for a in sorted(cfg.alpha_grid)]
+    assert m2["alpha"] in cfg.alpha_grid and m2["updates"] > 0
+    soft = load_checkpoint(runs.soft_targets_path(run))
+    assert soft["T3_rest"].shape[-1] == len(cfg.tau_grid) and soft["rest_taus"] == list(cfg.tau_grid)
+    teacher_cfg = read_json(runs.teacher_dir(smoke_experiment, RunKey(tasks, 15, 0)) / "config.json")
+    student_cfg = read_json(runs.setting_dir(run, m2["tau"], m2["alpha"]) / "config.json")
+    assert teacher_cfg["model_seed"] == derive_seed(0, "teacher", tasks)
+    assert student_cfg["model_seed"] == derive_seed(0, "student", tasks) != teacher_cfg["model_seed"]
+    m1b = training.run_student(smoke_experiment, "M1b", tasks, 15, 0, cfg, data)
+    history = pd.read_csv(runs.student_dir(smoke_experiment, RunKey(tasks, 15, 0, "M1b")) / "history.csv")
+    per_epoch = history.updates.iloc[0]
+    assert m1b["updates"] == m2["updates"] and m1b["budget_of"] == "M2"
+    assert m2["updates"] <= history.updates.max() < m2["updates"] + per_epoch    # patience stretches with the budget
+    model, _ = training.load_student(smoke_experiment, RunKey(tasks, 15, 0, "M1b"))
+    assert model.tasks == tasks
+
+
+def test_same_seed_teachers_for_the_ablation(smoke_experiment):
+    cfg = presets.config("smoke", diverse_seeds=False)
+    assert {training.model_seed(cfg, role, s) for role in ("teacher", "student") for s in task_subsets(TASKS)} == {0}
+    assert training.student_epochs(presets.config("smoke", student_passes=1.5, unlabeled_per_epoch=0.5)) == 3
+
+
+def test_schedule_stretches_to_min_steps_or_matches_a_budget():
+    assert schedule(epochs=2, per_epoch=10, patience=2, min_steps=0) == (2, 2)
+    assert schedule(epochs=2, per_epoch=10, patience=2, min_steps=60) == (6, 6)
+    assert schedule(epochs=2, per_epoch=10, patience=2, min_steps=60, updates=45) == (5, 5)   # ceil(45 / 10)
