@@ -4,6 +4,7 @@
     <experiment>/teachers/p<P>_s<seed>/<tasks>/         02: one teacher per task subset
     <experiment>/students/<tasks>/p<P>_s<seed>/<model>/ 03: M1 / M2 / M3 / M1b; M2, M3: tau_<τ>_alpha_<α>/ per setting
     <experiment>/analysis/, gradcam/, results/          04, 05, 06
+    <experiment>/study/<variant>/                       07: each variant's own small experiment folder
 
 Every other module and notebook spells and parses these paths through here (docs/ARCHITECTURE.md).
 """
@@ -125,6 +126,12 @@ def analysis_dir(experiment_dir: str | Path, which: str) -> Path:
     if which not in ANALYSES:
         raise ValueError(f"analysis folder {which!r}: choose one of {ANALYSES}")
     return Path(experiment_dir) / which
+
+
+def study_dir(experiment_dir: str | Path, variant: str | None = None) -> Path:
+    """study/ (07): its table and figure; study/<variant>/ one variant's experiment folder."""
+    root = Path(experiment_dir) / "study"
+    return root / variant if variant else root
 
 
 def trained_model_dir(experiment_dir: str | Path, key: RunKey) -> Path:

@@ -1,0 +1,351 @@
+"""Notebook 07, when KD pays: the study's variants as Config overrides, their runs, the table, the figure, the verdict.
+
+Every variant is a small experiment folder under <experiment>/study/<variant>/ (runs.study_dir) whose data/ and,
+when the variant leaves the teachers' settings alone, teachers/ are links to the main experiment's: a variant
+trains only its own student, and a finished run (metrics.json) is never trained again. M1, M1b, M2 and M3 with
+the recipe are the main grid's own runs (students/ of the experiment).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import runs, training
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config, task_subsets
+from .data import FundusData, batch_rows, image_batch, load_data
+from .engine import eval_batch_size, pick_device
+from .io import save_figure, write_csv
+from .results import paired_bootstrap, read_predictions
+from .runs import RunKey
+
+METRICS = ("T1_acc", "T2_acc", "T3_bleu4")
+HARD_MARGIN = 20.0      # logit of the teacher's argmax in a hardened soft target: softmax at tau=1 is one-hot to 1e-8
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the study: a model trained with Config overrides (the recipe's choices where empty)."""
+    label: str
+    model: str                                   # M1, M1b, M2, M3; "ensemble": the teachers' mean probabilities
+    overrides: dict = field(default_factory=dict)
+    ingredient: str | None = None                # the recipe ingredient this ablation removes (M3 with vs without)
+    hard_targets: bool = False                   # self-training: the teacher's argmax as labels
+
+
+VARIANTS = {
+    "M1": Variant("M1 (to convergence)", "M1"),
+    "M1b": Variant("M1 at the student's budget", "M1b"),
+    "self_training": Variant("M1 + pool, hard pseudo-labels", "M2", {"t3_kd": "topk", "tau_grid": (1.0,)},
+                             hard_targets=True),
+    "M2": Variant("M2 (one teacher)", "M2"),
+    "M3": Variant("M3 (ensemble)", "M3"),
+    "ensemble": Variant("teacher ensemble itself", "ensemble"),
+    "same_seed": Variant("M3, same-seed teachers", "M3", {"diverse_seeds": False}, "diverse teachers"),
+    "no_noise": Variant("M3, no student noise", "M3", {"student_augment": False, "head_dropout": 0.2},
+                        "student noise"),
+    "natural_share": Variant("M3, natural labeled share", "M3", {"labeled_share": 0.0}, "labeled share"),
+    "topk_t3": Variant("M3, top-k T3 KD", "M3", {"t3_kd": "topk"}, "exact T3 KD"),
+}
+MAIN = ("M1", "M2", "M3", "M1b")     # the main grid's runs, in training order (M1b takes the students' budget)
+TEACHER_FREE = set(runs.DISTILL_FIELDS + runs.RUNTIME_FIELDS)   # overrides that leave the teachers as they are
+
+
+def check_variants(names) -> list[str]:
+    """The named variants in table order; ValueError listing the known ones."""
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"variants {unknown}: choose among {list(VARIANTS)}")
+    if not {"M1", "M3"} <= set(names):
+        raise ValueError(f"variants {list(names)}: include M1 and M3, the baseline and the recipe every row is "
+                         "compared with")
+    return [n for n in VARIANTS if n in names]
+
+
+# ---------------------------------------------------------------- variant folders
+def variant_experiment(experiment_dir: Path, name: str) -> Path:
+    """The variant's experiment folder: the main one for the main grid's runs, else study/<name>/ with the main
+    data/ (and teachers/, when the variant does not change them) linked in."""
+    if name in MAIN:
+        return Path(experiment_dir)
+    shares_teachers = set(VARIANTS[name].overrides) <= TEACHER_FREE
+    return linked_folder(experiment_dir, name, ("data", "teachers") if shares_teachers else ("data",))
+
+
+def linked_folder(experiment_dir: Path, name: str, shared: tuple[str, ...]) -> Path:
+    """study/<name>/ with the main experiment's `shared` sub-folders linked in (relative links: the experiment
+    folder can move)."""
+    folder = runs.study_dir(experiment_dir, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for sub in shared:
+        if not (folder / sub).exists():
+            (folder / sub).symlink_to(Path("..") / ".." / sub, target_is_directory=True)
+    return folder
+
+
+def chosen_setting(experiment_dir: Path, key: RunKey) -> dict:
+    """The (tau, alpha) validation chose for the recipe's M3 at this key: the ablations keep it fixed."""
+    metrics = runs.student_dir(experiment_dir, key.with_model("M3")) / "metrics.json"
+    chosen = pd.read_json(metrics, typ="series")
+    return {"tau_grid": (float(chosen["tau"]),), "alpha_grid": (float(chosen["alpha"]),)}
+
+
+def variant_config(experiment_dir: Path, name: str, key: RunKey, cfg: Config) -> Config:
+    """The variant's Config: the recipe, its overrides, and for ablations the recipe's chosen (tau, alpha)."""
+    variant = VARIANTS[name]
+    pinned = chosen_setting(experiment_dir, key) if variant.ingredient else {}
+    return cfg.updated(**{**pinned, **variant.overrides})
+
+
+def run_variant(experiment_dir: Path, name: str, key: RunKey, cfg: Config, data: FundusData) -> Path:
+    """Train (unless finished) and test one variant at key; returns its run folder holding predictions.csv."""
+    variant = VARIANTS[name]
+    if variant.model == "ensemble":
+        return teacher_ensemble_run(experiment_dir, key, data)
+    exp = variant_experiment(experiment_dir, name)
+    vcfg = variant_config(experiment_dir, name, key, cfg)
+    if name not in MAIN and not (exp / "teachers").is_symlink():
+        training.train_teachers(exp, key.tasks, key.p, key.seed, vcfg)
+    if variant.hard_targets:
+        hard_pseudo_labels(exp, key.with_model(variant.model), vcfg, data)
+    training.run_student(exp, variant.model, key.tasks, key.p, key.seed, vcfg, data)
+    return runs.student_dir(exp, key.with_model(variant.model))
+
+
+def run_main(experiment_dir: Path, key: RunKey, cfg: Config, data: FundusData, models=MAIN) -> None:
+    """The main grid's teachers and students at key (02 and 03), each skipped when finished."""
+    training.train_teachers(experiment_dir, key.tasks, key.p, key.seed, cfg)
+    for model in models:
+        training.run_student(experiment_dir, model, key.tasks, key.p, key.seed, cfg, data)
+
+
+def run_study(experiment_dir, tasks, p: float, seeds, cfg: Config, names) -> dict[tuple[str, int], Path]:
+    """Every variant at (tasks, p) for every seed: {(variant, seed): run folder}."""
+    experiment_dir, folders = Path(experiment_dir), {}
+    data = load_data(experiment_dir, p, cfg)
+    for seed in seeds:
+        key = RunKey(tasks, p, seed)
+        run_main(experiment_dir, key, cfg, data)
+        for name in check_variants(names):
+            folders[name, seed] = run_variant(experiment_dir, name, key, cfg, data)
+    return folders
+
+
+# ---------------------------------------------------------------- self-training, the teacher ensemble
+def harden(store: dict) -> dict:
+    """Soft targets -> one-hot logits at the teacher's argmax (T1, T2, each T3 step), no T3 rest bucket."""
+    out = {k: v for k, v in store.items() if k != "T3_rest"}
+    for task in ("T1", "T2"):
+        if task in store:
+            z = store[task].float()                                              # (N, K, C)
+            out[task] = (torch.zeros_like(z).scatter_(-1, z.argmax(-1, keepdim=True), HARD_MARGIN)).half()
+    if "T3_val" in store:
+        val = torch.zeros_like(store["T3_val"].float())                          # (N, K, L-1, k), sorted: top first
+        val[..., 0] = HARD_MARGIN
+        out["T3_val"] = val.half()
+    return {**out, "hard": True}
+
+
+def hard_pseudo_labels(experiment_dir: Path, key: RunKey, cfg: Config, data: FundusData) -> None:
+    """Build the student's soft-target cache as usual, then harden it in place (its meta kept, so it is reused)."""
+    path = runs.soft_targets_path(runs.student_dir(experiment_dir, key))
+    if path.exists() and load_checkpoint(path).get("hard"):
+        return
+    training.student_teachers(experiment_dir, key.model, key.tasks, key.p, key.seed, cfg, data)
+    save_checkpoint(path, harden(load_checkpoint(path)))
+
+
+@torch.no_grad()
+def ensemble_probabilities(models: list, data: FundusData, rows: np.ndarray, batch_size: int,
+                           device: torch.device) -> dict[str, np.ndarray]:
+    """Mean softmax of the teachers that know each of T1/T2, on clean images: {task: (N, C)}."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for b in batch_rows(rows, batch_size, shuffle=False):
+        x = image_batch(data.images, b, device)
+        feats = [m.eval().features(x) for m in models]
+        for task in ("T1", "T2"):
+            probs = [m.heads[task](f).float().softmax(-1) for m, f in zip(models, feats) if task in m.heads]
+            parts.setdefault(task, []).append(torch.stack(probs).mean(0).cpu().numpy())
+    return {task: np.concatenate(p) for task, p in parts.items()}
+
+
+def teacher_ensemble_run(experiment_dir: Path, key: RunKey, data: FundusData) -> Path:
+    """The teachers' mean probabilities scored on the test split, as predictions.csv (T1, T2; no sentence)."""
+    run = runs.study_dir(experiment_dir, "ensemble") / runs.fraction_folder(key.p, key.seed)
+    if (run / "predictions.csv").exists():
+        return run
+    models = []
+    for subset in task_subsets(key.tasks):
+        folder = runs.teacher_dir(experiment_dir, RunKey(subset, key.p, key.seed))
+        models.append(training.load_model(folder, runs.run_config(folder), data, subset))
+    cfg = runs.run_config(runs.teacher_dir(experiment_dir, key))
+    test = data.rows("test")
+    probs = ensemble_probabilities(models, data, test, eval_batch_size(cfg), pick_device(cfg.device))
+    m = data.manifest.iloc[test]
+    preds = pd.DataFrame({"image_id": m.image_id.to_numpy(), "coarse_true": m.coarse.to_numpy(),
+                          "coarse_pred": "", "fine_true": m.fine.to_numpy(), "fine_pred": "",
+                          "text_true": m.text.to_numpy(), "text_pred": "", "bleu": ""})
+    if "T1" in probs:
+        preds["coarse_pred"] = [data.labels.coarse[i] for i in probs["T1"].argmax(1)]
+    if "T2" in probs:
+        preds["fine_pred"] = [data.labels.fine[i] for i in probs["T2"].argmax(1)]
+    write_csv(preds, run / "predictions.csv")
+    return run
+
+
+# ---------------------------------------------------------------- the table
+def pooled_predictions(folders: dict[tuple[str, int], Path], name: str, seeds) -> pd.DataFrame:
+    """One variant's test predictions over every seed, image ids made unique per seed (a pooled bootstrap
+    resamples (seed, image) pairs, paired across variants)."""
+    frames = [read_predictions(folders[name, seed] / "predictions.csv") for seed in seeds]
+    frames = [f.assign(image_id=f"s{seed}:" + f.image_id) for f, seed in zip(frames, seeds)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _has(preds: pd.DataFrame, metric: str) -> bool:
+    col = {"T1": "coarse_pred", "T2": "fine_pred", "T3": "text_pred"}[metric[:2]]
+    return bool((preds[col] != "").any())
+
+
+def compare(a: pd.DataFrame, b: pd.DataFrame, metric: str, n_boot: int) -> dict:
+    """b − a, pooled paired bootstrap; NaNs when either lacks the task."""
+    if not (_has(a, metric) and _has(b, metric)):
+        return {"a": np.nan, "b": np.nan, "diff": np.nan, "lo": np.nan, "hi": np.nan, "p_value": np.nan}
+    return paired_bootstrap(a, b, metric, n_boot=n_boot)
+
+
+def study_table(folders: dict[tuple[str, int], Path], names, seeds, n_boot: int = 2000) -> pd.DataFrame:
+    """One row per (variant, metric): its score, minus M1 with CI, and for ablations M3 minus it with CI."""
+    preds = {n: pooled_predictions(folders, n, seeds) for n in names}
+    rows = []
+    for name in names:
+        variant = VARIANTS[name]
+        for metric in METRICS:
+            vs_m1 = compare(preds["M1"], preds[name], metric, n_boot)
+            row = {"variant": name, "label": variant.label, "metric": metric, "score": vs_m1["b"],
+                   "minus_M1": vs_m1["diff"], "lo": vs_m1["lo"], "hi": vs_m1["hi"], "p_value": vs_m1["p_value"],
+                   "ingredient": variant.ingredient, "n_seeds": len(seeds), "n": len(preds[name]),
+                   "ingredient_gain": np.nan, "ingredient_lo": np.nan, "ingredient_hi": np.nan}
+            if variant.ingredient:
+                gain = compare(preds[name], preds["M3"], metric, n_boot)
+                row.update(ingredient_gain=gain["diff"], ingredient_lo=gain["lo"], ingredient_hi=gain["hi"])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- passes over the pool, the gain against p
+def passes_curve(experiment_dir, key: RunKey, cfg: Config, data: FundusData, passes: float) -> pd.DataFrame:
+    """Validation score of the recipe's M3 (its chosen tau, alpha) after each epoch of one run `passes` passes over
+    the unlabeled pool long (study/passes_<n>/; validation only). One long cosine schedule stands in for several
+    runs of different lengths: it shows where the score stops rising, not each budget's end point."""
+    experiment_dir = Path(experiment_dir)
+    chosen = chosen_setting(experiment_dir, key)
+    folder = linked_folder(experiment_dir, f"passes_{passes:g}", ("data", "teachers"))
+    tau, alpha = chosen["tau_grid"][0], chosen["alpha_grid"][0]
+    ccfg = cfg.updated(student_passes=float(passes), **chosen)
+    training.train_student(folder, "M3", key.tasks, key.p, key.seed, tau, alpha, ccfg, data)
+    run = runs.setting_dir(runs.student_dir(folder, key.with_model("M3")), tau, alpha)
+    history = pd.read_csv(run / "history.csv")
+    return history.assign(passes=history.epoch * ccfg.unlabeled_per_epoch)[["passes", "updates", "val_score"]]
+
+
+def gain_against_p(experiment_dir, tasks, ps, seeds, cfg: Config, n_boot: int = 2000) -> pd.DataFrame:
+    """M3 − M1 per p and metric over the seeds (pooled paired bootstrap); trains what is missing (M1, M3 only)."""
+    experiment_dir, rows = Path(experiment_dir), []
+    for p in ps:
+        data = load_data(experiment_dir, p, cfg)
+        folders = {}
+        for seed in seeds:
+            key = RunKey(tasks, p, seed)
+            run_main(experiment_dir, key, cfg, data, models=("M1", "M3"))
+            folders.update({(m, seed): runs.student_dir(experiment_dir, key.with_model(m)) for m in ("M1", "M3")})
+        m1, m3 = pooled_predictions(folders, "M1", seeds), pooled_predictions(folders, "M3", seeds)
+        rows += [{"p": p, "metric": metric, **compare(m1, m3, metric, n_boot)} for metric in METRICS]
+    return pd.DataFrame(rows).rename(columns={"a": "M1", "b": "M3", "diff": "M3_minus_M1"})
+
+
+# ---------------------------------------------------------------- the figure and the verdict
+def study_figure(table: pd.DataFrame, gains: pd.DataFrame, curve: pd.DataFrame, stem: Path, metric: str = "T1_acc"):
+    """Three panels: each variant minus M1 with its CI; M3 − M1 against p; validation score against passes."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), gridspec_kw={"width_ratios": [1.4, 1, 1]})
+    rows = table[(table.metric == metric) & (table.variant != "M1")].dropna(subset=["minus_M1"])
+    y = np.arange(len(rows))
+    axes[0].errorbar(rows.minus_M1, y, xerr=[rows.minus_M1 - rows.lo, rows.hi - rows.minus_M1], fmt="o", capsize=3)
+    axes[0].axvline(0, color="grey", lw=1)
+    axes[0].set(yticks=y, yticklabels=rows.label, xlabel=f"{metric} minus M1 (95 % paired bootstrap CI)")
+    axes[0].invert_yaxis()
+    g = gains[gains.metric == metric]
+    axes[1].errorbar(g.p, g.M3_minus_M1, yerr=[g.M3_minus_M1 - g.lo, g.hi - g.M3_minus_M1], fmt="o-", capsize=3)
+    axes[1].axhline(0, color="grey", lw=1)
+    axes[1].set(xlabel="labeled fraction p (%)", ylabel=f"M3 − M1, {metric}", xticks=list(g.p))
+    axes[2].plot(curve.passes, curve.val_score, "o-")
+    axes[2].set(xlabel="passes over the unlabeled pool", ylabel="validation score (M3)")
+    fig.tight_layout()
+    save_figure(fig, stem)
+    return fig
+
+
+def _ci(value: float, lo: float, hi: float) -> str:
+    return f"{100 * value:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def conclusion(table: pd.DataFrame, metric: str = "T1_acc") -> str:
+    """What the numbers say, in sentences: does M3 beat M1 (and M1b, and its teachers), which ingredients carry it."""
+    rows = table[table.metric == metric].set_index("variant")
+    lines = []
+    if "M3" in rows.index:
+        m3 = rows.loc["M3"]
+        pays = m3.lo > 0
+        lines.append(f"M3 − M1 on {metric}: {_ci(m3.minus_M1, m3.lo, m3.hi)}, n = {int(m3.n)} (seed, image) pairs: "
+                     + ("KD pays against M1 trained to convergence." if pays else
+                        "the CI does not exclude 0 (or lies below it): KD does not pay here against M1."))
+        for other, what in (("M1b", "M1 at the student's budget"), ("ensemble", "its teacher ensemble")):
+            if other in rows.index and not np.isnan(rows.loc[other].minus_M1):
+                gap = m3.minus_M1 - rows.loc[other].minus_M1
+                lines.append(f"M3 minus {what}: {100 * gap:+.1f} points (point estimate, same test images).")
+    ablations = rows[rows.ingredient.notna()]
+    carrying = [r.ingredient for r in ablations.itertuples() if r.ingredient_lo > 0]
+    for r in ablations.itertuples():
+        gain = _ci(r.ingredient_gain, r.ingredient_lo, r.ingredient_hi)
+        lines.append(f"{r.ingredient}: M3 with it minus without {gain}.")
+    if len(ablations):
+        lines.append("Ingredients whose removal costs M3 significantly: " + (", ".join(carrying) if carrying else
+                     "none: no single ingredient's contribution is resolved by this test split and these seeds."))
+    return "\n".join(lines)
+
+
+def save_outputs(experiment_dir, table: pd.DataFrame, gains: pd.DataFrame, curve: pd.DataFrame) -> Path:
+    """study/study.csv, gain_vs_p.csv, passes_curve.csv; returns the folder."""
+    folder = runs.study_dir(experiment_dir)
+    write_csv(table, folder / "study.csv")
+    write_csv(gains, folder / "gain_vs_p.csv")
+    write_csv(curve, folder / "passes_curve.csv")
+    return folder
+
+
+def readable_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant, one column per metric: 'score (minus M1 [CI])' in points; ablations also 'M3 − it'."""
+    def cell(r) -> str:
+        if np.isnan(r.score):
+            return "–"
+        text = f"{r.score:.3f} ({100 * r.minus_M1:+.1f} [{100 * r.lo:+.1f}, {100 * r.hi:+.1f}])"
+        if not np.isnan(r.ingredient_gain):
+            text += (f"; M3 − it {100 * r.ingredient_gain:+.1f} "
+                     f"[{100 * r.ingredient_lo:+.1f}, {100 * r.ingredient_hi:+.1f}]")
+        return text
+    cells = table.assign(cell=[cell(r) for r in table.itertuples()])
+    out = cells.pivot(index="label", columns="metric", values="cell")
+    return out.loc[list(dict.fromkeys(table.label)), [m for m in METRICS if m in out.columns]]
+
+
+def ensure_data(experiment_dir, cfg: Config) -> None:
+    """The study needs 01's data/: prepare the synthetic dataset when the experiment has none yet."""
+    if not (runs.data_dir(experiment_dir) / "dataset.json").exists():
+        from .prep import prepare_data
+        prepare_data(experiment_dir, cfg)

@@ -1,0 +1,71 @@
+"""Notebook 07 (when KD pays): its pieces on hand-built inputs, and the notebook end to end on the smoke preset."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_notebook
+from mtkd_utils import study
+
+
+def test_harden_puts_all_mass_on_the_teachers_argmax():
+    store = {"T1": torch.tensor([[[0.1, 2.0, -1.0]]]).half(), "T3_val": torch.tensor([[[[3.0, 1.0]]]]).half(),
+             "T3_rest": torch.zeros(1, 1, 1, 2), "T3_idx": torch.tensor([[[[4, 7]]]]), "meta": {"x": 1}}
+    hard = study.harden(store)
+    assert torch.equal(hard["T1"].float().softmax(-1).round(), torch.tensor([[[0.0, 1.0, 0.0]]]))
+    assert torch.equal(hard["T3_val"].float().softmax(-1).round(), torch.tensor([[[[1.0, 0.0]]]]))
+    assert "T3_rest" not in hard and hard["hard"] and hard["meta"] == {"x": 1}     # meta kept: the cache is reused
+    assert torch.equal(hard["T3_idx"], store["T3_idx"])
+
+
+def test_variants_need_the_baseline_and_the_recipe():
+    with pytest.raises(ValueError, match="include M1 and M3"):
+        study.check_variants(["M1", "M2"])
+    with pytest.raises(ValueError, match="choose among"):
+        study.check_variants(["M1", "M3", "dropout"])
+    assert study.check_variants(["topk_t3", "M3", "M1"]) == ["M1", "M3", "topk_t3"]     # table order
+
+
+def test_only_the_same_seed_ablation_trains_its_own_teachers(tmp_path):
+    for name in ("same_seed", "no_noise", "topk_t3", "natural_share", "self_training"):
+        folder = study.variant_experiment(tmp_path, name)
+        assert (folder / "data").is_symlink() and (folder / "teachers").is_symlink() == (name != "same_seed")
+    assert study.variant_experiment(tmp_path, "M3") == tmp_path
+
+
+def _row(variant, diff, lo, hi, ingredient=None, gain=np.nan, glo=np.nan, ghi=np.nan):
+    return dict(variant=variant, label=variant, metric="T1_acc", score=0.5 + diff, minus_M1=diff, lo=lo, hi=hi,
+                p_value=0.01, ingredient=ingredient, n_seeds=3, n=300, ingredient_gain=gain, ingredient_lo=glo,
+                ingredient_hi=ghi)
+
+
+def test_the_conclusion_follows_the_numbers():
+    pays = pd.DataFrame([_row("M1", 0, 0, 0), _row("M3", 0.05, 0.02, 0.08),
+                         _row("no_noise", 0.01, -0.02, 0.04, "student noise", 0.04, 0.01, 0.07),
+                         _row("topk_t3", 0.05, 0.02, 0.08, "exact T3 KD", 0.0, -0.02, 0.02)])
+    text = study.conclusion(pays)
+    assert "+5.0 points [+2.0, +8.0]" in text and "KD pays" in text
+    assert text.endswith("significantly: student noise")
+    fails = pays.assign(lo=pays.lo - 0.1, ingredient_lo=pays.ingredient_lo - 0.1)
+    assert "does not pay" in study.conclusion(fails) and "none" in study.conclusion(fails)
+
+
+def test_notebook_07_runs_on_smoke(tmp_path):
+    run_notebook("07_when_kd_pays.ipynb", tmp_path, seeds=[0], ps=[15], curve_passes=2.0, n_boot=200)
+    table = pd.read_csv(tmp_path / "study" / "study.csv")
+    assert list(dict.fromkeys(table.variant)) == list(study.VARIANTS) and len(table) == 3 * len(study.VARIANTS)
+    m3 = json.loads((tmp_path / "students" / "T1+T2+T3" / "p15_s0" / "M3" / "metrics.json").read_text())
+    row = table[(table.variant == "M3") & (table.metric == "T1_acc")].iloc[0]
+    assert row.score == pytest.approx(m3["test"]["T1_acc"]) and row.n == m3["test"]["n"]
+    assert table[table.variant == "M1"].minus_M1.abs().max() == 0
+    assert table[table.ingredient.notna()].ingredient_gain.notna().all()
+    ablation = json.loads((tmp_path / "study" / "no_noise" / "students" / "T1+T2+T3" / "p15_s0" / "M3"
+                           / "config.json").read_text())["config"]
+    assert not ablation["student_augment"] and ablation["tau_grid"] == [m3["tau"]]   # the recipe's choice, pinned
+    curve = pd.read_csv(tmp_path / "study" / "passes_curve.csv")
+    assert curve.passes.iloc[-1] <= 2.0 and (tmp_path / "study" / "study.png").exists()
+    assert len(pd.read_csv(tmp_path / "study" / "gain_vs_p.csv")) == 3
+    executed = (tmp_path / "executed" / "07_when_kd_pays.ipynb").read_text()
+    assert "M3 − M1 on T1_acc" in executed
