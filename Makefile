@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 KERNEL  := .venv/share/jupyter/kernels/mtkd/kernel.json
 PRESET  ?= demo
 
-.PHONY: demo test lab grid paper bench readme clean-venv
+.PHONY: demo test lab grid paper bench readme study clean-venv
 
 .venv/ready: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -35,6 +35,11 @@ bench: .venv/ready         ## training-speed benchmark (prints figures; run on p
 
 readme: .venv/ready         ## rewrite the README's results section from outputs/demo (after make demo)
 	$(PY) -m mtkd_utils.readme outputs/demo
+
+study: $(KERNEL)           ## notebook 07, when KD pays, on outputs/demo (trains what it lacks; long, see README)
+	mkdir -p outputs/demo/runs/study
+	.venv/bin/papermill notebooks/07_when_kd_pays.ipynb outputs/demo/runs/study/07_when_kd_pays.ipynb -k mtkd \
+		-p experiment_dir outputs/demo -p preset demo $(ARGS)
 
 clean-venv:
 	rm -rf .venv
