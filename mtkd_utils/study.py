@@ -19,7 +19,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, task_subsets
 from .data import FundusData, batch_rows, image_batch, load_data
 from .engine import eval_batch_size, pick_device
-from .io import save_figure, write_csv
+from .io import read_json, save_figure, write_csv
 from .results import paired_bootstrap, read_predictions
 from .runs import RunKey
 
@@ -89,8 +89,7 @@ def linked_folder(experiment_dir: Path, name: str, shared: tuple[str, ...]) -> P
 
 def chosen_setting(experiment_dir: Path, key: RunKey) -> dict:
     """The (tau, alpha) validation chose for the recipe's M3 at this key: the ablations keep it fixed."""
-    metrics = runs.student_dir(experiment_dir, key.with_model("M3")) / "metrics.json"
-    chosen = pd.read_json(metrics, typ="series")
+    chosen = read_json(runs.student_dir(experiment_dir, key.with_model("M3")) / "metrics.json")
     return {"tau_grid": (float(chosen["tau"]),), "alpha_grid": (float(chosen["alpha"]),)}
 
 
@@ -219,7 +218,8 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, metric: str, n_boot: int) -> dict:
 
 
 def study_table(folders: dict[tuple[str, int], Path], names, seeds, n_boot: int = 2000) -> pd.DataFrame:
-    """One row per (variant, metric): its score, minus M1 with CI, and for ablations M3 minus it with CI."""
+    """One row per (variant, metric): its score, it minus M1 with CI, and M3 minus it with CI (for an ablation:
+    what the ingredient it removes is worth)."""
     preds = {n: pooled_predictions(folders, n, seeds) for n in names}
     rows = []
     for name in names:
@@ -229,10 +229,10 @@ def study_table(folders: dict[tuple[str, int], Path], names, seeds, n_boot: int 
             row = {"variant": name, "label": variant.label, "metric": metric, "score": vs_m1["b"],
                    "minus_M1": vs_m1["diff"], "lo": vs_m1["lo"], "hi": vs_m1["hi"], "p_value": vs_m1["p_value"],
                    "ingredient": variant.ingredient, "n_seeds": len(seeds), "n": len(preds[name]),
-                   "ingredient_gain": np.nan, "ingredient_lo": np.nan, "ingredient_hi": np.nan}
-            if variant.ingredient:
+                   "M3_minus": np.nan, "M3_lo": np.nan, "M3_hi": np.nan}
+            if name != "M3":
                 gain = compare(preds[name], preds["M3"], metric, n_boot)
-                row.update(ingredient_gain=gain["diff"], ingredient_lo=gain["lo"], ingredient_hi=gain["hi"])
+                row.update(M3_minus=gain["diff"], M3_lo=gain["lo"], M3_hi=gain["hi"])
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -306,18 +306,34 @@ def conclusion(table: pd.DataFrame, metric: str = "T1_acc") -> str:
                      + ("KD pays against M1 trained to convergence." if pays else
                         "the CI does not exclude 0 (or lies below it): KD does not pay here against M1."))
         for other, what in (("M1b", "M1 at the student's budget"), ("ensemble", "its teacher ensemble")):
-            if other in rows.index and not np.isnan(rows.loc[other].minus_M1):
-                gap = m3.minus_M1 - rows.loc[other].minus_M1
-                lines.append(f"M3 minus {what}: {100 * gap:+.1f} points (point estimate, same test images).")
+            if other in rows.index and not np.isnan(rows.loc[other].M3_minus):
+                r = rows.loc[other]
+                verdict = "beats" if r.M3_lo > 0 else "does not beat" if r.M3_hi >= 0 else "is worse than"
+                lines.append(f"M3 minus {what}: {_ci(r.M3_minus, r.M3_lo, r.M3_hi)}: M3 {verdict} {what}.")
+    lines += _why(rows)
     ablations = rows[rows.ingredient.notna()]
-    carrying = [r.ingredient for r in ablations.itertuples() if r.ingredient_lo > 0]
+    carrying = [r.ingredient for r in ablations.itertuples() if r.M3_lo > 0]
     for r in ablations.itertuples():
-        gain = _ci(r.ingredient_gain, r.ingredient_lo, r.ingredient_hi)
+        gain = _ci(r.M3_minus, r.M3_lo, r.M3_hi)
         lines.append(f"{r.ingredient}: M3 with it minus without {gain}.")
     if len(ablations):
         lines.append("Ingredients whose removal costs M3 significantly: " + (", ".join(carrying) if carrying else
                      "none: no single ingredient's contribution is resolved by this test split and these seeds."))
     return "\n".join(lines)
+
+
+def _why(rows: pd.DataFrame) -> list[str]:
+    """The baselines that explain a missing gain: teachers no better than M1, or an M1 short of convergence."""
+    lines = []
+    if "ensemble" in rows.index and not np.isnan(rows.loc["ensemble"].minus_M1):
+        ens = rows.loc["ensemble"]
+        lines.append(f"The teacher ensemble itself minus M1: {_ci(ens.minus_M1, ens.lo, ens.hi)}"
+                     + ("." if ens.lo > 0 else ": the teachers know no more than M1, so there is little to distil."))
+    if "M1b" in rows.index and rows.loc["M1b"].lo > 0:
+        m1b = rows.loc["M1b"]
+        lines.append(f"M1 given the student's updates beats M1 ({_ci(m1b.minus_M1, m1b.lo, m1b.hi)}): M1 was not "
+                     "trained to convergence, and a gain over M1 alone would credit the extra steps.")
+    return lines
 
 
 def save_outputs(experiment_dir, table: pd.DataFrame, gains: pd.DataFrame, curve: pd.DataFrame) -> Path:
@@ -330,14 +346,14 @@ def save_outputs(experiment_dir, table: pd.DataFrame, gains: pd.DataFrame, curve
 
 
 def readable_table(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant, one column per metric: 'score (minus M1 [CI])' in points; ablations also 'M3 − it'."""
+    """One row per variant, one column per metric: 'score (minus M1 [CI]); M3 − it [CI]', differences in points."""
     def cell(r) -> str:
         if np.isnan(r.score):
             return "–"
         text = f"{r.score:.3f} ({100 * r.minus_M1:+.1f} [{100 * r.lo:+.1f}, {100 * r.hi:+.1f}])"
-        if not np.isnan(r.ingredient_gain):
-            text += (f"; M3 − it {100 * r.ingredient_gain:+.1f} "
-                     f"[{100 * r.ingredient_lo:+.1f}, {100 * r.ingredient_hi:+.1f}]")
+        if not np.isnan(r.M3_minus):
+            text += (f"; M3 − it {100 * r.M3_minus:+.1f} "
+                     f"[{100 * r.M3_lo:+.1f}, {100 * r.M3_hi:+.1f}]")
         return text
     cells = table.assign(cell=[cell(r) for r in table.itertuples()])
     out = cells.pivot(index="label", columns="metric", values="cell")

@@ -37,19 +37,21 @@ def test_only_the_same_seed_ablation_trains_its_own_teachers(tmp_path):
 
 def _row(variant, diff, lo, hi, ingredient=None, gain=np.nan, glo=np.nan, ghi=np.nan):
     return dict(variant=variant, label=variant, metric="T1_acc", score=0.5 + diff, minus_M1=diff, lo=lo, hi=hi,
-                p_value=0.01, ingredient=ingredient, n_seeds=3, n=300, ingredient_gain=gain, ingredient_lo=glo,
-                ingredient_hi=ghi)
+                p_value=0.01, ingredient=ingredient, n_seeds=3, n=300, M3_minus=gain, M3_lo=glo, M3_hi=ghi)
 
 
 def test_the_conclusion_follows_the_numbers():
     pays = pd.DataFrame([_row("M1", 0, 0, 0), _row("M3", 0.05, 0.02, 0.08),
+                         _row("ensemble", 0.06, 0.03, 0.09, gain=-0.01, glo=-0.03, ghi=0.01),
                          _row("no_noise", 0.01, -0.02, 0.04, "student noise", 0.04, 0.01, 0.07),
                          _row("topk_t3", 0.05, 0.02, 0.08, "exact T3 KD", 0.0, -0.02, 0.02)])
     text = study.conclusion(pays)
     assert "+5.0 points [+2.0, +8.0]" in text and "KD pays" in text
+    assert "M3 does not beat its teacher ensemble" in text and "little to distil" not in text
     assert text.endswith("significantly: student noise")
-    fails = pays.assign(lo=pays.lo - 0.1, ingredient_lo=pays.ingredient_lo - 0.1)
+    fails = pays.assign(lo=pays.lo - 0.1, M3_lo=pays.M3_lo - 0.1)
     assert "does not pay" in study.conclusion(fails) and "none" in study.conclusion(fails)
+    assert "little to distil" in study.conclusion(fails)
 
 
 def test_notebook_07_runs_on_smoke(tmp_path):
@@ -60,7 +62,7 @@ def test_notebook_07_runs_on_smoke(tmp_path):
     row = table[(table.variant == "M3") & (table.metric == "T1_acc")].iloc[0]
     assert row.score == pytest.approx(m3["test"]["T1_acc"]) and row.n == m3["test"]["n"]
     assert table[table.variant == "M1"].minus_M1.abs().max() == 0
-    assert table[table.ingredient.notna()].ingredient_gain.notna().all()
+    assert table[table.ingredient.notna()].M3_minus.notna().all() and table[table.variant == "M3"].M3_minus.isna().all()
     ablation = json.loads((tmp_path / "study" / "no_noise" / "students" / "T1+T2+T3" / "p15_s0" / "M3"
                            / "config.json").read_text())["config"]
     assert not ablation["student_augment"] and ablation["tau_grid"] == [m3["tau"]]   # the recipe's choice, pinned
