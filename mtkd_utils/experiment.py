@@ -17,7 +17,7 @@ from .config import FRACTIONS, Config, check_fraction, parse_tasks, task_key, ta
 from .data import FundusData, build_image_cache, load_data
 from .distill import CachedTeachers, OnlineTeachers, build_soft_targets
 from .engine import fit, pick_device, predict
-from .io import environment, read_json, write_csv, write_json
+from .io import create_json, environment, read_json, write_csv, write_json
 from .manifest import LabelMap, validate_manifest
 from .metrics import confusion, per_disease, task_metrics
 from .model import MTLModel, build_model
@@ -102,19 +102,19 @@ def claim_run(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> N
     """Record config, seed and versions in a new run folder; refuse a folder holding a different run.
 
     A run folder is never overwritten: re-running with the same settings resumes or reuses it, and
-    different settings must go to another experiment folder.
+    different settings must go to another experiment folder. config.json is created only if absent, in
+    one step: of two processes claiming one folder with different settings, exactly one gets it.
     """
     mine = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS + ignore}
-    if (run / "config.json").exists():
-        old = read_json(run / "config.json")
-        theirs = {k: v for k, v in old["config"].items() if k in mine}
-        diff = sorted(k for k in mine if not json_equal(mine[k], theirs.get(k)))
-        diff += sorted(k for k, v in meta.items() if not json_equal(v, old.get(k)))
-        if diff:
-            raise FileExistsError(f"{run} holds a run with other settings ({', '.join(diff)}); nothing was overwritten. "
-                                  "Use another experiment_dir, or delete that folder to retrain.")
+    if create_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json"):
         return
-    write_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json")
+    old = read_json(run / "config.json")
+    theirs = {k: v for k, v in old["config"].items() if k in mine}
+    diff = sorted(k for k in mine if not json_equal(mine[k], theirs.get(k)))
+    diff += sorted(k for k, v in meta.items() if not json_equal(v, old.get(k)))
+    if diff:
+        raise FileExistsError(f"{run} holds a run with other settings ({', '.join(diff)}); nothing was overwritten. "
+                              "Use another experiment_dir, or delete that folder to retrain.")
 
 
 def json_equal(a, b) -> bool:

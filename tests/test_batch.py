@@ -23,12 +23,12 @@ if p == 70 and (exp / "FAIL").exists():
 '''
 
 
-def write_dummy_notebook(path: Path) -> Path:
+def write_dummy_notebook(path: Path, body: str = DUMMY_BODY) -> Path:
     """A notebook with a `parameters` cell taking every parameter the real notebooks take."""
     params = nbformat.v4.new_code_cell("experiment_dir = ''\npreset = ''\ntasks = None\np = None\nseed = None\n"
                                        "models = None\noverrides = None\nsource = None\nsource_path = None")
     params.metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(DUMMY_BODY)])
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
     nbformat.write(nb, path)
     return path
 
@@ -94,7 +94,10 @@ def test_dependencies_come_first_and_analyses_need_all_training(tmp_path):
 def test_cell_parameters_and_folders(tmp_path):
     cells = {c.name: c for c in batch.expand_grid("demo", tmp_path, overrides={"epochs": 3})}
     exp = str(tmp_path.resolve())
-    assert cells["data/all"].parameters == {"experiment_dir": exp, "preset": "demo"}
+    # --set reaches every notebook that builds a Config, data prep and the analyses included (issue 18.1)
+    assert cells["data/all"].parameters == {"experiment_dir": exp, "preset": "demo", "overrides": {"epochs": 3}}
+    assert cells["gradcam/all"].parameters["overrides"] == cells["error_analysis/all"].parameters["overrides"] \
+        == {"epochs": 3}
     assert cells["teachers/p15_s0"].parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3",
                                                    "p": 15, "seed": 0, "overrides": {"epochs": 3}}
     student = cells["students/T1+T2+T3/p70_s0"]
@@ -104,6 +107,22 @@ def test_cell_parameters_and_folders(tmp_path):
     assert student.run_dir == tmp_path.resolve() / "runs" / "students" / "T1+T2+T3" / "p70_s0"
     assert student.output_notebook.name == "03_student_mtl_kd.ipynb"
     assert cells["results/all"].parameters == {"experiment_dir": exp, "preset": "demo"}
+
+
+def test_no_overrides_leave_the_data_parameters_as_before(tmp_path):
+    # experiments prepared before --set reached data prep keep their records valid
+    cells = {c.name: c for c in batch.expand_grid("demo", tmp_path)}
+    assert "overrides" not in cells["data/all"].parameters and "overrides" not in cells["results/all"].parameters
+
+
+def test_a_notebook_that_would_ignore_a_set_is_refused(tmp_path):
+    params = nbformat.v4.new_code_cell("experiment_dir = ''\npreset = ''")
+    params.metadata["tags"] = ["parameters"]
+    nbformat.write(nbformat.v4.new_notebook(cells=[params]), tmp_path / "no_overrides.ipynb")
+    notebooks = {"data": str(tmp_path / "no_overrides.ipynb")}
+    with pytest.raises(ValueError, match="split_seed.*no_overrides.ipynb \\(data\\) takes no `overrides`"):
+        batch.expand_grid("smoke", tmp_path, notebooks=notebooks, overrides={"split_seed": 1})
+    batch.expand_grid("smoke", tmp_path, notebooks=notebooks)   # nothing to pass: fine
 
 
 def test_tasks_p_and_seeds_replace_the_presets(tmp_path):
@@ -169,6 +188,11 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     assert skipped["reason"] == "dependency failed: teachers/p70_s0"
     assert "RuntimeError: planted failure" in out and "dependency failed" in out
     assert (exp / "runs" / "summary.csv").exists()
+    # on Dask workers too, a run starts only once every run it needs has finished (data prep first)
+    records = {c.name: batch.read_record(c) for c in cells}
+    for name, record in records.items():
+        if record["status"] == "done":
+            assert all(record["started"] >= records[d]["finished"] for d in record["deps"]), name
 
     # a plain re-run runs nothing: finished cells are kept, the failed one is not retried
     assert batch.main(argv, dummy) == 1
@@ -205,7 +229,7 @@ def test_a_killed_cell_runs_again(tmp_path, dummy):
     cells = batch.expand_grid("smoke", exp, notebooks=dummy)[:2]   # data/all, teachers/p15_s0
     for cell in cells:   # as a kill leaves them: data finished, the teacher cell still 'running'
         status = "done" if cell.stage == "data" else "running"
-        batch.write_json(batch._new_record(cell, status), cell.record_path)
+        batch.write_json(batch.new_record(cell, status), cell.record_path)
     table = batch.run_grid(cells, kernel_name=TEST_KERNEL, progress=False)
     assert executions(exp) == 1
     assert list(table.status) == ["done", "done"]
@@ -216,7 +240,7 @@ def test_a_killed_cell_runs_again(tmp_path, dummy):
 def test_changed_parameters_are_refused(tmp_path, dummy):
     exp = tmp_path / "exp"
     cell = batch.expand_grid("smoke", exp, notebooks=dummy)[1]
-    batch.write_json(batch._new_record(cell, "done"), cell.record_path)
+    batch.write_json(batch.new_record(cell, "done"), cell.record_path)
     batch.check_finished_parameters([cell])   # same parameters: fine
     changed = batch.expand_grid("smoke", exp, notebooks=dummy, overrides={"epochs": 3})[1]
     with pytest.raises(ValueError, match="another --experiment-dir"):
