@@ -140,17 +140,24 @@ def _task(run: NotebookRun, kernel_name: str, cwd: str, known: dict[str, str | N
 def _submit(client, runs: list[NotebookRun], status: dict[str, str | None], kernel_name: str, cwd: str,
             gpu: bool) -> dict:
     """One task per run that executes this time, in grid order; returns {future: run}."""
-    futures, token = {}, uuid.uuid4().hex[:8]   # a fresh key per runner: a long-lived scheduler keeps old keys
+    futures, by_name = {}, {}
+    token = uuid.uuid4().hex[:8]   # a fresh key per runner: a long-lived scheduler remembers old keys
     for i, run in enumerate(runs):
         if status[run.name] is not None:
             continue
-        parents = [futures[d] for d in run.deps if d in futures]
-        known = {d: status.get(d, DONE) for d in run.deps if d not in futures}
-        futures[run.name] = client.submit(
+        parents = [by_name[d] for d in run.deps if d in by_name]
+        known = {d: status.get(d, DONE) for d in run.deps if d not in by_name}
+        future = client.submit(
             _task, run, kernel_name, cwd, known, *parents, key=f"mtkd-{run.name}-{token}", pure=False,
             priority=len(runs) - i,   # ties go to the grid's order: seed 0 completes first
             resources={"GPU": 1} if gpu and run.stage in GPU_STAGES else None)
-    return {f: next(r for r in runs if r.name == name) for name, f in futures.items()}
+        futures[future], by_name[run.name] = run, future
+    return futures
+
+
+def _task_error(future) -> BaseException:
+    """Why a task did not finish: the exception a dead worker left, or the state it ended in."""
+    return future.exception() if future.status == "error" else RuntimeError(f"Dask task {future.status}")
 
 
 def _settle_errors(errored: list[NotebookRun], futures: dict, status: dict[str, str | None]) -> None:
@@ -158,7 +165,7 @@ def _settle_errors(errored: list[NotebookRun], futures: dict, status: dict[str, 
     by_run = {r.name: f for f, r in futures.items()}
     for run in errored:   # in grid order: parents first
         blocker = next((d for d in run.deps if status.get(d) in (FAILED, SKIPPED)), None)
-        status[run.name] = skip(run, blocker) if blocker else record_crash(run, by_run[run.name].exception())
+        status[run.name] = skip(run, blocker) if blocker else record_crash(run, _task_error(by_run[run.name]))
 
 
 def run_dask(runs: list[NotebookRun], status: dict[str, str | None], client, *, kernel_name: str, cwd: str,

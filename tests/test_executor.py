@@ -98,7 +98,7 @@ def _claim(folder: str, epochs: int, n: int, start, results) -> None:
 
 
 def test_two_workers_racing_on_one_run_folder_cannot_both_claim_it(tmp_path):
-    n, ctx = 6, mp.get_context("spawn")
+    n, ctx = 3, mp.get_context("spawn")
     start, results = ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=_claim, args=(str(tmp_path), epochs, n, start, results)) for epochs in (2, 3)]
     for p in procs:
