@@ -20,13 +20,14 @@ from typing import Any
 
 import pandas as pd
 
-from .executor import JOBQUEUES, SCHEDULERS, close, connect, parse_cluster_options, run_grid
-from .grid import (ANALYSES, CONFIG_STAGES, DONE, FAILED, GRIDS, KERNEL_NAME, NOTEBOOKS, REPO_ROOT, RUNNING, SKIPPED,
+from .executor import JOBQUEUES, SCHEDULERS, close, connect, parse_cluster_options, run_grid, visible_gpus
+from .grid import (ANALYSES, CONFIG_STAGES, DONE, FAILED, GRIDS, KERNEL_NAME, NOTEBOOKS, RUNNING, SKIPPED,
                    STAGES, NotebookRun, check_finished_parameters, describe_grid, expand_grid, new_record, plan,
                    read_record, recorded_status, select_stages, summary)
 from .io import write_csv, write_json
 from .lock import ExperimentBusy, experiment_lock
 
+# the grid's names stay importable from here, where they lived before the split
 __all__ = ["ANALYSES", "CONFIG_STAGES", "DONE", "FAILED", "GRIDS", "NOTEBOOKS", "RUNNING", "SKIPPED", "STAGES",
            "NotebookRun", "describe_grid", "expand_grid", "new_record", "plan", "read_record", "recorded_status",
            "run_grid", "select_stages", "summary", "write_json", "ensure_kernel", "main"]
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     where = ap.add_argument_group("where it runs")
     where.add_argument("--scheduler", default="dask", choices=SCHEDULERS,
                        help="dask (default): a task graph on Dask workers; sync: one run after another, here")
-    where.add_argument("--workers", type=int, help="local worker processes (default: one per core); "
+    where.add_argument("--workers", type=int, help="local CPU worker processes (default: one per core); "
                        "with --cluster, the number of batch jobs")
     where.add_argument("--gpus", default="auto", type=parse_gpus, metavar="auto|none|0,1",
                        help="local GPU workers, one per GPU (default: every visible GPU; none: CPU workers)")
@@ -149,7 +150,12 @@ def _check_place(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--cluster-options needs --cluster slurm|pbs|sge|lsf")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers {args.workers}: give at least 1")
-    return dict(workers=args.workers, gpus=args.gpus, scheduler_address=args.scheduler_address,
+    local = args.scheduler == "dask" and not (args.cluster or args.scheduler_address)
+    gpus = (visible_gpus() if args.gpus is None else args.gpus) if local else []
+    if gpus and args.workers:
+        raise ValueError(f"--workers {args.workers}: with GPUs there is one worker per GPU ({', '.join(gpus)}); "
+                         "give --gpus none for CPU workers, or --gpus 0,1 to choose GPUs")
+    return dict(workers=args.workers, gpus=gpus, scheduler_address=args.scheduler_address,
                 cluster=args.cluster, cluster_options=parse_cluster_options(args.cluster_options))
 
 

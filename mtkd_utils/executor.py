@@ -116,7 +116,7 @@ def connect(scheduler: str = "dask", *, workers: int | None = None, gpus: list[s
         jobs = jobqueue_cluster(cluster, cluster_options)
         jobs.scale(jobs=workers or 1)
         return Client(jobs), bool((cluster_options or {}).get("gpus"))
-    gpus = visible_gpus() if gpus is None else gpus
+    gpus = visible_gpus() if gpus is None else gpus   # None: every visible GPU
     return Client(local_cluster(workers, gpus)), bool(gpus)
 
 

@@ -168,7 +168,7 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / "FAIL").touch()    # the dummy notebook raises at p = 70 while this file exists
-    argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL]
+    argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--workers", "2"]   # Dask
     cells = batch.expand_grid("smoke", exp, notebooks=dummy)
 
     assert batch.main(argv, dummy) == 1
@@ -209,7 +209,8 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
 
 def test_a_grown_grid_reruns_the_summaries_only(tmp_path, dummy, capsys):
     exp = tmp_path / "exp"
-    argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--p", "15"]
+    argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--p", "15",
+            "--scheduler", "sync"]   # the same plan as on Dask (test above), without starting a cluster each time
     assert batch.main(argv, dummy) == 0
     assert executions(exp) == 6               # data, teacher, students, three analyses
     assert batch.main(argv, dummy) == 0

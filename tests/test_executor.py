@@ -74,7 +74,8 @@ def test_bad_cluster_options_are_refused(kind, options, message):
 def test_bad_places_are_refused_before_anything_runs(tmp_path, capsys):
     base = ["--preset", "smoke", "--experiment-dir", str(tmp_path / "exp")]
     for extra, message in ((["--cluster", "slurm", "--cluster-options", "{bad"], "not JSON"), (["--cluster-options", "{}"], "needs --cluster"),
-                           (["--scheduler", "sync", "--cluster", "slurm"], "runs here"), (["--workers", "0"], "at least 1")):
+                           (["--scheduler", "sync", "--cluster", "slurm"], "runs here"), (["--workers", "0"], "at least 1"),
+                           (["--gpus", "0,1", "--workers", "2"], "one worker per GPU")):
         with pytest.raises(SystemExit):
             batch.main(base + extra)
         assert message in capsys.readouterr().err
