@@ -23,6 +23,7 @@ def test_gpu_workers_are_pinned_and_training_asks_for_a_gpu(tmp_path):
     runs = grid.expand_grid("smoke", tmp_path / "exp", notebooks={s: str(nb) for s in grid.STAGES})
     # two fake GPUs: nothing touches CUDA, the workers only carry the pinning and the resource
     with Client(executor.local_cluster(gpus=["0", "1"])) as client:
+        client.wait_for_workers(2, timeout=120)   # a loaded machine starts them one by one
         pinned = client.run(lambda: __import__("os").environ["CUDA_VISIBLE_DEVICES"])
         assert sorted(pinned.values()) == ["0", "1"]
         info = client.scheduler_info()["workers"].values()
