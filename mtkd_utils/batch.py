@@ -167,7 +167,7 @@ def _execute(args: argparse.Namespace, grid: list[NotebookRun], runs: list[Noteb
         return run_grid(runs, client=client, gpu=gpu, kernel_name=args.kernel, retry_failed=args.retry_failed)
     except KeyboardInterrupt:
         print("\ninterrupted: re-run the same command to resume", file=sys.stderr)
-        print(summary(runs).drop(columns="run_dir").to_string(index=False))
+        print(summary(runs).drop(columns=["run_dir", "started", "finished"]).to_string(index=False))
         return None
     finally:
         close(client)
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None, notebooks: dict[str, str] | None = None)
             parser.error(f"--experiment-dir {exp}: {err}")
         if table is None:
             return 130
-        print(table.drop(columns="run_dir").to_string(index=False))
+        print(table.drop(columns=["run_dir", "started", "finished"]).to_string(index=False))
     bad = table.status.isin([FAILED, SKIPPED])
     if bad.any():
         print(f"\n{int(bad.sum())} run(s) failed or skipped: see their cell.json and log.txt", file=sys.stderr)

@@ -330,7 +330,8 @@ def summary(runs: list[NotebookRun]) -> pd.DataFrame:
         err = r.get("error") or {}
         note = f"{err['type']}: {err['message']}" if err else r.get("reason", "")
         rows.append({"cell": run.name, "status": r.get("status", "not run"), "seconds": r.get("seconds"),
-                     "note": " ".join(str(note).split())[:100], "run_dir": str(run.run_dir)})
+                     "note": " ".join(str(note).split())[:100], "started": r.get("started"),
+                     "finished": r.get("finished"), "run_dir": str(run.run_dir)})
     return pd.DataFrame(rows)
 
 

@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from mtkd_utils import batch
@@ -258,3 +259,17 @@ def test_ensure_kernel_registers_this_python_once(tmp_path):
     mtime = (folder / "kernel.json").stat().st_mtime_ns
     assert batch.ensure_kernel("mtkd-test", prefix=tmp_path) == folder
     assert (folder / "kernel.json").stat().st_mtime_ns == mtime   # present: not installed again
+
+
+def test_the_readme_reports_the_span_of_overlapping_runs(tmp_path):
+    from mtkd_utils.readme import _timings
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # two runs side by side on two workers, 60 s each, then one of 30 s: 1.5 min of wall time, 2.5 of notebook time
+    pd.DataFrame({"cell": ["a", "b", "c"], "status": "done", "seconds": [60, 60, 30],
+                  "started": ["2026-01-01T10:00:00", "2026-01-01T10:00:00", "2026-01-01T10:01:00"],
+                  "finished": ["2026-01-01T10:01:00", "2026-01-01T10:01:00", "2026-01-01T10:01:30"]}
+                 ).to_csv(runs / "summary.csv", index=False)
+    assert _timings(tmp_path) == ("Wall time of the whole grid, first start to last end: 1.5 min "
+                                  "(3 notebook runs, 2.5 min of notebook time).")
