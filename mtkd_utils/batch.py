@@ -25,7 +25,7 @@ from .grid import (ANALYSES, CONFIG_STAGES, DONE, FAILED, GRIDS, KERNEL_NAME, NO
                    STAGES, NotebookRun, check_finished_parameters, describe_grid, expand_grid, new_record, plan,
                    read_record, recorded_status, select_stages, summary)
 from .io import write_csv, write_json
-from .lock import ExperimentBusy, experiment_lock
+from .lock import ExperimentBusy, acquire, release
 
 # the grid's names stay importable from here, where they lived before the split
 __all__ = ["ANALYSES", "CONFIG_STAGES", "DONE", "FAILED", "GRIDS", "NOTEBOOKS", "RUNNING", "SKIPPED", "STAGES",
@@ -194,13 +194,18 @@ def main(argv: list[str] | None = None, notebooks: dict[str, str] | None = None)
         if args.kernel == KERNEL_NAME:
             ensure_kernel(KERNEL_NAME)
         try:
-            with experiment_lock(exp):
-                table = _execute(args, grid, runs, place)
+            lock = acquire(exp)
         except ExperimentBusy as err:
             print(f"error: {err}", file=sys.stderr)
             return 3
         except OSError as err:   # the experiment folder is a file, or not writable
             parser.error(f"--experiment-dir {exp}: {err}")
+        try:
+            table = _execute(args, grid, runs, place)
+        except ValueError as err:   # a cluster that cannot be started as asked (dask-jobqueue's options)
+            parser.error(str(err))
+        finally:
+            release(lock)
         if table is None:
             return 130
         print(table.drop(columns=["run_dir", "started", "finished"]).to_string(index=False))
