@@ -21,14 +21,15 @@ from typing import Any
 import pandas as pd
 
 from .executor import JOBQUEUES, SCHEDULERS, close, connect, parse_cluster_options, run_grid, visible_gpus
-from .grid import (ANALYSES, CONFIG_STAGES, DONE, FAILED, GRIDS, KERNEL_NAME, NOTEBOOKS, RUNNING, SKIPPED,
+from .grid import (ANALYSES, CONFIG_STAGES, DONE, FAILED, KERNEL_NAME, NOTEBOOKS, RUNNING, SKIPPED,
                    STAGES, NotebookRun, check_finished_parameters, describe_grid, expand_grid, new_record, plan,
                    read_record, recorded_status, select_stages, summary)
 from .io import write_csv, write_json
+from .presets import PRESETS
 from .lock import ExperimentBusy, acquire, release
 
 # the grid's names stay importable from here, where they lived before the split
-__all__ = ["ANALYSES", "CONFIG_STAGES", "DONE", "FAILED", "GRIDS", "NOTEBOOKS", "RUNNING", "SKIPPED", "STAGES",
+__all__ = ["ANALYSES", "CONFIG_STAGES", "DONE", "FAILED", "NOTEBOOKS", "RUNNING", "SKIPPED", "STAGES",
            "NotebookRun", "describe_grid", "expand_grid", "new_record", "plan", "read_record", "recorded_status",
            "run_grid", "select_stages", "summary", "write_json", "ensure_kernel", "main"]
 
@@ -103,7 +104,7 @@ def parse_gpus(text: str) -> list[str] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mtkd_utils.batch", description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", required=True, choices=sorted(GRIDS), help="grid and Config preset")
+    ap.add_argument("--preset", required=True, choices=sorted(PRESETS), help="grid and Config preset")
     ap.add_argument("--experiment-dir", help="default: outputs/<preset>")
     ap.add_argument("--tasks", nargs="+", metavar="TASKS", help="task combinations instead of the preset's, e.g. T1+T2 T1+T2+T3")
     ap.add_argument("--p", nargs="+", type=float, metavar="P", help="training fractions (%%) instead of the preset's, e.g. 15 30 70")

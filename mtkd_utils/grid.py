@@ -19,7 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from .config import FRACTIONS, MODELS, PRESETS, Config, check_fraction, parse_tasks, task_key
+from .config import Config, check_fraction, parse_tasks, task_key
+from .presets import PRESETS
 from .io import git_commit, read_json, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,15 +36,10 @@ NOTEBOOKS = {   # stage -> notebook (relative to the repo root), in run order
 }
 STAGES = tuple(NOTEBOOKS)
 ANALYSES = ("error_analysis", "gradcam", "results")   # read whatever runs exist: one run each
-CONFIG_STAGES = STAGES[:-1]   # the notebooks that build a Config: every --set reaches each of them
+# the notebooks that build a Config from the preset: every --set reaches each of them (the analyses rebuild
+# each model from its run's own config.json)
+CONFIG_STAGES = ("data", "teachers", "students")
 GPU_STAGES = ("teachers", "students", "gradcam")      # the ones that run models: they ask for a GPU when there are GPUs
-
-GRIDS: dict[str, dict[str, list]] = {   # what each preset runs; Table 1 is the paper grid
-    "smoke": dict(tasks=["T1+T2+T3"], p=[15, 70], models=list(MODELS), seeds=[0]),
-    "demo": dict(tasks=["T1+T2+T3"], p=[15, 70], models=list(MODELS), seeds=[0]),
-    "paper": dict(tasks=["T1+T2", "T1+T3", "T2+T3", "T1+T2+T3"], p=list(FRACTIONS), models=list(MODELS),
-                  seeds=[0, 1, 2]),
-}
 
 DONE, FAILED, SKIPPED, RUNNING = "done", "failed", "skipped", "running"
 
@@ -84,8 +80,8 @@ def default_experiment_dir(preset: str) -> Path:
 
 def check_preset(preset: str, dims: dict[str, list] | None = None) -> dict[str, list]:
     """The preset's grid with any of its tasks / p / seeds replaced by `dims`; ValueError on a bad value."""
-    if preset not in GRIDS:
-        raise ValueError(f"preset={preset!r}: choose one of {sorted(GRIDS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}: choose one of {sorted(PRESETS)}")
     dims = {k: list(v) for k, v in (dims or {}).items() if v is not None}
     unknown = sorted(set(dims) - {"tasks", "p", "seeds"})
     if unknown:
@@ -96,7 +92,7 @@ def check_preset(preset: str, dims: dict[str, list] | None = None) -> dict[str, 
         dims["p"] = [int(f) if f.is_integer() else f for f in map(check_fraction, dims["p"])]
     if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in dims.get("seeds", [])):
         raise ValueError(f"seeds={dims['seeds']!r}: training seeds are integers >= 0")
-    grid = {**GRIDS[preset], **dims}
+    grid = {**PRESETS[preset].grid, **dims}
     empty = [k for k, v in grid.items() if not v]
     if empty:
         raise ValueError(f"grid: {empty} is empty; give at least one value")
@@ -105,7 +101,7 @@ def check_preset(preset: str, dims: dict[str, list] | None = None) -> dict[str, 
 
 def check_overrides(preset: str, overrides: dict[str, Any]) -> None:
     """Fail now, not after hours of running, on an unknown or bad Config field."""
-    Config.from_dict({**PRESETS[preset], **overrides})
+    Config.from_dict({**PRESETS[preset].config, **overrides})
 
 
 def declared_parameters(notebook: str | Path) -> set[str]:

@@ -5,7 +5,7 @@ import multiprocessing as mp
 import pytest
 
 from mtkd_utils import batch, executor, grid
-from mtkd_utils.config import preset
+from mtkd_utils.presets import config as preset
 
 from test_batch import TEST_KERNEL, write_dummy_notebook
 
@@ -88,7 +88,7 @@ def test_bad_places_are_refused_before_anything_runs(tmp_path, capsys):
 def _claim(folder: str, epochs: int, n: int, start, results) -> None:
     from pathlib import Path
 
-    from mtkd_utils.experiment import claim_run
+    from mtkd_utils.runs import claim_run
     cfg = preset("smoke", epochs=epochs)
     for i in range(n):
         start.wait()                      # both processes claim folder i at the same moment
