@@ -15,8 +15,8 @@ PRESET  ?= demo
 $(KERNEL): .venv/ready
 	$(PY) -m ipykernel install --sys-prefix --name mtkd --display-name "mtkd (.venv)"
 
-demo: $(KERNEL)            ## the whole workbook on the synthetic default (~15 min on 2 CPU cores)
-	$(PY) -m mtkd_utils.batch --preset demo
+demo: $(KERNEL)            ## the whole workbook on the synthetic default, one Dask worker per core (ARGS="--scheduler sync": one by one)
+	$(PY) -m mtkd_utils.batch --preset demo $(ARGS)
 
 test: $(KERNEL)            ## unit tests + the notebooks end to end on the smoke preset
 	$(PY) -m pytest
@@ -24,11 +24,11 @@ test: $(KERNEL)            ## unit tests + the notebooks end to end on the smoke
 lab: $(KERNEL)             ## JupyterLab with the workbook's kernel
 	.venv/bin/jupyter lab notebooks/
 
-grid: $(KERNEL)            ## any preset's grid: make grid PRESET=paper, or ARGS="--seeds 0 1 2 --p 15 70"
+grid: $(KERNEL)            ## any preset's grid: make grid PRESET=paper, or ARGS="--seeds 0 1 2 --p 15 70 --workers 2"
 	$(PY) -m mtkd_utils.batch --preset $(PRESET) $(ARGS)
 
-paper: $(KERNEL)           ## the paper's full grid (ResNet-50, 224 px, 3 seeds): meant for a GPU
-	$(PY) -m mtkd_utils.batch --preset paper
+paper: $(KERNEL)           ## the paper's full grid (ResNet-50, 224 px, 3 seeds): one worker per visible GPU; a cluster: README
+	$(PY) -m mtkd_utils.batch --preset paper $(ARGS)
 
 bench: .venv/ready         ## training-speed benchmark (prints figures; run on purpose)
 	$(PY) -m mtkd_utils.bench
