@@ -237,8 +237,7 @@ def load_student(experiment_dir, key: RunKey, device: str | None = None) -> tupl
     """The trained model behind a finished run, built from the run's own saved config, with its data.
 
     M1 is its teacher; M1b its own folder; M2/M3 the student at the (tau, alpha) chosen on validation. Any --set
-    used for training
-    (image_size, backbone, head_hidden, ...) is therefore the one the model is rebuilt with.
+    used for training (image_size, backbone, head_hidden, ...) is therefore the one the model is rebuilt with.
     """
     run = runs.trained_model_dir(experiment_dir, key)
     cfg = runs.run_config(run)
