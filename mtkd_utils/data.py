@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from .progress import progress
 
 from .io import atomic_path, read_json, write_json
 from .manifest import LabelMap, read_manifest
@@ -38,7 +38,7 @@ def build_image_cache(manifest_path: str | Path, cache_dir: str | Path, size: in
     if meta_path.exists() and arr_path.exists() and read_json(meta_path).get("key") == key:
         return np.load(arr_path, mmap_mode="r")
     images = np.zeros((len(manifest), size, size, 3), dtype=np.uint8)
-    for i, rel in enumerate(tqdm(manifest.image, desc=f"image cache {size}px", leave=False)):
+    for i, rel in enumerate(progress(manifest.image, f"image cache {size}px")):
         images[i] = prepare_image(manifest_path.parent / rel, size, crop_fov=crop_fov)
     with atomic_path(arr_path) as tmp:
         with open(tmp, "wb") as f:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from .progress import progress
 
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -95,7 +95,7 @@ def train_one_epoch(model, data: FundusData, rows: np.ndarray, optimizer, schedu
     g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)   # batch order, unlabeled share, augmentation
     rows = epoch_rows(rows, unlabeled_rows, cfg.unlabeled_per_epoch, g)
     running, n = 0.0, 0
-    bar = tqdm(list(batch_rows(rows, cfg.batch_size, shuffle=True, generator=g)), desc=f"{desc} epoch {epoch + 1}", leave=False)
+    bar = progress(list(batch_rows(rows, cfg.batch_size, shuffle=True, generator=g)), f"{desc} epoch {epoch + 1}")
     for i, b in enumerate(bar):
         x = image_batch(data.images, b, device)
         if cfg.augment:

@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import papermill as pm
 import pytest
+from test_progress import widget_debris
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -20,6 +21,7 @@ def run(name: str, out_dir: Path, **params) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(NOTEBOOKS / name, out, parameters=dict(experiment_dir=str(out_dir), preset="smoke", **params),
                         kernel_name="mtkd", cwd=str(REPO), progress_bar=False)
+    assert widget_debris(out) == [], f"{name}: progress bars left widgets or 0% lines in the executed copy"
     return out
 
 
