@@ -14,10 +14,10 @@ import torch
 
 from .checkpoint import fingerprint, load_checkpoint
 from .config import FRACTIONS, Config, check_fraction, parse_tasks, task_key, task_subsets
-from .data import FundusData, build_image_cache, load_data
+from .data import FundusData, build_image_cache, load_data, manifest_location, manifest_record
 from .distill import CachedTeachers, OnlineTeachers, build_soft_targets
 from .engine import fit, pick_device, predict
-from .io import environment, read_json, write_csv, write_json
+from .io import current_experiment, environment, read_json, write_csv, write_json
 from .manifest import LabelMap, validate_manifest
 from .metrics import confusion, per_disease, task_metrics
 from .model import MTLModel, build_model
@@ -58,25 +58,37 @@ def _sha1(path: Path) -> str:
 
 def prepare_data(experiment_dir: str | Path, cfg: Config, source: str = "synthetic", source_path: str | None = None,
                  source_options: dict | None = None, split_file: str | None = None, crop_fov: bool = True) -> dict:
-    """Build/validate the manifest, make the patient-level splits and the image cache; write data/."""
+    """Build/validate the manifest, make the patient-level splits and the image cache; write data/.
+
+    Returns dataset.json's content with `manifest` as a usable path (the file stores it relative, see manifest_record).
+    """
     exp = Path(experiment_dir)
     data_dir = exp / "data"
+    settings = dict(source=source, split_seed=cfg.split_seed, split_file=split_file, crop_fov=crop_fov)
+    refuse_other_data(data_dir, settings)        # before anything is written (a source adapter writes data/source/)
     manifest_path = resolve_source(source, source_path, source_options, cfg, exp).resolve()
     labels = LabelMap.load(manifest_path.parent / "label_map.json")
     manifest = validate_manifest(manifest_path, labels)
-    info = dict(manifest=str(manifest_path), manifest_sha1=_sha1(manifest_path), source=source,
-                split_seed=cfg.split_seed, split_file=split_file, crop_fov=crop_fov)
-    if (data_dir / "dataset.json").exists():
-        old = read_json(data_dir / "dataset.json")
-        if {k: old.get(k) for k in info} != info:
-            raise FileExistsError(f"{data_dir} was prepared from other data or splits ({old['manifest']}, split_seed="
-                                  f"{old.get('split_seed')}). Choose a new experiment_dir; nothing was overwritten.")
+    info = dict(**manifest_record(manifest_path, exp), manifest_sha1=_sha1(manifest_path), **settings)
+    refuse_other_data(data_dir, {**settings, "manifest": manifest_path, "manifest_sha1": info["manifest_sha1"]})
     splits = load_user_splits(split_file, manifest) if split_file else make_splits(manifest, cfg.split_seed)
     save_splits(splits, data_dir / "splits.csv")
     labels.save(data_dir / "label_map.json")
     build_image_cache(manifest_path, data_dir / "cache", cfg.image_size, crop_fov)
     write_json(info, data_dir / "dataset.json")
-    return info
+    return {**info, "manifest": str(manifest_path)}
+
+
+def refuse_other_data(data_dir: Path, expected: dict) -> None:
+    """Refuse (writing nothing) an experiment already prepared with other data or splits."""
+    if not (data_dir / "dataset.json").exists():
+        return
+    old = read_json(data_dir / "dataset.json")
+    old["manifest"] = manifest_location(data_dir.parent, old).resolve()
+    diff = sorted(k for k, v in expected.items() if old.get(k) != v)
+    if diff:
+        raise FileExistsError(f"{data_dir} was prepared from other data or splits ({', '.join(diff)}: {old['manifest']}, "
+                              f"split_seed={old.get('split_seed')}). Choose a new experiment_dir; nothing was overwritten.")
 
 
 # ---------------------------------------------------------------- run folders
@@ -104,17 +116,23 @@ def claim_run(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> N
     A run folder is never overwritten: re-running with the same settings resumes or reuses it, and
     different settings must go to another experiment folder.
     """
+    if not refuse_other_settings(run, cfg, ignore, **meta):
+        write_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json")
+
+
+def refuse_other_settings(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> bool:
+    """True if `run` holds a run with these settings, False if none; raises if it holds other settings."""
+    if not (run / "config.json").exists():
+        return False
     mine = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS + ignore}
-    if (run / "config.json").exists():
-        old = read_json(run / "config.json")
-        theirs = {k: v for k, v in old["config"].items() if k in mine}
-        diff = sorted(k for k in mine if not json_equal(mine[k], theirs.get(k)))
-        diff += sorted(k for k, v in meta.items() if not json_equal(v, old.get(k)))
-        if diff:
-            raise FileExistsError(f"{run} holds a run with other settings ({', '.join(diff)}); nothing was overwritten. "
-                                  "Use another experiment_dir, or delete that folder to retrain.")
-        return
-    write_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json")
+    old = read_json(run / "config.json")
+    theirs = {k: v for k, v in old["config"].items() if k in mine}
+    diff = sorted(k for k in mine if not json_equal(mine[k], theirs.get(k)))
+    diff += sorted(k for k, v in meta.items() if not json_equal(v, old.get(k)))
+    if diff:
+        raise FileExistsError(f"{run} holds a run with other settings ({', '.join(diff)}); nothing was overwritten. "
+                              "Use another experiment_dir, or delete that folder to retrain.")
+    return True
 
 
 def json_equal(a, b) -> bool:
@@ -150,7 +168,7 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
     """An MTL model on the labeled fraction (M1 when tasks is the full set)."""
     tasks, p = parse_tasks(tasks), check_fraction(p)
     run, cfg = teacher_dir(experiment_dir, tasks, p, seed), cfg.updated(seed=seed)
-    claim_run(run, cfg, DISTILL_FIELDS, role="teacher", tasks=list(tasks), p=p, seed=seed)
+    claim_run(run, cfg, DISTILL_FIELDS, **teacher_meta(tasks, p, seed))
     if (run / "metrics.json").exists():
         return run
     write_split(run, data)
@@ -163,11 +181,19 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
     return run
 
 
+def teacher_meta(tasks: tuple[str, ...], p: float, seed: int) -> dict:
+    return dict(role="teacher", tasks=list(tasks), p=p, seed=seed)
+
+
 def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config) -> pd.DataFrame:
     """Every non-empty subset of `tasks` at fraction p: the M3 ensemble, with M1 (the full set) among them."""
+    subsets, p = task_subsets(parse_tasks(tasks)), check_fraction(p)
+    for subset in subsets:        # refuse other settings before load_data writes an image cache of a new size
+        refuse_other_settings(teacher_dir(experiment_dir, subset, p, seed), cfg.updated(seed=seed), DISTILL_FIELDS,
+                              **teacher_meta(subset, p, seed))
     data = load_data(experiment_dir, p, cfg)
     rows = []
-    for subset in task_subsets(parse_tasks(tasks)):
+    for subset in subsets:
         run = train_teacher(experiment_dir, subset, p, seed, cfg, data)
         rows.append({"teacher": task_key(subset), **read_json(run / "metrics.json"), "folder": str(run)})
     return pd.DataFrame(rows)
@@ -249,7 +275,8 @@ def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg
         source = teacher_dir(experiment_dir, tasks, p, seed)
         if not (source / "metrics.json").exists():
             raise FileNotFoundError(f"M1 is the teacher {task_key(tasks)} at p={p:g}, seed={seed}; run 02_teachers.ipynb first ({source})")
-        return evaluate_on_test(load_model(source, cfg, data, tasks), data, cfg, run, {**meta, "tau": None, "checkpoint": str(source / "checkpoint.pt")})
+        return evaluate_on_test(load_model(source, cfg, data, tasks), data, cfg, run, {**meta, "tau": None,
+                                "checkpoint": (source / "checkpoint.pt").relative_to(experiment_dir).as_posix()})
     search = pd.DataFrame([train_student(experiment_dir, model_name, tasks, p, seed, tau, cfg, data) for tau in cfg.tau_grid])
     write_csv(search, run / "tau_search.csv")
     tau = float(search.loc[search.val_score.idxmax(), "tau"])      # ties: the first (smallest) tau in the grid
@@ -258,8 +285,11 @@ def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg
 
 
 # ---------------------------------------------------------------- data-prep views (01)
-def experiment_path(path: str | Path) -> Path:
-    """Relative experiment folders live under the repo root, whether run from papermill or JupyterLab."""
+def experiment_path(path: str | Path | None) -> Path:
+    """Relative experiment folders live under the repo root, whether run from papermill or JupyterLab;
+    None is the experiment chosen for every notebook in outputs/experiment.json (io.current_experiment)."""
+    if path is None:
+        return current_experiment()
     path = Path(path)
     return path if path.is_absolute() else REPO / path
 
