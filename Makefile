@@ -30,7 +30,7 @@ lab: $(KERNEL)             ## JupyterLab at the repository root, on 127.0.0.1 wi
 	$(PY) -m mtkd_utils.lab $(LAB_ARGS)
 
 test-lab: $(KERNEL)        ## JupyterLab in a real browser (chromium + selenium): runs 01 on the smoke preset, saves
-	$(PY) -m pytest tests/test_lab.py -v -rs
+	MTKD_TEST_LAB=1 $(PY) -m pytest tests/test_lab.py -v -rs
 
 grid: $(KERNEL)            ## any preset's grid: make grid PRESET=paper, or ARGS="--seeds 0 1 2 --p 15 70"
 	$(PY) -m mtkd_utils.batch --preset $(PRESET) $(ARGS)
