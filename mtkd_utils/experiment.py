@@ -196,7 +196,7 @@ def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config) -> p
     for subset in subsets:
         run = train_teacher(experiment_dir, subset, p, seed, cfg, data)
         rows.append({"teacher": task_key(subset), **read_json(run / "metrics.json"), "folder": str(run)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).round(4)       # for people: nltk's zero-BLEU floor (~5e-232) shows as 0
 
 
 # ---------------------------------------------------------------- students (03)
