@@ -25,6 +25,7 @@ def lab_command(port: int | None = None, token: str | None = None, root: str | P
     """The `jupyter lab` command line; without a token JupyterLab makes a random one and prints it in the URL."""
     cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={Path(root).resolve()}", "--ip=127.0.0.1",
            "--no-browser", f"--KernelSpecManager.allowed_kernelspecs={KERNEL_NAME}",
+           f"--MappingKernelManager.default_kernel_name={KERNEL_NAME}",
            f"--ContentsManager.pre_save_hook={__name__}.strip_committed_notebook"]
     if os.geteuid() == 0:
         cmd.append("--allow-root")        # containers and cloud machines run as root; JupyterLab refuses without it
