@@ -35,11 +35,13 @@ class progress:
 
     def __init__(self, items: Iterable, desc: str, total: int | None = None):
         self.items, self.desc = items, desc
-        self.total = total if total is not None else len(items)  # type: ignore[arg-type]
+        self.total = total if total is not None else len(items) if hasattr(items, "__len__") else None
         self.postfix: dict[str, str] = {}
         self._bar = None
 
     def __len__(self) -> int:
+        if self.total is None:
+            raise TypeError(f"progress({self.desc!r}): the number of items is unknown; pass total=")
         return self.total
 
     def set_postfix(self, **values) -> None:
@@ -50,7 +52,8 @@ class progress:
 
     def summary(self, done: int, seconds: float) -> str:
         extra = "".join(f", {k}={v}" for k, v in self.postfix.items())
-        return f"{self.desc}: {done}/{self.total} in {seconds:.1f} s{extra}"
+        of = "" if self.total is None else f"/{self.total}"
+        return f"{self.desc}: {done}{of} in {seconds:.1f} s{extra}"
 
     def __iter__(self) -> Iterator:
         start, done = time.perf_counter(), 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mtkd_utils import experiment
+from mtkd_utils import prep, runs, training
 from mtkd_utils.config import preset
 from mtkd_utils.data import load_data, manifest_location, manifest_record
 from mtkd_utils.io import choose_experiment, current_experiment
@@ -36,10 +36,10 @@ def test_manifest_is_stored_relative_to_the_experiment_or_the_repository(tmp_pat
 
 def test_a_moved_experiment_reads_its_own_data(tmp_path):
     """The source's manifest lies inside the experiment (as the ODIR/CSV adapters put it): move it, re-read it."""
-    source = experiment.resolve_source("synthetic", None, None, CFG, tmp_path)
+    source = prep.resolve_source("synthetic", None, None, CFG, tmp_path)
     exp = tmp_path / "exp"
     shutil.copytree(source.parent, exp / "data" / "source")
-    experiment.prepare_data(exp, CFG, source="manifest", source_path=str(exp / "data" / "source" / "manifest.csv"))
+    prep.prepare_data(exp, CFG, source="manifest", source_path=str(exp / "data" / "source" / "manifest.csv"))
     stored = json.loads((exp / "data" / "dataset.json").read_text())
     assert (stored["manifest"], stored["manifest_base"]) == ("data/source/manifest.csv", "experiment")
     before = load_data(exp, 15, CFG)
@@ -47,26 +47,27 @@ def test_a_moved_experiment_reads_its_own_data(tmp_path):
     after = load_data(moved, 15, CFG)
     assert after.manifest.equals(before.manifest) and (after.images == before.images).all()
     assert str(tmp_path / "exp") not in (Path(moved) / "data" / "dataset.json").read_text()
-    experiment.prepare_data(moved, CFG, source="manifest", source_path=str(Path(moved) / "data" / "source" / "manifest.csv"))
+    prep.prepare_data(moved, CFG, source="manifest", source_path=str(Path(moved) / "data" / "source" / "manifest.csv"))
     with pytest.raises(FileExistsError, match="split_seed"):         # the same data is recognised, other splits not
-        experiment.prepare_data(moved, CFG.updated(split_seed=7), source="manifest",
+        prep.prepare_data(moved, CFG.updated(split_seed=7), source="manifest",
                                 source_path=str(Path(moved) / "data" / "source" / "manifest.csv"))
 
 
 def test_refused_runs_leave_nothing_behind(tmp_path):
     exp = tmp_path / "exp"
-    experiment.prepare_data(exp, CFG)
+    prep.prepare_data(exp, CFG)
     before = files_under(exp)
     with pytest.raises(FileExistsError, match="other data or splits"):
-        experiment.prepare_data(exp, CFG.updated(split_seed=3))
+        prep.prepare_data(exp, CFG.updated(split_seed=3))
     assert files_under(exp) == before
-    run = experiment.teacher_dir(exp, ("T1",), 15, 0)
+    key = runs.RunKey(("T1",), 15, 0)
+    run = runs.teacher_dir(exp, key)
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({**experiment.teacher_meta(("T1",), 15, 0),
+    (run / "config.json").write_text(json.dumps({**training.teacher_meta(key),
                                                  "config": CFG.updated(seed=0).to_dict()}))
     before = files_under(exp)
     with pytest.raises(FileExistsError, match="image_size"):        # a preset of another size: no new image cache
-        experiment.train_teachers(exp, "T1", 15, 0, CFG.updated(image_size=48))
+        training.train_teachers(exp, "T1", 15, 0, CFG.updated(image_size=48))
     assert files_under(exp) == before
 
 
