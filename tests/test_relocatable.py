@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mtkd_utils import prep, runs, training
-from mtkd_utils.config import preset
+from mtkd_utils.presets import config as preset
 from mtkd_utils.data import load_data, manifest_location, manifest_record
 from mtkd_utils.io import choose_experiment, current_experiment
 
