@@ -67,6 +67,25 @@ def write_json(obj: Any, path: str | Path) -> Path:
     return Path(path)
 
 
+def create_json(obj: Any, path: str | Path) -> bool:
+    """Write `path` only if it does not exist, complete or not at all: the file is written under a temporary
+    name, then hard-linked to `path`, which fails when the name is taken. Of two processes racing to create
+    one file exactly one wins. Returns whether this call created it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

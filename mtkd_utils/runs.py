@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import MODELS, Config, check_fraction, parse_tasks, task_key
-from .io import environment, fingerprint, read_json, write_json
+from .io import create_json, environment, fingerprint, read_json
 
 RUNTIME_FIELDS = ("device", "threads")                   # change how fast, not what is computed
 DISTILL_FIELDS = ("alpha", "tau_grid", "student_epochs", "unlabeled_per_epoch", "kd_mode")  # students only
@@ -152,10 +152,11 @@ def claim_run(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> N
     """Record config, seed and versions in a new run folder; refuse a folder holding a different run.
 
     A run folder is never overwritten: re-running with the same settings resumes or reuses it, and
-    different settings must go to another experiment folder.
+    different settings must go to another experiment folder. config.json is created only if absent, in
+    one step: of two processes claiming one folder with different settings, exactly one gets it.
     """
-    if not refuse_other_settings(run, cfg, ignore, **meta):
-        write_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json")
+    if not create_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json"):
+        refuse_other_settings(run, cfg, ignore, **meta)
 
 
 def refuse_other_settings(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> bool:
