@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from .progress import progress
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import FundusData, batch_rows, image_batch
@@ -132,7 +132,7 @@ def build_soft_targets(teachers: list, data: FundusData, rows: np.ndarray, path:
     int16 ids and the float32 T3 rest log-probabilities at each of `taus` (exact T3 KD)."""
     parts: dict[str, list[torch.Tensor]] = {}
     batches = list(batch_rows(rows, batch_size, shuffle=False))
-    for b in tqdm(batches, desc=f"soft targets ({len(teachers)} teachers)", leave=False):
+    for b in progress(batches, f"soft targets ({len(teachers)} teachers)"):
         out = ensemble_outputs(teachers, image_batch(data.images, b, device), data.targets["T3"][b].to(device),
                                data.is_labeled_train(b).to(device), max_len, topk, taus)
         for k, v in out.items():

@@ -91,7 +91,8 @@ def manifest_path(experiment_dir: str | Path) -> str:
     info = data_dir(experiment_dir) / "dataset.json"
     if not info.exists():
         raise FileNotFoundError(f"{info} missing: run notebooks/01_data_prep.ipynb for this experiment first")
-    return read_json(info)["manifest"]
+    from .data import manifest_location     # lazy: data imports this module
+    return str(manifest_location(experiment_dir, read_json(info)))
 
 
 def teacher_dir(experiment_dir: str | Path, key: RunKey) -> Path:
@@ -166,9 +167,15 @@ def claim_run(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> N
     different settings must go to another experiment folder. config.json is created only if absent, in
     one step: of two processes claiming one folder with different settings, exactly one gets it.
     """
+    if not create_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json"):
+        refuse_other_settings(run, cfg, ignore, **meta)
+
+
+def refuse_other_settings(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> bool:
+    """True if `run` holds a run with these settings, False if none; raises if it holds other settings."""
+    if not (run / "config.json").exists():
+        return False
     mine = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS + ignore}
-    if create_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json"):
-        return
     old = read_json(run / "config.json")
     theirs = {k: v for k, v in old["config"].items() if k in mine}
     diff = sorted(k for k in mine if not json_equal(mine[k], theirs.get(k)))
@@ -176,6 +183,7 @@ def claim_run(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> N
     if diff:
         raise FileExistsError(f"{run} holds a run with other settings ({', '.join(diff)}); nothing was "
                               "overwritten. Use another experiment_dir, or delete that folder to retrain.")
+    return True
 
 
 def run_config(run: str | Path) -> Config:

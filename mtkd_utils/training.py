@@ -70,8 +70,7 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
     key = RunKey(tasks, p, seed)
     run, cfg = runs.teacher_dir(experiment_dir, key), cfg.updated(seed=seed)
     own_seed = model_seed(cfg, "teacher", key.tasks)
-    runs.claim_run(run, cfg, runs.DISTILL_FIELDS, role="teacher", tasks=list(key.tasks), p=key.p, seed=seed,
-                   model_seed=own_seed)
+    runs.claim_run(run, cfg, runs.DISTILL_FIELDS, **teacher_meta(key, cfg))
     if (run / "metrics.json").exists():
         return run
     write_split(run, data)
@@ -87,12 +86,22 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
 def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config) -> pd.DataFrame:
     """Every non-empty subset of `tasks` at fraction p: the M3 ensemble, with M1 (the full set) among them."""
     key = RunKey(tasks, p, seed)
+    for subset in task_subsets(key.tasks):   # refuse other settings before load_data writes an image cache of a new size
+        sub = RunKey(subset, key.p, seed)
+        runs.refuse_other_settings(runs.teacher_dir(experiment_dir, sub), cfg.updated(seed=seed), runs.DISTILL_FIELDS,
+                                   **teacher_meta(sub, cfg))
     data = load_data(experiment_dir, key.p, cfg)
     rows = []
     for subset in task_subsets(key.tasks):
         run = train_teacher(experiment_dir, subset, key.p, seed, cfg, data)
         rows.append({"teacher": task_key(subset), **read_json(run / "metrics.json"), "folder": str(run)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).round(4)       # for people: nltk's zero-BLEU floor (~5e-232) shows as 0
+
+
+def teacher_meta(key: RunKey, cfg: Config) -> dict:
+    """What a teacher's config.json records beside its Config, its own seed included."""
+    own_seed = model_seed(cfg.updated(seed=key.seed), "teacher", key.tasks)
+    return dict(role="teacher", tasks=list(key.tasks), p=key.p, seed=key.seed, model_seed=own_seed)
 
 
 # ---------------------------------------------------------------- students (03)
@@ -216,7 +225,8 @@ def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg
         teacher = read_json(source / "metrics.json")
         return evaluate_on_test(load_model(source, cfg, data, key.tasks), data, cfg, run,
                                 {**meta, "tau": None, "alpha": None, "updates": teacher.get("updates"),
-                                 "model_seed": teacher.get("model_seed"), "checkpoint": str(source / "checkpoint.pt")})
+                                 "model_seed": teacher.get("model_seed"),
+                                 "checkpoint": (source / "checkpoint.pt").relative_to(experiment_dir).as_posix()})
     if model_name == "M1b":
         model = train_m1_at_budget(experiment_dir, key, meta["updates"], cfg, data)
         return evaluate_on_test(model, data, cfg, run, {**meta, "tau": None, "alpha": None,
@@ -237,8 +247,7 @@ def load_student(experiment_dir, key: RunKey, device: str | None = None) -> tupl
     """The trained model behind a finished run, built from the run's own saved config, with its data.
 
     M1 is its teacher; M1b its own folder; M2/M3 the student at the (tau, alpha) chosen on validation. Any --set
-    used for training
-    (image_size, backbone, head_hidden, ...) is therefore the one the model is rebuilt with.
+    used for training (image_size, backbone, head_hidden, ...) is therefore the one the model is rebuilt with.
     """
     run = runs.trained_model_dir(experiment_dir, key)
     cfg = runs.run_config(run)
