@@ -34,7 +34,7 @@ def experiments(tmp_path_factory) -> dict[str, Path]:
 
 def test_two_dask_workers_give_the_sequential_numbers(experiments):
     sync = sorted(experiments["sync"].glob("students/*/*/*/metrics.json"))
-    assert len(sync) == 6      # M1, M2, M3 at p = 15 and 70
+    assert len(sync) == 8      # M1, M2, M3, M1b at p = 15 and 70
     for path in sync:
         twin = experiments["dask"] / path.relative_to(experiments["sync"])
         mine, theirs = json.loads(path.read_text()), json.loads(twin.read_text())
