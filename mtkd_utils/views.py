@@ -56,12 +56,12 @@ def sample_rows(manifest: pd.DataFrame, per_class: int, seed: int, classes: list
 
 
 def load_samples(manifest_path: str | Path, rows: pd.DataFrame, size: int) -> tuple[np.ndarray, list]:
-    """Prepared images and lesion masks of some manifest rows, for figures."""
+    """Prepared images (N, size, size, 3) and lesion masks (or None) of some manifest rows, for figures."""
     from .fundus import prepare_image
     root = Path(manifest_path).parent
-    images = np.stack([prepare_image(root / r.image, size) for r in rows.itertuples()])
+    images = [prepare_image(root / r.image, size) for r in rows.itertuples()]
     masks = [load_mask(manifest_path, r.image, r.mask, size) for r in rows.itertuples()]
-    return images, masks
+    return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), masks
 
 
 # ---------------------------------------------------------------- students (03)
@@ -91,15 +91,47 @@ def held_out_images(data: FundusData) -> tuple[pd.DataFrame, torch.Tensor]:
     return data.manifest.iloc[test].reset_index(drop=True), x
 
 
+def has_lesion(masks: list) -> np.ndarray:
+    """Whether each image has a lesion mask with at least one lesion pixel."""
+    return np.array([m is not None and bool(np.any(m)) for m in masks], dtype=bool)
+
+
 def pick_images(rows: pd.DataFrame, masks: list, per_disease: int, seed: int, image_ids=()) -> list[int]:
-    """Positions of the figure's images: the given ids, else a seeded draw of annotated images per disease."""
+    """Positions of the figure's images: the given ids, else a seeded draw per disease among the annotated images,
+    or among all of them when the data has no lesion mask (ODIR-5K, a CSV)."""
     if image_ids:
         missing = sorted(set(image_ids) - set(rows.image_id))
         if missing:
             raise ValueError(f"image_ids {missing} are not test images of this experiment")
         return [int(np.flatnonzero(rows.image_id.to_numpy() == i)[0]) for i in image_ids]
-    annotated = rows.assign(pos=range(len(rows)))[[m is not None and m.any() for m in masks]]
+    annotated = has_lesion(masks)
+    pool = rows.assign(pos=range(len(rows)))[annotated if annotated.any() else slice(None)]
     picks = [g.sample(n=min(per_disease, len(g)), random_state=seed).pos
-             for _, g in annotated.groupby("coarse", sort=False)]
+             for _, g in pool.groupby("coarse", sort=False)]
     return [int(i) for part in picks for i in sorted(part)]
 
+
+def scored_images(rows: pd.DataFrame, masks: list, normal: str = "normal") -> np.ndarray:
+    """Positions of the images whose CAMs are scored: abnormal (coarse label not `normal`) with a lesion mask."""
+    return np.flatnonzero(has_lesion(masks) & (rows.coarse.to_numpy() != normal))
+
+
+def class_indices(names, classes: list[str]) -> np.ndarray:
+    """Class indices of label names (e.g. the true labels, as CAM targets); ValueError naming an unknown one."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not classes of the label map ({classes[:8]}...)")
+    return np.array([index[n] for n in names], dtype=np.int64)
+
+
+def cam_targets(rows: pd.DataFrame, masks: list, classes: list[str], task: str = "T1",
+                normal: str = "normal") -> tuple[np.ndarray, np.ndarray]:
+    """(positions, targets): the images whose CAMs are scored (abnormal, with a lesion mask) and the index of each
+    one's *true* class for `task` (T1 coarse, T2 fine): localisation is asked of the class that has the lesion,
+    not of whatever the model predicts (mostly 'normal' for a weak model)."""
+    if task not in ("T1", "T2"):
+        raise ValueError(f"task={task!r}: CAM targets exist for the class heads T1 and T2")
+    positions = scored_images(rows, masks, normal)
+    names = rows.coarse if task == "T1" else rows.fine
+    return positions, class_indices(names.iloc[positions], classes)
