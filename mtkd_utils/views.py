@@ -11,6 +11,7 @@ import torch
 from . import presets
 from .config import FRACTIONS, Config
 from .data import FundusData, load_mask
+from .manifest import LabelMap
 from .engine import setup_runtime
 from .splits import select_fraction
 
@@ -43,6 +44,24 @@ def fraction_table(splits: pd.DataFrame, fractions=FRACTIONS) -> pd.DataFrame:
     """Images per role at each training fraction p."""
     counts = {f"p={p}": select_fraction(splits, p).role.value_counts() for p in fractions}
     return pd.DataFrame(counts).fillna(0).astype(int)
+
+
+def class_counts(split_table: pd.DataFrame, manifest: pd.DataFrame, labels: LabelMap,
+                 fractions=(15, 70)) -> pd.DataFrame:
+    """Labeled images per fine class (rows grouped by coarse class, label-map order) in the training set at each p,
+    in validation and in test; a `total` row at the end."""
+    if split_table.image_id.tolist() != manifest.image_id.tolist():
+        raise ValueError("split_table and manifest disagree row for row: pass the experiment's splits.csv and "
+                         "the manifest it was made from")
+    columns = {f"train p={p:g}": select_fraction(split_table, p).role.to_numpy() == "train" for p in fractions}
+    columns |= {name: split_table.split.to_numpy() == name for name in ("val", "test")}
+    pairs = [(coarse, fine) for coarse in labels.coarse for fine in labels.fine if labels.fine_parent[fine] == coarse]
+    index = pd.MultiIndex.from_tuples(pairs, names=["coarse", "fine"])
+    sizes = {name: manifest[chosen].groupby(["coarse", "fine"]).size() for name, chosen in columns.items()}
+    table = pd.DataFrame(sizes)
+    table = table.reindex(index).fillna(0).astype(int)
+    table.loc[("total", ""), :] = table.sum()
+    return table.astype(int)
 
 
 def sample_rows(manifest: pd.DataFrame, per_class: int, seed: int, classes: list[str] | None = None) -> pd.DataFrame:

@@ -20,6 +20,7 @@ def odir_folder(root, n_patients: int = 36):
 
 
 def test_odir_fixture_runs_through_the_notebooks(tmp_path):
+    """01-06 end to end on data without lesion masks: 05 draws the CAM figure and says it cannot score them."""
     source = odir_folder(tmp_path / "ODIR-5K")
     exp = tmp_path / "exp"
     run("01_data_prep.ipynb", exp, source="odir", source_path=str(source))
@@ -30,3 +31,11 @@ def test_odir_fixture_runs_through_the_notebooks(tmp_path):
     run("03_student_mtl_kd.ipynb", exp, p=45, tasks="T1+T3", models=["M1", "M3"])
     metrics = json.loads((exp / "students" / "T1+T3" / "p45_s0" / "M3" / "metrics.json").read_text())
     assert set(metrics["test"]) >= {"T1_acc", "T3_bleu4"} and "T2_acc" not in metrics["test"]
+    run("04_error_analysis.ipynb", exp, tasks="T1+T3", focus="M3")
+    gradcam = run("05_gradcam.ipynb", exp, tasks="T1+T3", n_per_disease=1).read_text()
+    assert "localisation cannot be scored" in gradcam
+    assert (exp / "gradcam" / "gradcam_M3.png").exists()                 # the figure, without annotations
+    loc = pd.read_csv(exp / "gradcam" / "localisation.csv")
+    assert {"M1 p=45", "M3 p=45", "randomised M3 p=45"} <= set(loc.run) and (loc.n_scored == 0).all()
+    run("06_results.ipynb", exp, metrics=["T1_acc", "T3_bleu4"], n_boot=100)
+    assert (exp / "results" / "table1.csv").exists()
