@@ -76,8 +76,9 @@ def section(exp: Path, figures_dir: Path) -> str:
              to_markdown(table1(runs)) if runs.size else "_(no finished runs)_", "",
              baseline_note(constant_baseline(exp)), "",
              f"![metrics against p]({rel}/metrics_vs_p.png)", "",
-             "**Grad-CAM localisation against the lesion masks** (all annotated test images; pointing game and "
-             "energy inside the mask; `mask_share` is chance; the randomised row is the sanity check):", "",
+             "**Grad-CAM localisation against the lesion masks** (the true class's CAM on every abnormal annotated "
+             "test image; pointing game and energy inside the mask, within the field of view; `mask_share` is "
+             "chance; the randomised row is the sanity check):", "",
              _localisation(exp), "", f"![Grad-CAM figure]({rel}/gradcam_M3.jpg)"]
     comparison = analysis_dir(exp, "results") / "m3_vs_m1.csv"
     if comparison.exists():
