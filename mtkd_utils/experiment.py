@@ -19,7 +19,7 @@ from .distill import CachedTeachers, OnlineTeachers, build_soft_targets
 from .engine import fit, pick_device, predict
 from .io import environment, read_json, write_csv, write_json
 from .manifest import LabelMap, validate_manifest
-from .metrics import confusion, per_disease, task_metrics
+from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
 from .model import MTLModel, build_model
 from .splits import load_user_splits, make_splits, save_splits
 
@@ -220,13 +220,18 @@ def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, c
 
 
 def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
-    """The one read of the test split: predictions.csv, metrics.json, confusion.csv."""
+    """The one read of the test split: predictions.csv, probs_T1/T2.npy, metrics.json, confusion.csv."""
     device = pick_device(cfg.device)
-    preds = predict(model, data, data.rows("test"), cfg.batch_size * 2, cfg.max_len, cfg.beam_size, device)
+    preds, probs = predict(model, data, data.rows("test"), cfg.batch_size * 2, cfg.max_len, cfg.beam_size, device,
+                           with_probs=True)
     val = task_metrics(predict(model, data, data.rows("val"), cfg.batch_size * 2, cfg.max_len, cfg.beam_size, device), data.labels)
-    metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels), per_disease=per_disease(preds, data.labels),
+    metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels, probs), per_disease=per_disease(preds, data.labels),
+                   per_class_auroc=per_class_auroc(preds, data.labels, probs),
+                   disease_vs_normal=disease_vs_normal(preds, data.labels),
                    bleu_note="T3_bleu1..4: nltk corpus BLEU, no smoothing; T3_sentence_bleu: mean nltk sentence BLEU-4, smoothing method1")
     write_csv(preds, run / "predictions.csv")
+    for task, p in probs.items():
+        np.save(run / f"probs_{task}.npy", p)
     if "T1" in model.tasks:
         confusion(preds, data.labels).to_csv(run / "confusion_T1.csv")
     write_json(metrics, run / "metrics.json")   # written last: marks the run done

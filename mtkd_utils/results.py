@@ -14,11 +14,18 @@ import pandas as pd
 
 from .config import MODELS, parse_tasks, task_key
 from .io import atomic_path, read_json
+from .metrics import LEVEL, classification_task, rouge_l
 from .plots import save_figure
 
 TABLE1_METRICS = ("T1_acc", "T2_acc", "T3_bleu4")   # what the paper's Table 1 reports per task
 KD_MODELS = ("M2", "M3")                            # the models with a temperature τ chosen on validation
 BOOTSTRAP_METRICS = ("T1_acc", "T2_acc", "T3_bleu", "T3_bleu4")   # T3_bleu: mean sentence BLEU; T3_bleu4: corpus
+# Fast bootstrap (sums of per-image statistics); every other T1_/T2_ metric of metrics.classification_task is
+# recomputed by scikit-learn on each resample
+SUM_METRICS = BOOTSTRAP_METRICS + ("T3_sentence_bleu", "T3_bleu1", "T3_bleu2", "T3_bleu3", "T3_rougeL")
+HEADLINE_METRICS = ("T1_acc", "T1_balanced_acc", "T1_macro_f1", "T1_kappa", "T1_auroc", "T1_aupr", "T1_ece", "T1_nll",
+                    "T2_acc", "T2_balanced_acc", "T2_macro_f1", "T2_top5", "T2_kappa", "T2_auroc", "T2_ece",
+                    "T3_bleu4", "T3_rougeL")   # what 06 reports with CIs (README "Metrics")
 STD_DDOF = 1                                        # sample standard deviation over seeds
 
 
@@ -108,19 +115,75 @@ def table1(df: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, digits: in
 
 
 def constant_baseline(experiment_dir: str | Path) -> pd.Series:
-    """T1_acc / T2_acc of always answering the test split's commonest class: the bar a classifier must clear.
+    """Accuracy, balanced accuracy and macro-F1 (T1, T2) of always answering the test split's commonest class.
 
+    The bar a classifier must clear (balanced accuracy 1/classes, macro-F1 near 0 show what accuracy hides).
     Read from any run's predictions.csv (every run shares the test split). Empty without runs.
     """
     baseline = {}
     for path in sorted(Path(experiment_dir).glob("students/*/p*_s*/*/predictions.csv")):
         preds = read_predictions(path)
-        for metric, col in (("T1_acc", "coarse_true"), ("T2_acc", "fine_true")):
-            if metric not in baseline and (preds[col] != "").any():
-                baseline[metric] = float(preds[col].value_counts(normalize=True).iloc[0])
-        if len(baseline) == 2:
+        for task, col in (("T1", "coarse_true"), ("T2", "fine_true")):
+            if f"{task}_acc" not in baseline and (preds[col] != "").any():
+                baseline.update(_constant_scores(preds[col], task))
+        if "T1_acc" in baseline and "T2_acc" in baseline:
             break
     return pd.Series(baseline, name="commonest class", dtype=float)
+
+
+def _constant_scores(truth: pd.Series, task: str) -> dict[str, float]:
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+    said = np.full(len(truth), truth.value_counts().index[0], dtype=object)
+    return {f"{task}_acc": float(np.mean(said == truth.to_numpy())),
+            f"{task}_balanced_acc": float(balanced_accuracy_score(truth, said)),
+            f"{task}_macro_f1": float(f1_score(truth, said, labels=sorted(set(truth)), average="macro", zero_division=0))}
+
+
+def read_probs(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """probs_T1.npy / probs_T2.npy of a run folder (rows as predictions.csv); {} for runs without them."""
+    return {task: np.load(path) for task in LEVEL if (path := Path(run_dir) / f"probs_{task}.npy").exists()}
+
+
+def load_labels(experiment_dir: str | Path):
+    """The experiment's label map (data/label_map.json, written by 01_data_prep)."""
+    from .manifest import LabelMap
+    return LabelMap.load(Path(experiment_dir) / "data" / "label_map.json")
+
+
+def run_cis(experiment_dir: str | Path, metrics: Sequence[str] = HEADLINE_METRICS, n_boot: int = 1000,
+            seed: int = 0) -> pd.DataFrame:
+    """Every finished run: each metric with its 95 % bootstrap CI over the test images (one row per run, metric)."""
+    labels, frames = load_labels(experiment_dir), []
+    for run in collect_metrics(experiment_dir).itertuples():
+        ci = bootstrap_table(read_predictions(Path(run.run_dir) / "predictions.csv"), metrics, labels,
+                             read_probs(run.run_dir), n_boot=n_boot, seed=seed)
+        frames.append(ci.assign(tasks=run.tasks, model=run.model, p=run.p, seed=run.seed))
+    cols = ["tasks", "model", "p", "seed", "metric", "value", "lo", "hi", "n"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def ci_table(cis: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """run_cis as rows (tasks, model, p, seed), columns metric: 'value [lo, hi]'."""
+    text = cis.assign(text=[f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+                            for v, lo, hi in zip(cis.value, cis.lo, cis.hi)])
+    order = list(dict.fromkeys(cis.metric))
+    table = text.pivot(index=["tasks", "model", "p", "seed"], columns="metric", values="text")
+    return table.reindex(columns=order).fillna("")
+
+
+def t3_baselines(experiment_dir: str | Path, p: float) -> pd.DataFrame:
+    """T3 constant-sentence baselines (metrics.text_baselines): chosen on the training sentences of fraction p,
+    scored on the test split."""
+    from .manifest import read_manifest
+    from .metrics import text_baselines
+    from .splits import load_splits, select_fraction
+
+    data_dir = Path(experiment_dir) / "data"
+    manifest = read_manifest(read_json(data_dir / "dataset.json")["manifest"])
+    roles = select_fraction(load_splits(data_dir / "splits.csv"), p).set_index("image_id").role
+    labeled = manifest[(manifest.labeled == "1") & (manifest.text != "")]
+    role = labeled.image_id.map(roles)
+    return text_baselines(labeled[role == "train"], labeled[role == "test"])
 
 
 def baseline_note(baseline: pd.Series) -> str:
@@ -222,12 +285,17 @@ def image_stats(preds: pd.DataFrame, metric: str) -> tuple[np.ndarray, Callable[
         if not (preds[f"{col}_pred"] != "").any():
             raise ValueError(f"metric={metric!r}: these predictions have no {col}_pred (the model lacks the task)")
         return _mean_stats((preds[f"{col}_pred"] == preds[f"{col}_true"]).to_numpy(float))
-    if metric not in ("T3_bleu", "T3_sentence_bleu", "T3_bleu4"):
-        raise ValueError(f"metric={metric!r}: choose one of {BOOTSTRAP_METRICS}")
+    if metric not in SUM_METRICS:
+        raise ValueError(f"metric={metric!r}: choose one of {SUM_METRICS}, or a T1_/T2_ metric of "
+                         "metrics.task_metrics (pass labels=, and probs= for AUROC, AUPR, ECE, NLL)")
     if not (preds["text_pred"] != "").any():
         raise ValueError(f"metric={metric!r}: these predictions have no text_pred (the model lacks T3)")
-    if metric == "T3_bleu4":
-        return _bleu_stats(preds)
+    if metric.startswith("T3_bleu") and metric[-1].isdigit():
+        return _bleu_stats(preds, int(metric[-1]))
+    if metric == "T3_rougeL":
+        col = preds["rougeL"] if "rougeL" in preds and (preds["rougeL"] != "").all() else \
+            rouge_l(preds["text_true"], preds["text_pred"])   # predictions.csv written before ROUGE-L was
+        return _mean_stats(np.asarray(col, dtype=float))
     return _mean_stats(preds["bleu"].astype(float).to_numpy())
 
 
@@ -237,36 +305,103 @@ def _resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
 
 
-def bootstrap_ci(preds: pd.DataFrame, metric: str, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """The metric and its percentile bootstrap CI over test images: dict(value, lo, hi, n)."""
-    stats, fn = image_stats(preds, metric)
-    boot = fn(_resample_weights(len(stats), n_boot, seed) @ stats)
-    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    return {"value": float(fn(stats.sum(axis=0))), "lo": float(lo), "hi": float(hi), "n": len(stats)}
+def _label_metric(preds: pd.DataFrame, metric: str, labels, probs) -> Callable[[np.ndarray], float]:
+    """metric on the rows idx (a resample), recomputed by scikit-learn (metrics.classification_task)."""
+    task = metric[:2]
+    if task not in LEVEL:
+        raise ValueError(f"metric={metric!r}: choose one of {SUM_METRICS}, or a T1_/T2_ metric of metrics.task_metrics")
+    if not _has_task(preds, metric):
+        raise ValueError(f"metric={metric!r}: these predictions have no {LEVEL[task]}_pred (the model lacks {task})")
+    if labels is None:
+        raise ValueError(f"metric={metric!r}: pass labels= (the experiment's label map: results.load_labels)")
+    p = (probs or {}).get(task)
+
+    def on_rows(idx: np.ndarray) -> dict[str, float]:
+        return classification_task(preds.iloc[idx], labels, task, None if p is None else p[idx])
+
+    known = on_rows(np.arange(len(preds)))
+    if metric not in known:
+        raise ValueError(f"metric={metric!r} is not among {sorted(known)}: AUROC, AUPR, ECE and NLL need probs= "
+                         f"(probs_{task}.npy of the run: results.read_probs)")
+    return lambda idx: on_rows(idx)[metric]
+
+
+def _indices(weights: np.ndarray) -> np.ndarray:
+    """The image rows of one bootstrap sample from its counts (the same draws as the sums path)."""
+    return np.repeat(np.arange(len(weights)), weights.astype(int))
+
+
+def _metric_draws(preds: pd.DataFrame, metric: str, w: np.ndarray, labels=None, probs=None) -> tuple[float, np.ndarray]:
+    """The metric on all images and on each of the bootstrap samples w (n_boot, n)."""
+    if metric in SUM_METRICS:
+        stats, fn = image_stats(preds, metric)
+        return float(fn(stats.sum(axis=0))), fn(w @ stats)
+    fn = _label_metric(preds, metric, labels, probs)
+    return float(fn(np.arange(len(preds)))), np.array([fn(_indices(row)) for row in w])
+
+
+def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2])   # nan: a resample without a class's negatives
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(preds: pd.DataFrame, metric: str, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                 labels=None, probs: dict[str, np.ndarray] | None = None) -> dict:
+    """The metric and its percentile bootstrap CI over test images: dict(value, lo, hi, n).
+
+    Any metric of metrics.task_metrics: accuracy and T3 from per-image sums, the others (kappa, AUROC,
+    ECE, ...) recomputed on each resample; those need `labels` (LabelMap) and, for the probability
+    metrics, `probs` ({'T1': (N, C), ...} in the rows' order).
+    """
+    value, boot = _metric_draws(preds, metric, _resample_weights(len(preds), n_boot, seed), labels, probs)
+    lo, hi = _interval(boot, level)
+    return {"value": value, "lo": lo, "hi": hi, "n": len(preds)}
+
+
+def bootstrap_table(preds: pd.DataFrame, metrics: Sequence[str], labels=None, probs=None, n_boot: int = 1000,
+                    seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """bootstrap_ci for each metric the predictions can give (a task the model lacks is skipped): metric, value, lo, hi, n."""
+    rows = [{"metric": m, **bootstrap_ci(preds, m, n_boot, seed, level, labels, probs)} for m in metrics
+            if _has_task(preds, m) and (m[:2] not in LEVEL or m[:2] in (probs or {}) or not _needs_probs(m))]
+    return pd.DataFrame(rows, columns=["metric", "value", "lo", "hi", "n"])
+
+
+def _needs_probs(metric: str) -> bool:
+    return metric.split("_", 1)[1].split("_")[0] in ("auroc", "aupr", "ece", "nll", "odir")
+
+
+def _aligned(preds_a: pd.DataFrame, preds_b: pd.DataFrame, probs_a, probs_b):
+    """b's rows (and probabilities) in a's image order."""
+    ids_a, ids_b = set(preds_a["image_id"]), set(preds_b["image_id"])
+    if ids_a != ids_b:
+        raise ValueError(f"preds_a and preds_b must cover the same test images: {len(ids_a - ids_b)} only in a, "
+                         f"{len(ids_b - ids_a)} only in b")
+    order_a = np.argsort(preds_a["image_id"].to_numpy(), kind="stable")
+    pos_b = pd.Series(np.arange(len(preds_b)), index=preds_b["image_id"].to_numpy())
+    order_b = pos_b.loc[preds_a["image_id"].to_numpy()[order_a]].to_numpy()
+    take = lambda probs, order: {t: v[order] for t, v in (probs or {}).items()}  # noqa: E731
+    return (preds_a.iloc[order_a].reset_index(drop=True), preds_b.iloc[order_b].reset_index(drop=True),
+            take(probs_a, order_a), take(probs_b, order_b))
 
 
 def paired_bootstrap(preds_a: pd.DataFrame, preds_b: pd.DataFrame, metric: str, n_boot: int = 2000,
-                     seed: int = 0, level: float = 0.95) -> dict:
+                     seed: int = 0, level: float = 0.95, labels=None, probs_a=None, probs_b=None) -> dict:
     """b − a on the same test images: the difference, its percentile bootstrap CI and a two-sided p-value.
 
     Both models are scored on the same resampled images in each replicate (a paired bootstrap), so
     the image-to-image variation they share cancels. p_value: twice the smaller share of replicates
     on either side of 0 (add-one smoothed), i.e. the smallest level at which the CI excludes 0.
+    Any metric of metrics.task_metrics (labels= and probs_a/probs_b= as bootstrap_ci needs them).
     """
-    ids_a, ids_b = set(preds_a["image_id"]), set(preds_b["image_id"])
-    if ids_a != ids_b:
-        raise ValueError(f"preds_a and preds_b must cover the same test images: {len(ids_a - ids_b)} only in a, "
-                         f"{len(ids_b - ids_a)} only in b")
-    a = preds_a.set_index("image_id").sort_index()
-    b = preds_b.set_index("image_id").loc[a.index]   # align b's rows on a's images
-    (stats_a, fn), (stats_b, _) = image_stats(a, metric), image_stats(b, metric)
+    a, b, probs_a, probs_b = _aligned(preds_a, preds_b, probs_a, probs_b)
     w = _resample_weights(len(a), n_boot, seed)
-    boot = fn(w @ stats_b) - fn(w @ stats_a)
-    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    value_a, value_b = float(fn(stats_a.sum(axis=0))), float(fn(stats_b.sum(axis=0)))
+    value_a, boot_a = _metric_draws(a, metric, w, labels, probs_a)
+    value_b, boot_b = _metric_draws(b, metric, w, labels, probs_b)
+    boot = boot_b - boot_a
+    lo, hi = _interval(boot, level)
     tail = min((boot <= 0).sum(), (boot >= 0).sum())
-    return {"metric": metric, "a": value_a, "b": value_b, "diff": value_b - value_a, "lo": float(lo),
-            "hi": float(hi), "p_value": float(min(1.0, 2 * (tail + 1) / (n_boot + 1))), "n": len(a),
+    return {"metric": metric, "a": value_a, "b": value_b, "diff": value_b - value_a, "lo": lo,
+            "hi": hi, "p_value": float(min(1.0, 2 * (tail + 1) / (n_boot + 1))), "n": len(a),
             "n_boot": n_boot}
 
 
@@ -284,10 +419,14 @@ def compare_models(experiment_dir: str | Path, a: str = "M1", b: str = "M3", met
         if not (path_a.exists() and path_b.exists()):
             continue   # the grid is not finished there yet
         preds_a, preds_b = read_predictions(path_a), read_predictions(path_b)
+        probs_a, probs_b = read_probs(run / a), read_probs(run / b)
         p, s = run.name[1:].split("_s")
         for metric in metrics:
             if _has_task(preds_a, metric) and _has_task(preds_b, metric):
-                res = paired_bootstrap(preds_a, preds_b, metric, n_boot=n_boot, seed=seed)
+                if _needs_probs(metric) and not (metric[:2] in probs_a and metric[:2] in probs_b):
+                    continue   # runs from before probabilities were saved
+                res = paired_bootstrap(preds_a, preds_b, metric, n_boot=n_boot, seed=seed, probs_a=probs_a,
+                                       probs_b=probs_b, labels=None if metric in SUM_METRICS else load_labels(experiment_dir))
                 rows.append({"tasks": run.parent.name, "p": tidy_p(p), "seed": int(s), **res})
     cols = ["tasks", "p", "seed", "metric", "a", "b", "diff", "lo", "hi", "p_value", "n", "n_boot"]
     out = pd.DataFrame(rows, columns=cols).rename(columns={"a": a, "b": b, "diff": f"{b}-{a}"})

@@ -203,6 +203,41 @@ def test_constant_baseline_is_the_commonest_test_class(tmp_path):
     preds = pd.DataFrame({"coarse_true": ["a", "a", "a", "b"], "fine_true": ["x", "y", "z", "z"]})
     write_csv(preds, exp / "students" / "T1+T2" / "p15_s0" / "M1" / "predictions.csv")
     base = results.constant_baseline(exp)
-    assert base.to_dict() == {"T1_acc": 0.75, "T2_acc": 0.5}
-    assert "T1_acc 0.750, T2_acc 0.500" in results.baseline_note(base)
+    # T1 always 'a': F1 of a = 2·0.75·1/1.75, of b = 0; T2 always 'z': F1 of z = 2/3, of x and y = 0
+    assert base.to_dict() == pytest.approx({"T1_acc": 0.75, "T1_balanced_acc": 0.5, "T1_macro_f1": 3 / 7,
+                                            "T2_acc": 0.5, "T2_balanced_acc": 1 / 3, "T2_macro_f1": 2 / 9})
+    assert "T1_acc 0.750" in results.baseline_note(base) and "T2_acc 0.500" in results.baseline_note(base)
     assert results.constant_baseline(tmp_path / "empty").empty and results.baseline_note(results.constant_baseline(tmp_path)) == ""
+
+
+def test_bootstrap_any_metric_covers_the_estimate():
+    from mtkd_utils.manifest import LabelMap
+    from mtkd_utils.metrics import task_metrics
+
+    labels = LabelMap.from_pairs(["amd", "dr", "glaucoma"], [("amd", "amd"), ("dr", "dr"), ("glaucoma", "glaucoma")])
+    rng = np.random.default_rng(3)
+    n = 300
+    preds = make_preds(n, rng.random(n) < 0.7, bleu=list(rng.random(n)))
+    preds["text_pred"] = [t if ok else "normal fundus" for t, ok in zip(preds.text_true, rng.random(n) < 0.5)]
+    y = preds.coarse_true.map({c: i for i, c in enumerate(labels.coarse)}).to_numpy()
+    logits = rng.normal(size=(n, 3)) + 2 * np.eye(3)[y]
+    probs = {"T1": np.exp(logits) / np.exp(logits).sum(1, keepdims=True)}
+    point = task_metrics(preds, labels, probs)
+    table = results.bootstrap_table(preds, ["T1_balanced_acc", "T1_kappa", "T1_auroc", "T1_ece", "T1_nll",
+                                            "T3_rougeL", "T2_acc"], labels, probs, n_boot=200)
+    assert list(table.metric) == ["T1_balanced_acc", "T1_kappa", "T1_auroc", "T1_ece", "T1_nll", "T3_rougeL"]  # no T2
+    for row in table.itertuples():
+        assert row.value == pytest.approx(point[row.metric]) and row.lo <= row.value <= row.hi, row.metric
+        assert row.hi - row.lo > 0
+    with pytest.raises(ValueError, match="need probs="):
+        results.bootstrap_ci(preds, "T1_auroc", n_boot=10, labels=labels)
+    with pytest.raises(ValueError, match="pass labels="):
+        results.bootstrap_ci(preds, "T1_kappa", n_boot=10)
+    # paired, any metric: b is a with its probabilities sharpened (same argmax), so the same kappa, lower NLL
+    sharp = {"T1": probs["T1"] ** 3 / (probs["T1"] ** 3).sum(1, keepdims=True)}
+    same = results.paired_bootstrap(preds, preds, "T1_kappa", n_boot=100, labels=labels, probs_a=probs, probs_b=sharp)
+    assert (same["diff"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
+    shuffled = preds.sample(frac=1.0, random_state=1)
+    nll = results.paired_bootstrap(preds, shuffled, "T1_nll", n_boot=100, labels=labels, probs_a=probs,
+                                   probs_b={"T1": sharp["T1"][shuffled.index.to_numpy()]})
+    assert nll["a"] == pytest.approx(point["T1_nll"]) and nll["lo"] <= nll["diff"] <= nll["hi"]
