@@ -170,3 +170,32 @@ def test_train_baselines_read_the_training_rows_once():
     assert base["T3"] == pytest.approx(max(scores)) and scores[0] != scores[1]
     data.manifest = None
     assert metrics.train_baselines(data) is base   # cached on the data object: every tau of the split shares it
+
+
+def test_metric_figures_exist_and_are_not_empty(tmp_path):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from mtkd_utils import plots
+
+    runs, calib = {}, {}
+    for seed, name in enumerate(["M1 p=15", "M3 p=15", "M1 p=70", "M3 p=70"]):
+        y, probs, pred = random_case(n=200, c=3, seed=seed)
+        runs[name] = (preds_frame([LABELS.coarse[i] for i in y], [LABELS.coarse[i] for i in pred]), probs)
+        calib[name] = (y, probs)
+    figs = [plots.roc_curves(runs, LABELS, tmp_path / "roc_T1"),
+            plots.reliability_diagram(calib, tmp_path / "reliability_T1"),
+            plots.confusion_heatmap(metrics.confusion(runs["M1 p=15"][0], LABELS), "T1", tmp_path / "confusion_T1")]
+    fine = pd.DataFrame({"fine_true": ["normal", "dr_mild", "dr_severe", "amd_dry"] * 5,
+                         "fine_pred": ["normal", "dr_severe", "dr_severe", "normal"] * 5})
+    figs.append(plots.confusion_heatmap(metrics.confusion(fine, LABELS, "fine"), "T2", tmp_path / "confusion_T2",
+                                        groups=LABELS.fine_parent))
+    assert len(figs[0].axes) == 2   # dr and amd: 'normal' is the reference, not a panel
+    assert len(figs[0].axes[0].lines) == 5   # four runs and the chance diagonal
+    for stem in ("roc_T1", "reliability_T1", "confusion_T1", "confusion_T2"):
+        png, pdf = tmp_path / f"{stem}.png", tmp_path / f"{stem}.pdf"
+        assert pdf.stat().st_size > 1000
+        with Image.open(png) as im:
+            assert round(im.info["dpi"][0]) == 300 and im.getextrema() != ((255, 255),) * 4   # not blank
+    for fig in figs:
+        plt.close(fig)
