@@ -501,3 +501,62 @@ def _bar_note(kinds: set[str]) -> str:
     notes = {"std": "± std over seeds", "ci": "95 % bootstrap CI over test images (one seed)",
              "none": "none (one seed, no predictions)"}
     return "; ".join(notes[k] for k in ("std", "ci", "none") if k in kinds) or "none"
+
+
+# ---------------------------------------------------------------- metric figures and tables (06)
+
+def named_runs(experiment_dir: str | Path, tasks: str | None = None, seed: int = 0, models: Sequence[str] = MODELS,
+               ps: Sequence[float] | None = None) -> dict[str, tuple[pd.DataFrame, dict[str, np.ndarray]]]:
+    """{'M1 p=15': (predictions, probabilities)} of one task combination (default: the largest) and seed."""
+    df = collect_metrics(experiment_dir)
+    _check_metrics(df, [])
+    tasks = tasks or _combo_order(df["tasks"])[-1]
+    pick = (df["tasks"] == tasks) & (df["seed"] == seed) & df["model"].isin(models)
+    if ps is not None:
+        pick &= df["p"].isin([tidy_p(p) for p in ps])
+    return {f"{r.model} p={r.p:g}": (read_predictions(Path(r.run_dir) / "predictions.csv"), read_probs(r.run_dir))
+            for r in df[pick].sort_values(["p", "model"]).itertuples()}
+
+
+def metric_figures(experiment_dir: str | Path, out_dir: str | Path, ps: Sequence[float] = (15, 70), seed: int = 0,
+                   calibration_models: Sequence[str] = ("M1", "M3")) -> list:
+    """ROC curves per disease (M1/M2/M3 at each p), the reliability diagram (M1 vs M3) and confusion heatmaps
+    (T1, and T2 grouped by coarse class, for each model at the largest p); PNG (300 dpi) + PDF under out_dir.
+
+    p values absent from the experiment are skipped (all present p when none of `ps` is). Runs saved before
+    probabilities were (no probs_T1.npy) get confusion heatmaps only.
+    """
+    from . import plots
+    from .metrics import class_indices, confusion
+
+    present = set(collect_metrics(experiment_dir)["p"])
+    ps = [tidy_p(p) for p in ps if tidy_p(p) in present] or sorted(present)
+    labels, runs, figs = load_labels(experiment_dir), named_runs(experiment_dir, seed=seed, ps=ps), []
+    t1 = {name: (preds, probs["T1"]) for name, (preds, probs) in runs.items() if "T1" in probs}
+    if t1:
+        figs.append(plots.roc_curves(t1, labels, Path(out_dir) / "roc_T1"))
+        calib = {name: (class_indices(preds["coarse_true"], labels.coarse, name), probs)
+                 for name, (preds, probs) in t1.items() if name.split()[0] in calibration_models}
+        figs.append(plots.reliability_diagram(calib, Path(out_dir) / "reliability_T1"))
+    for name, (preds, _) in runs.items():
+        if not name.endswith(f"p={max(ps):g}"):
+            continue
+        model = name.split()[0]
+        if _has_task(preds, "T1"):
+            figs.append(plots.confusion_heatmap(confusion(preds, labels), f"T1, {name}",
+                                                Path(out_dir) / f"confusion_T1_{model}"))
+        if _has_task(preds, "T2"):
+            figs.append(plots.confusion_heatmap(confusion(preds, labels, "fine"), f"T2, {name}",
+                                                Path(out_dir) / f"confusion_T2_{model}", groups=labels.fine_parent))
+    return figs
+
+
+def screening_table(experiment_dir: str | Path) -> pd.DataFrame:
+    """T1 disease vs normal (metrics.json 'disease_vs_normal') of every run: sensitivity, specificity, n."""
+    rows = []
+    for run in collect_metrics(experiment_dir).itertuples():
+        found = read_json(Path(run.run_dir) / "metrics.json").get("disease_vs_normal", {})
+        rows += [{"tasks": run.tasks, "model": run.model, "p": run.p, "seed": run.seed, "disease": d, **v}
+                 for d, v in found.items()]
+    cols = ["tasks", "model", "p", "seed", "disease", "sensitivity", "specificity", "n_disease", "n_normal"]
+    return pd.DataFrame(rows, columns=cols)
