@@ -6,6 +6,7 @@ The paper reports single numbers; here every cell says how many seeds it average
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pandas as pd
 
 from .config import MODELS, parse_tasks, task_key
 from .io import atomic_path, read_json
-from .metrics import LEVEL, classification_task, rouge_l
+from .metrics import LEVEL, class_indices, rouge_l
 from .plots import save_figure
 
 TABLE1_METRICS = ("T1_acc", "T2_acc", "T3_bleu4")   # what the paper's Table 1 reports per task
@@ -305,8 +306,124 @@ def _resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
 
 
-def _label_metric(preds: pd.DataFrame, metric: str, labels, probs) -> Callable[[np.ndarray], float]:
-    """metric on the rows idx (a resample), recomputed by scikit-learn (metrics.classification_task)."""
+# Label metrics as functions of per-image sums (confusion counts, calibration residuals): the bootstrap then costs
+# one matrix product for any number of resamples. Their values equal scikit-learn's (tests/test_results.py).
+CONFUSION_METRICS = ("balanced_acc", "macro_f1", "kappa")
+RESAMPLED_METRICS = ("auroc", "aupr", "odir_kappa", "odir_f1", "odir_auc", "odir_score")   # recomputed per resample
+
+
+def _balanced_acc(cm: np.ndarray) -> np.ndarray:
+    """Mean recall over the classes present, from (..., C, C) confusion counts (rows true)."""
+    support = cm.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.diagonal(cm, axis1=-2, axis2=-1) / support
+    return np.nanmean(np.where(support > 0, recall, np.nan), axis=-1)
+
+
+def _macro_f1(cm: np.ndarray) -> np.ndarray:
+    """Mean F1 over the classes present in the truth (0 for a class never predicted right)."""
+    tp, support, called = np.diagonal(cm, axis1=-2, axis2=-1), cm.sum(-1), cm.sum(-2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(support + called > 0, 2 * tp / (support + called), 0.0)
+    return (f1 * (support > 0)).sum(-1) / (support > 0).sum(-1)
+
+
+def _kappa(cm: np.ndarray, quadratic: bool) -> np.ndarray:
+    """Cohen's kappa, 1 − Σ w·observed / Σ w·expected, with 0/1 or squared-distance weights."""
+    c = cm.shape[-1]
+    i, j = np.indices((c, c))
+    weights = (i - j) ** 2 if quadratic else (i != j).astype(float)
+    expected = cm.sum(-1)[..., :, None] * cm.sum(-2)[..., None, :] / cm.sum((-2, -1))[..., None, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1 - (weights * cm).sum((-2, -1)) / (weights * expected).sum((-2, -1))
+
+
+def _label_stats(preds: pd.DataFrame, metric: str, labels, probs) -> tuple[np.ndarray, Callable] | None:
+    """Per-image statistics of a T1_/T2_ metric and the function of their sums; None when it has none."""
+    from .metrics import ECE_BINS
+
+    task, name = metric[:2], metric[3:]
+    level = LEVEL[task]
+    classes = getattr(labels, level)
+    y = class_indices(preds[f"{level}_true"], classes, f"{level}_true")
+    if name in CONFUSION_METRICS:
+        pred = class_indices(preds[f"{level}_pred"], classes, f"{level}_pred")
+        stats = np.zeros((len(y), len(classes) ** 2))
+        stats[np.arange(len(y)), y * len(classes) + pred] = 1                   # one confusion cell per image
+        score = {"balanced_acc": _balanced_acc, "macro_f1": _macro_f1,
+                 "kappa": lambda cm: _kappa(cm, level in labels.ordered)}[name]
+        return stats, lambda sums: score(sums.reshape(*sums.shape[:-1], len(classes), len(classes)))
+    if name.startswith("top") and task == "T2":
+        k = int(name[3:])
+        return _mean_stats(np.array([t in tk.split("|")[:k] for t, tk in zip(preds.fine_true, preds.fine_top5)], float))
+    p = probs[task].astype(np.float64)
+    p = p / p.sum(1, keepdims=True)
+    if name == "nll":
+        return _mean_stats(-np.log(np.clip(p[np.arange(len(y)), y], 1e-15, None)))
+    if name == "ece":   # Σ_bins |Σ (right − confidence)| / N
+        conf = p.max(1)
+        bins = np.clip(np.searchsorted(np.linspace(0, 1, ECE_BINS + 1), conf, side="left") - 1, 0, ECE_BINS - 1)
+        stats = np.zeros((len(y), ECE_BINS + 1))
+        stats[np.arange(len(y)), bins] = (p.argmax(1) == y) - conf
+        stats[:, -1] = 1
+        return stats, lambda sums: np.abs(sums[..., :-1]).sum(-1) / sums[..., -1]
+    return None
+
+
+def _ranked_scores(positive: np.ndarray, score: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest AUROC and average precision of one class under image weights w (B, n), ties as scikit-learn.
+
+    AUROC: weighted share of (positive, negative) pairs ordered right, a tie counting one half; AP: Σ over
+    score thresholds of (recall step) × precision. Equal to roc_auc_score / average_precision_score with
+    sample_weight=w, for all B weightings in a few array operations.
+    """
+    order = np.argsort(-score, kind="stable")                      # descending: thresholds from the top
+    s, pos = score[order], positive[order]
+    wp, wn = w[:, order] * pos, w[:, order] * ~pos                 # (B, n)
+    last = np.append(s[1:] != s[:-1], True)                        # the last image of each run of tied scores
+    group = np.cumsum(np.append(True, last[:-1])) - 1              # each image's tie group, 0..G-1
+    tp, fp = np.cumsum(wp, 1)[:, last], np.cumsum(wn, 1)[:, last]  # (B, G) at each threshold
+    total_p, total_n = tp[:, -1:], fp[:, -1:]
+    fp_before = np.concatenate([np.zeros_like(fp[:, :1]), fp[:, :-1]], 1)
+    # a positive in group g outranks the negatives below g, ties with those in g
+    below = total_n - fp[:, group] + 0.5 * (fp - fp_before)[:, group]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc = (wp * below).sum(1) / (total_p * total_n)[:, 0]
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)   # 0/0 only above every weighted image
+        ap = (wp * precision[:, group]).sum(1) / total_p[:, 0]
+    return auroc, ap
+
+
+def _resampled(y: np.ndarray, probs: np.ndarray, name: str) -> tuple[np.ndarray, Callable] | Callable:
+    """Macro one-vs-rest AUROC / AUPR as a function of the weights (in _rank_stats form), or the ODIR score term
+    of the rows idx by scikit-learn."""
+    if name.startswith("odir_"):
+        from .metrics import odir_score
+        return lambda idx: odir_score(y[idx], probs[idx])[name[5:]]
+    return _WeightedMacro(y, probs, 0 if name == "auroc" else 1)
+
+
+class _WeightedMacro:
+    """Macro over classes (with positives and negatives in the sample) of _ranked_scores[which], for weights w."""
+
+    def __init__(self, y: np.ndarray, probs: np.ndarray, which: int):
+        self.y, self.probs, self.which = y, probs, which
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        per_class = []
+        for k in range(self.probs.shape[1]):
+            positive = self.y == k
+            if positive.any() and not positive.all():
+                values = _ranked_scores(positive, self.probs[:, k], w)[self.which]
+                present = ((w * positive).sum(1) > 0) & ((w * ~positive).sum(1) > 0)
+                per_class.append(np.where(present, values, np.nan))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # a resample with no class left: nan
+            return np.nanmean(per_class, axis=0) if per_class else np.full(len(w), np.nan)
+
+
+def _label_metric(preds: pd.DataFrame, metric: str, labels, probs) -> tuple[np.ndarray, Callable] | Callable:
+    """(stats, fn of sums) for a T1_/T2_ metric, or fn(rows) that scikit-learn recomputes on each resample."""
     task = metric[:2]
     if task not in LEVEL:
         raise ValueError(f"metric={metric!r}: choose one of {SUM_METRICS}, or a T1_/T2_ metric of metrics.task_metrics")
@@ -314,16 +431,17 @@ def _label_metric(preds: pd.DataFrame, metric: str, labels, probs) -> Callable[[
         raise ValueError(f"metric={metric!r}: these predictions have no {LEVEL[task]}_pred (the model lacks {task})")
     if labels is None:
         raise ValueError(f"metric={metric!r}: pass labels= (the experiment's label map: results.load_labels)")
-    p = (probs or {}).get(task)
-
-    def on_rows(idx: np.ndarray) -> dict[str, float]:
-        return classification_task(preds.iloc[idx], labels, task, None if p is None else p[idx])
-
-    known = on_rows(np.arange(len(preds)))
-    if metric not in known:
-        raise ValueError(f"metric={metric!r} is not among {sorted(known)}: AUROC, AUPR, ECE and NLL need probs= "
+    if _needs_probs(metric) and task not in (probs or {}):
+        raise ValueError(f"metric={metric!r}: AUROC, AUPR, ECE, NLL and the ODIR score need probs= "
                          f"(probs_{task}.npy of the run: results.read_probs)")
-    return lambda idx: on_rows(idx)[metric]
+    name = metric[3:]
+    if name in RESAMPLED_METRICS:
+        return _resampled(class_indices(preds[f"{LEVEL[task]}_true"], getattr(labels, LEVEL[task]), metric),
+                          probs[task], name)
+    found = _label_stats(preds, metric, labels, probs)
+    if found is None:
+        raise ValueError(f"metric={metric!r}: not a metric of metrics.classification_task")
+    return found
 
 
 def _indices(weights: np.ndarray) -> np.ndarray:
@@ -333,11 +451,13 @@ def _indices(weights: np.ndarray) -> np.ndarray:
 
 def _metric_draws(preds: pd.DataFrame, metric: str, w: np.ndarray, labels=None, probs=None) -> tuple[float, np.ndarray]:
     """The metric on all images and on each of the bootstrap samples w (n_boot, n)."""
-    if metric in SUM_METRICS:
-        stats, fn = image_stats(preds, metric)
+    found = image_stats(preds, metric) if metric in SUM_METRICS else _label_metric(preds, metric, labels, probs)
+    if isinstance(found, _WeightedMacro):
+        return float(found(np.ones((1, len(preds))))[0]), found(w)
+    if isinstance(found, tuple):
+        stats, fn = found
         return float(fn(stats.sum(axis=0))), fn(w @ stats)
-    fn = _label_metric(preds, metric, labels, probs)
-    return float(fn(np.arange(len(preds)))), np.array([fn(_indices(row)) for row in w])
+    return float(found(np.arange(len(preds)))), np.array([found(_indices(row)) for row in w])
 
 
 def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:

@@ -223,9 +223,9 @@ def test_bootstrap_any_metric_covers_the_estimate():
     logits = rng.normal(size=(n, 3)) + 2 * np.eye(3)[y]
     probs = {"T1": np.exp(logits) / np.exp(logits).sum(1, keepdims=True)}
     point = task_metrics(preds, labels, probs)
-    table = results.bootstrap_table(preds, ["T1_balanced_acc", "T1_kappa", "T1_auroc", "T1_ece", "T1_nll",
-                                            "T3_rougeL", "T2_acc"], labels, probs, n_boot=200)
-    assert list(table.metric) == ["T1_balanced_acc", "T1_kappa", "T1_auroc", "T1_ece", "T1_nll", "T3_rougeL"]  # no T2
+    asked = ["T1_balanced_acc", "T1_macro_f1", "T1_kappa", "T1_auroc", "T1_aupr", "T1_ece", "T1_nll", "T3_rougeL"]
+    table = results.bootstrap_table(preds, asked + ["T2_acc"], labels, probs, n_boot=200)
+    assert list(table.metric) == asked   # no T2 in these predictions
     for row in table.itertuples():
         assert row.value == pytest.approx(point[row.metric]) and row.lo <= row.value <= row.hi, row.metric
         assert row.hi - row.lo > 0
@@ -241,3 +241,38 @@ def test_bootstrap_any_metric_covers_the_estimate():
     nll = results.paired_bootstrap(preds, shuffled, "T1_nll", n_boot=100, labels=labels, probs_a=probs,
                                    probs_b={"T1": sharp["T1"][shuffled.index.to_numpy()]})
     assert nll["a"] == pytest.approx(point["T1_nll"]) and nll["lo"] <= nll["diff"] <= nll["hi"]
+
+
+def test_bootstrap_sums_give_scikit_learns_values():
+    """Balanced accuracy, macro-F1, kappa (plain and quadratic), top-k, ECE, NLL from per-image sums, as sklearn."""
+    from mtkd_utils.manifest import LabelMap
+    from mtkd_utils.metrics import task_metrics
+
+    fine = [f"g{i}" for i in range(6)]
+    labels = LabelMap.from_pairs(["normal", "dr"], [(f, "normal" if i < 2 else "dr") for i, f in enumerate(fine)],
+                                 ordered=["fine"])
+    rng = np.random.default_rng(5)
+    n = 250
+    y = rng.integers(0, 6, n)
+    logits = rng.normal(size=(n, 6)) + 1.2 * np.eye(6)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    top = np.argsort(-probs, 1)[:, :5]
+    preds = pd.DataFrame({"image_id": range(n), "coarse_true": "", "coarse_pred": "",
+                          "fine_true": [fine[i] for i in y], "fine_pred": [fine[t[0]] for t in top],
+                          "fine_top5": ["|".join(fine[i] for i in t) for t in top], "text_true": "", "text_pred": ""})
+    point = task_metrics(preds, labels, {"T2": probs})
+    for metric in ("T2_balanced_acc", "T2_macro_f1", "T2_kappa", "T2_top2", "T2_ece", "T2_nll"):
+        ci = results.bootstrap_ci(preds, metric, n_boot=50, labels=labels, probs={"T2": probs})
+        assert ci["value"] == pytest.approx(point[metric], rel=1e-9), metric
+
+
+def test_weighted_auroc_and_average_precision_match_scikit_learn_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(2)
+    positive = rng.random(300) < 0.3
+    score = np.round(np.clip(0.3 * positive + rng.random(300) * 0.7, 0, 1), 1)   # rounded: many tied scores
+    w = rng.multinomial(300, np.full(300, 1 / 300), size=4).astype(float)        # bootstrap counts, zeros included
+    auroc, ap = results._ranked_scores(positive, score, w)
+    assert auroc == pytest.approx([roc_auc_score(positive, score, sample_weight=wi) for wi in w])
+    assert ap == pytest.approx([average_precision_score(positive, score, sample_weight=wi) for wi in w])
