@@ -1,5 +1,6 @@
 """Results: collecting metrics, Table 1 (mean ± std, τ marks, blanks), saving, figures, paired bootstrap."""
 import math
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -276,3 +277,47 @@ def test_weighted_auroc_and_average_precision_match_scikit_learn_with_ties():
     auroc, ap = results._ranked_scores(positive, score, w)
     assert auroc == pytest.approx([roc_auc_score(positive, score, sample_weight=wi) for wi in w])
     assert ap == pytest.approx([average_precision_score(positive, score, sample_weight=wi) for wi in w])
+
+
+def test_cis_figures_and_screening_of_an_experiment(tmp_path):
+    """run_cis / ci_table / metric_figures / screening_table / the README block on hand-made run folders."""
+    from mtkd_utils import readme
+    from mtkd_utils.manifest import LabelMap
+    from mtkd_utils.metrics import disease_vs_normal
+
+    labels = LabelMap.from_pairs(["normal", "amd", "dr"], [("normal", "normal"), ("amd", "amd"), ("dr", "dr")])
+    exp = tmp_path / "exp"
+    labels.save(exp / "data" / "label_map.json")
+    rng = np.random.default_rng(0)
+    n = 120
+    y = rng.integers(0, 3, n)
+    for p in (15, 70):
+        for model in ("M1", "M2", "M3"):
+            logits = rng.normal(size=(n, 3)) + (1 + p / 50) * np.eye(3)[y]
+            probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+            names = [labels.coarse[i] for i in y]
+            preds = make_preds(n, [True] * n).assign(coarse_true=names,
+                                                     coarse_pred=[labels.coarse[i] for i in probs.argmax(1)],
+                                                     fine_true=names, fine_pred="")
+            run = exp / "students" / "T1+T3" / f"p{p}_s0" / model
+            write_csv(preds, run / "predictions.csv")
+            np.save(run / "probs_T1.npy", probs.astype(np.float32))
+            write_json({"model": model, "tasks": ["T1", "T3"], "p": float(p), "seed": 0, "tau": None, "val": {},
+                        "test": {"T1_acc": float((probs.argmax(1) == y).mean())},
+                        "disease_vs_normal": disease_vs_normal(preds, labels)}, run / "metrics.json")
+    cis = results.run_cis(exp, ["T1_acc", "T1_auroc", "T1_ece", "T2_acc", "T3_rougeL"], n_boot=100)
+    assert len(cis) == 6 * 4 and set(cis.metric) == {"T1_acc", "T1_auroc", "T1_ece", "T3_rougeL"}   # no T2 here
+    assert ((cis.lo <= cis.value) & (cis.value <= cis.hi)).all()
+    table = results.ci_table(cis)
+    assert table.shape[0] == 6 and table.iloc[0]["T1_auroc"].count("[") == 1
+    figs = results.metric_figures(exp, exp / "results", ps=(15, 70, 45))
+    for stem in ("roc_T1", "reliability_T1", "confusion_T1_M1", "confusion_T1_M3"):
+        assert (exp / "results" / f"{stem}.png").stat().st_size > 0 and (exp / "results" / f"{stem}.pdf").exists()
+    assert len(figs[1].axes[0].lines) == 1 + 4   # the diagonal, M1 and M3 at two p
+    for fig in figs:
+        plt.close(fig)
+    screening = results.screening_table(exp)
+    assert set(screening.disease) == {"amd", "dr", "any disease"} and len(screening) == 6 * 3
+    cis.to_csv(exp / "results" / "metric_cis.csv", index=False)
+    block = "\n".join(readme._metric_cis(exp, Path("docs/figures")))
+    assert "T1_auroc" in block and "![roc_T1](docs/figures/roc_T1.png)" in block
