@@ -181,7 +181,7 @@ def t3_baselines(experiment_dir: str | Path, p: float) -> pd.DataFrame:
 
     data_dir = Path(experiment_dir) / "data"
     manifest = read_manifest(read_json(data_dir / "dataset.json")["manifest"])
-    roles = select_fraction(load_splits(data_dir / "splits.csv"), p).set_index("image_id").role
+    roles = select_fraction(load_splits(data_dir / "splits.csv"), float(p)).set_index("image_id").role
     labeled = manifest[(manifest.labeled == "1") & (manifest.text != "")]
     role = labeled.image_id.map(roles)
     return text_baselines(labeled[role == "train"], labeled[role == "test"])
