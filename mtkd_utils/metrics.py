@@ -300,12 +300,13 @@ def train_baselines(data) -> dict[str, float]:
     return cached
 
 
-def skill(value: float, baseline: float, task: str = "") -> float:
-    """(metric − baseline) / (1 − baseline): 0 at the baseline, 1 when perfect, negative below the baseline."""
-    if baseline >= 1:
-        raise ValueError(f"{task} baseline is {baseline}: a constant answer is already perfect on the training "
-                         "split (one class or one sentence); drop the task or check the labels")
-    return (value - baseline) / (1 - baseline)
+def skill(value: float, baseline: float) -> float:
+    """(metric − baseline) / (1 − baseline): 0 at the baseline, 1 when perfect, negative below the baseline.
+
+    A baseline of 1 (one class, or one sentence, in a tiny training split) leaves no room for skill: the
+    score is then value − 1 (0 when perfect), so training still runs and no task divides by zero.
+    """
+    return value - baseline if baseline >= 1 else (value - baseline) / (1 - baseline)
 
 
 def val_score(metrics: dict[str, float], tasks: tuple[str, ...], baselines: Mapping[str, float] | None = None) -> float:
@@ -314,4 +315,4 @@ def val_score(metrics: dict[str, float], tasks: tuple[str, ...], baselines: Mapp
     Without baselines (all 0) this is the plain mean of accuracies and BLEU-4.
     """
     baselines = baselines or {}
-    return float(np.mean([skill(metrics[PRIMARY[t]], baselines.get(t, 0.0), t) for t in tasks]))
+    return float(np.mean([skill(metrics[PRIMARY[t]], baselines.get(t, 0.0)) for t in tasks]))
