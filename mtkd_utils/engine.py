@@ -115,7 +115,8 @@ def train_one_epoch(model, data: FundusData, rows: np.ndarray, optimizer, schedu
 
 @torch.no_grad()
 def predict(model, data: FundusData, rows: np.ndarray, batch_size: int, max_len: int, beam_size: int,
-            device: torch.device, with_probs: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
+            device: torch.device, with_probs: bool = False
+            ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """One row per image: truths, predictions, top-5 fine labels, sentences, sentence BLEU and ROUGE-L.
 
     with_probs: also {'T1': (N, C), 'T2': (N, F)} softmax probabilities (float32, label-map order, rows as preds).
@@ -147,7 +148,8 @@ def predict(model, data: FundusData, rows: np.ndarray, batch_size: int, max_len:
     # BLEU against the true sentence as written (words outside the vocabulary count as misses).
     preds["bleu"] = [sentence_bleu4(tokenize(r), tokenize(h)) for r, h in zip(preds.text_true, preds.text_pred)] if cols["text_pred"] else ""
     preds["rougeL"] = rouge_l(preds.text_true, preds.text_pred) if cols["text_pred"] else ""
-    order = ["image_id", "coarse_true", "coarse_pred", "fine_true", "fine_pred", "fine_top5", "text_true", "text_pred", "bleu", "rougeL"]
+    order = ["image_id", "coarse_true", "coarse_pred", "fine_true", "fine_pred", "fine_top5", "text_true", "text_pred",
+             "bleu", "rougeL"]
     if not with_probs:
         return preds[order]
     return preds[order], {t: np.concatenate(p).astype(np.float32) for t, p in probs.items() if p}

@@ -225,7 +225,8 @@ def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, 
     preds, probs = predict(model, data, data.rows("test"), cfg.batch_size * 2, cfg.max_len, cfg.beam_size, device,
                            with_probs=True)
     val = task_metrics(predict(model, data, data.rows("val"), cfg.batch_size * 2, cfg.max_len, cfg.beam_size, device), data.labels)
-    metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels, probs), per_disease=per_disease(preds, data.labels),
+    metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels, probs),
+                   per_disease=per_disease(preds, data.labels),
                    per_class_auroc=per_class_auroc(preds, data.labels, probs),
                    disease_vs_normal=disease_vs_normal(preds, data.labels),
                    bleu_note="T3_bleu1..4: nltk corpus BLEU, no smoothing; T3_sentence_bleu: mean nltk sentence BLEU-4, smoothing method1")

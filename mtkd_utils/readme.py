@@ -87,7 +87,8 @@ def section(exp: Path, figures_dir: Path) -> str:
              f"from the experiment's files (torch {env.get('torch', '?')}, {env.get('device', '?')}, "
              f"commit {str(env.get('git_commit', '?'))[:12]}). {_timings(exp)}_",
              "", "**Table 1 on the synthetic demo** (test split, mean over seeds; τ chosen on validation):", "",
-             to_markdown(table1(runs, [m for m in README_TABLE1 if m in runs])) if runs.size else "_(no finished runs)_", "",
+             to_markdown(table1(runs, [m for m in README_TABLE1 if m in runs])) if runs.size
+             else "_(no finished runs)_", "",
              baseline_note(constant_baseline(exp)), "",
              f"![metrics against p]({rel}/metrics_vs_p.png)", "",
              "**Grad-CAM localisation against the lesion masks** (all annotated test images; pointing game and "

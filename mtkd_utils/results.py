@@ -137,7 +137,8 @@ def _constant_scores(truth: pd.Series, task: str) -> dict[str, float]:
     said = np.full(len(truth), truth.value_counts().index[0], dtype=object)
     return {f"{task}_acc": float(np.mean(said == truth.to_numpy())),
             f"{task}_balanced_acc": float(balanced_accuracy_score(truth, said)),
-            f"{task}_macro_f1": float(f1_score(truth, said, labels=sorted(set(truth)), average="macro", zero_division=0))}
+            f"{task}_macro_f1": float(f1_score(truth, said, labels=sorted(set(truth)), average="macro",
+                                               zero_division=0))}
 
 
 def read_probs(run_dir: str | Path) -> dict[str, np.ndarray]:
@@ -480,7 +481,10 @@ def bootstrap_ci(preds: pd.DataFrame, metric: str, n_boot: int = 2000, seed: int
 
 def bootstrap_table(preds: pd.DataFrame, metrics: Sequence[str], labels=None, probs=None, n_boot: int = 1000,
                     seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """bootstrap_ci for each metric the predictions can give (a task the model lacks is skipped): metric, value, lo, hi, n."""
+    """bootstrap_ci of each metric the predictions can give (a task the model lacks is skipped).
+
+    Columns: metric, value, lo, hi, n.
+    """
     rows = [{"metric": m, **bootstrap_ci(preds, m, n_boot, seed, level, labels, probs)} for m in metrics
             if _has_task(preds, m) and (m[:2] not in LEVEL or m[:2] in (probs or {}) or not _needs_probs(m))]
     return pd.DataFrame(rows, columns=["metric", "value", "lo", "hi", "n"])
@@ -545,8 +549,9 @@ def compare_models(experiment_dir: str | Path, a: str = "M1", b: str = "M3", met
             if _has_task(preds_a, metric) and _has_task(preds_b, metric):
                 if _needs_probs(metric) and not (metric[:2] in probs_a and metric[:2] in probs_b):
                     continue   # runs from before probabilities were saved
+                labels = None if metric in SUM_METRICS else load_labels(experiment_dir)
                 res = paired_bootstrap(preds_a, preds_b, metric, n_boot=n_boot, seed=seed, probs_a=probs_a,
-                                       probs_b=probs_b, labels=None if metric in SUM_METRICS else load_labels(experiment_dir))
+                                       probs_b=probs_b, labels=labels)
                 rows.append({"tasks": run.parent.name, "p": tidy_p(p), "seed": int(s), **res})
     cols = ["tasks", "p", "seed", "metric", "a", "b", "diff", "lo", "hi", "p_value", "n", "n_boot"]
     out = pd.DataFrame(rows, columns=cols).rename(columns={"a": a, "b": b, "diff": f"{b}-{a}"})

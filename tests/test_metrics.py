@@ -128,7 +128,8 @@ NORMAL_R, DR_R = "right eye : no retinopathy .", "right eye : mild diabetic reti
 
 
 def test_text_baselines_on_a_hand_made_example():
-    train = pd.DataFrame({"eye": ["left"] * 4 + ["right"] * 3, "coarse": ["normal"] * 3 + ["dr", "normal", "normal", "dr"],
+    train = pd.DataFrame({"eye": ["left"] * 4 + ["right"] * 3,
+                          "coarse": ["normal"] * 3 + ["dr", "normal", "normal", "dr"],
                           "text": [NORMAL_L] * 3 + [DR_L, NORMAL_R, NORMAL_R, DR_R]})
     test = pd.DataFrame({"eye": ["left", "right", "right"], "coarse": ["dr", "normal", "dr"],
                          "text": [DR_L, NORMAL_R, DR_R]})
