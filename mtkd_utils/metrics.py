@@ -31,6 +31,11 @@ def _has(preds: pd.DataFrame, col: str) -> bool:
     return col in preds and (preds[col] != "").any()
 
 
+def _has_text(preds: pd.DataFrame) -> bool:
+    """T3 was decoded: bleu is filled whenever it was, even where a sentence came out empty."""
+    return _has(preds, "text_pred") or _has(preds, "bleu")
+
+
 def class_indices(names: pd.Series | Sequence[str], classes: Sequence[str], where: str) -> np.ndarray:
     """Class names -> indices in the label map's order; an unknown name is an error naming it."""
     index = {c: i for i, c in enumerate(classes)}
@@ -173,7 +178,7 @@ def task_metrics(preds: pd.DataFrame, labels, probs: Mapping[str, np.ndarray] | 
     for task, col in (("T1", "coarse_pred"), ("T2", "fine_pred")):
         if _has(preds, col):
             m.update(classification_task(preds, labels, task, probs.get(task)))
-    if _has(preds, "text_pred"):
+    if _has_text(preds):
         m.update(text_metrics(preds.text_true, preds.text_pred))
         m["T3_sentence_bleu"] = float(preds.bleu.astype(float).mean())
     return m
@@ -188,7 +193,7 @@ def per_disease(preds: pd.DataFrame, labels) -> dict[str, dict[str, float]]:
             for task, level in (("T1", "coarse"), ("T2", "fine")):
                 if _has(g, f"{level}_pred"):
                     m[f"{task}_acc"] = float((g[f"{level}_pred"] == g[f"{level}_true"]).mean())
-            if _has(g, "text_pred"):
+            if _has_text(g):
                 m.update(text_metrics(g.text_true, g.text_pred))
             out[c] = m
     return out

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import MODELS, parse_tasks, task_key
-from .io import atomic_path, read_json
+from .config import MODELS, task_key
+from .io import atomic_path, read_json, save_figure
 from .metrics import LEVEL, class_indices, rouge_l
-from .plots import save_figure
+from .runs import data_dir, manifest_path, student_dir, student_runs
 
 TABLE1_METRICS = ("T1_acc", "T2_acc", "T3_bleu4")   # what the paper's Table 1 reports per task
 KD_MODELS = ("M2", "M3")                            # the models with a temperature τ chosen on validation
@@ -35,19 +35,13 @@ STD_DDOF = 1                                        # sample standard deviation 
 def collect_metrics(experiment_dir: str | Path) -> pd.DataFrame:
     """One row per students/<tasks>/p<P>_s<seed>/<model>/metrics.json: model, tasks, p, seed, tau, test metrics."""
     rows = []
-    for path in sorted(Path(experiment_dir).glob("students/*/p*_s*/*/metrics.json")):
-        m = read_json(path)
-        rows.append({"model": m["model"], "tasks": task_key(parse_tasks(m["tasks"])), "p": tidy_p(m["p"]),
-                     "seed": m["seed"], "tau": m.get("tau"), **m["test"], "run_dir": str(path.parent)})
+    for key, run in student_runs(experiment_dir):
+        m = read_json(run / "metrics.json")
+        rows.append({"model": key.model, "tasks": task_key(key.tasks), "p": key.p_label,
+                     "seed": key.seed, "tau": m.get("tau"), **m["test"], "run_dir": str(run)})
     cols = ["model", "tasks", "p", "seed", "tau"]
     df = pd.DataFrame(rows, columns=None if rows else cols + ["run_dir"])
     return df.sort_values(["tasks", "model", "p", "seed"], key=_sort_key).reset_index(drop=True)
-
-
-def tidy_p(p: float | str) -> int | float:
-    """15.0 or '15' -> 15 (03 writes p as a float; tables and folder names show 15), 12.5 stays."""
-    p = float(p)
-    return int(p) if p.is_integer() else p
 
 
 def _combo_rank(tasks: str) -> str:
@@ -122,8 +116,8 @@ def constant_baseline(experiment_dir: str | Path) -> pd.Series:
     Read from any run's predictions.csv (every run shares the test split). Empty without runs.
     """
     baseline = {}
-    for path in sorted(Path(experiment_dir).glob("students/*/p*_s*/*/predictions.csv")):
-        preds = read_predictions(path)
+    for _, run in student_runs(experiment_dir, "predictions.csv"):
+        preds = read_predictions(run / "predictions.csv")
         for task, col in (("T1", "coarse_true"), ("T2", "fine_true")):
             if f"{task}_acc" not in baseline and (preds[col] != "").any():
                 baseline.update(_constant_scores(preds[col], task))
@@ -149,7 +143,7 @@ def read_probs(run_dir: str | Path) -> dict[str, np.ndarray]:
 def load_labels(experiment_dir: str | Path):
     """The experiment's label map (data/label_map.json, written by 01_data_prep)."""
     from .manifest import LabelMap
-    return LabelMap.load(Path(experiment_dir) / "data" / "label_map.json")
+    return LabelMap.load(data_dir(experiment_dir) / "label_map.json")
 
 
 def run_cis(experiment_dir: str | Path, metrics: Sequence[str] = HEADLINE_METRICS, n_boot: int = 1000,
@@ -180,9 +174,8 @@ def t3_baselines(experiment_dir: str | Path, p: float) -> pd.DataFrame:
     from .metrics import text_baselines
     from .splits import load_splits, select_fraction
 
-    data_dir = Path(experiment_dir) / "data"
-    manifest = read_manifest(read_json(data_dir / "dataset.json")["manifest"])
-    roles = select_fraction(load_splits(data_dir / "splits.csv"), float(p)).set_index("image_id").role
+    manifest = read_manifest(manifest_path(experiment_dir))
+    roles = select_fraction(load_splits(data_dir(experiment_dir) / "splits.csv"), float(p)).set_index("image_id").role
     labeled = manifest[(manifest.labeled == "1") & (manifest.text != "")]
     role = labeled.image_id.map(roles)
     return text_baselines(labeled[role == "train"], labeled[role == "test"])
@@ -538,13 +531,12 @@ def compare_models(experiment_dir: str | Path, a: str = "M1", b: str = "M3", met
                    n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per (tasks, p, seed, metric): model b − model a on the same test images, with a 95 % paired bootstrap CI."""
     rows = []
-    for run in sorted(Path(experiment_dir).glob("students/*/p*_s*")):
-        path_a, path_b = run / a / "predictions.csv", run / b / "predictions.csv"
-        if not (path_a.exists() and path_b.exists()):
+    for key, run_b in student_runs(experiment_dir, "predictions.csv"):
+        path_a = student_dir(experiment_dir, key.with_model(a)) / "predictions.csv"
+        if key.model != b or not path_a.exists():
             continue   # the grid is not finished there yet
-        preds_a, preds_b = read_predictions(path_a), read_predictions(path_b)
-        probs_a, probs_b = read_probs(run / a), read_probs(run / b)
-        p, s = run.name[1:].split("_s")
+        preds_a, preds_b = read_predictions(path_a), read_predictions(run_b / "predictions.csv")
+        probs_a, probs_b = read_probs(path_a.parent), read_probs(run_b)
         for metric in metrics:
             if _has_task(preds_a, metric) and _has_task(preds_b, metric):
                 if _needs_probs(metric) and not (metric[:2] in probs_a and metric[:2] in probs_b):
@@ -552,7 +544,7 @@ def compare_models(experiment_dir: str | Path, a: str = "M1", b: str = "M3", met
                 labels = None if metric in SUM_METRICS else load_labels(experiment_dir)
                 res = paired_bootstrap(preds_a, preds_b, metric, n_boot=n_boot, seed=seed, probs_a=probs_a,
                                        probs_b=probs_b, labels=labels)
-                rows.append({"tasks": run.parent.name, "p": tidy_p(p), "seed": int(s), **res})
+                rows.append({"tasks": task_key(key.tasks), "p": key.p_label, "seed": key.seed, **res})
     cols = ["tasks", "p", "seed", "metric", "a", "b", "diff", "lo", "hi", "p_value", "n", "n_boot"]
     out = pd.DataFrame(rows, columns=cols).rename(columns={"a": a, "b": b, "diff": f"{b}-{a}"})
     return out.sort_values(["tasks", "metric", "p", "seed"], key=_sort_key).reset_index(drop=True)
@@ -638,7 +630,7 @@ def named_runs(experiment_dir: str | Path, tasks: str | None = None, seed: int =
     tasks = tasks or _combo_order(df["tasks"])[-1]
     pick = (df["tasks"] == tasks) & (df["seed"] == seed) & df["model"].isin(models)
     if ps is not None:
-        pick &= df["p"].isin([tidy_p(p) for p in ps])
+        pick &= df["p"].astype(float).isin([float(p) for p in ps])
     return {f"{r.model} p={r.p:g}": (read_predictions(Path(r.run_dir) / "predictions.csv"), read_probs(r.run_dir))
             for r in df[pick].sort_values(["p", "model"]).itertuples()}
 
@@ -654,8 +646,8 @@ def metric_figures(experiment_dir: str | Path, out_dir: str | Path, ps: Sequence
     from . import plots
     from .metrics import class_indices, confusion
 
-    present = set(collect_metrics(experiment_dir)["p"])
-    ps = [tidy_p(p) for p in ps if tidy_p(p) in present] or sorted(present)
+    present = {float(p) for p in collect_metrics(experiment_dir)["p"]}
+    ps = [float(p) for p in ps if float(p) in present] or sorted(present)
     labels, runs, figs = load_labels(experiment_dir), named_runs(experiment_dir, seed=seed, ps=ps), []
     t1 = {name: (preds, probs["T1"]) for name, (preds, probs) in runs.items() if "T1" in probs}
     if t1:

@@ -208,7 +208,8 @@ def test_constant_baseline_is_the_commonest_test_class(tmp_path):
     assert base.to_dict() == pytest.approx({"T1_acc": 0.75, "T1_balanced_acc": 0.5, "T1_macro_f1": 3 / 7,
                                             "T2_acc": 0.5, "T2_balanced_acc": 1 / 3, "T2_macro_f1": 2 / 9})
     assert "T1_acc 0.750" in results.baseline_note(base) and "T2_acc 0.500" in results.baseline_note(base)
-    assert results.constant_baseline(tmp_path / "empty").empty and results.baseline_note(results.constant_baseline(tmp_path)) == ""
+    assert results.constant_baseline(tmp_path / "empty").empty
+    assert results.baseline_note(results.constant_baseline(tmp_path)) == ""
 
 
 def test_bootstrap_any_metric_covers_the_estimate():
