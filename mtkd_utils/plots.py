@@ -55,7 +55,7 @@ def training_curves(histories: dict[str, pd.DataFrame], stem: str | Path):
         a.plot(h.epoch, h.train_loss, marker=".", label=name)
         b.plot(h.epoch, h.val_score, marker=".", label=name)
     a.set(xlabel="epoch", ylabel="training loss", title="training loss")
-    b.set(xlabel="epoch", ylabel="validation score", title="validation score (mean of task metrics)")
+    b.set(xlabel="epoch", ylabel="validation score", title="validation score (mean skill above the baselines)")
     b.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, stem)
