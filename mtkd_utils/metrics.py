@@ -31,7 +31,7 @@ def _has(preds: pd.DataFrame, col: str) -> bool:
     return col in preds and (preds[col] != "").any()
 
 
-def _has_text(preds: pd.DataFrame) -> bool:
+def has_text(preds: pd.DataFrame) -> bool:
     """T3 was decoded: bleu is filled whenever it was, even where a sentence came out empty."""
     return _has(preds, "text_pred") or _has(preds, "bleu")
 
@@ -178,7 +178,7 @@ def task_metrics(preds: pd.DataFrame, labels, probs: Mapping[str, np.ndarray] | 
     for task, col in (("T1", "coarse_pred"), ("T2", "fine_pred")):
         if _has(preds, col):
             m.update(classification_task(preds, labels, task, probs.get(task)))
-    if _has_text(preds):
+    if has_text(preds):
         m.update(text_metrics(preds.text_true, preds.text_pred))
         m["T3_sentence_bleu"] = float(preds.bleu.astype(float).mean())
     return m
@@ -193,7 +193,7 @@ def per_disease(preds: pd.DataFrame, labels) -> dict[str, dict[str, float]]:
             for task, level in (("T1", "coarse"), ("T2", "fine")):
                 if _has(g, f"{level}_pred"):
                     m[f"{task}_acc"] = float((g[f"{level}_pred"] == g[f"{level}_true"]).mean())
-            if _has_text(g):
+            if has_text(g):
                 m.update(text_metrics(g.text_true, g.text_pred))
             out[c] = m
     return out

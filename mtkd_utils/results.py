@@ -15,7 +15,7 @@ import pandas as pd
 
 from .config import MODELS, task_key
 from .io import atomic_path, read_json, save_figure
-from .metrics import LEVEL, class_indices, rouge_l
+from .metrics import LEVEL, class_indices, has_text, rouge_l
 from .runs import data_dir, manifest_path, student_dir, student_runs
 
 TABLE1_METRICS = ("T1_acc", "T2_acc", "T3_bleu4")   # what the paper's Table 1 reports per task
@@ -283,7 +283,7 @@ def image_stats(preds: pd.DataFrame, metric: str) -> tuple[np.ndarray, Callable[
     if metric not in SUM_METRICS:
         raise ValueError(f"metric={metric!r}: choose one of {SUM_METRICS}, or a T1_/T2_ metric of "
                          "metrics.task_metrics (pass labels=, and probs= for AUROC, AUPR, ECE, NLL)")
-    if not (preds["text_pred"] != "").any():
+    if not _has_task(preds, metric):
         raise ValueError(f"metric={metric!r}: these predictions have no text_pred (the model lacks T3)")
     if metric.startswith("T3_bleu") and metric[-1].isdigit():
         return _bleu_stats(preds, int(metric[-1]))
@@ -523,7 +523,9 @@ def paired_bootstrap(preds_a: pd.DataFrame, preds_b: pd.DataFrame, metric: str, 
 
 
 def _has_task(preds: pd.DataFrame, metric: str) -> bool:
-    col = {"T1": "coarse_pred", "T2": "fine_pred", "T3": "text_pred"}[metric[:2]]
+    if metric[:2] == "T3":   # decoded, even where every sentence came out empty (metrics.has_text)
+        return has_text(preds)
+    col = {"T1": "coarse_pred", "T2": "fine_pred"}[metric[:2]]
     return col in preds and (preds[col] != "").any()
 
 

@@ -322,3 +322,9 @@ def test_cis_figures_and_screening_of_an_experiment(tmp_path):
     cis.to_csv(exp / "results" / "metric_cis.csv", index=False)
     block = "\n".join(readme._metric_cis(exp, Path("docs/figures")))
     assert "T1_auroc" in block and "![roc_T1](docs/figures/roc_T1.png)" in block
+
+
+def test_t3_decoded_to_empty_sentences_is_scored_zero_not_refused():
+    preds = make_preds(20, [True] * 20, text_pred=[""] * 20, bleu=[0.0] * 20)
+    assert results.bootstrap_ci(preds, "T3_bleu4", n_boot=20)["value"] == 0.0
+    assert results.bootstrap_ci(preds, "T3_rougeL", n_boot=20)["value"] == 0.0
