@@ -15,9 +15,9 @@ import torch
 from .checkpoint import fingerprint, load_checkpoint
 from .config import FRACTIONS, Config, check_fraction, parse_tasks, task_key, task_subsets
 from .data import FundusData, build_image_cache, load_data
-from .distill import CachedTeachers, OnlineTeachers, build_soft_targets
+from .distill import CachedTeachers, OnlineTeachers, build_soft_targets, read_soft_targets
 from .engine import fit, pick_device, predict
-from .io import environment, read_json, write_csv, write_json
+from .io import environment, read_json, verify_file, write_csv, write_json
 from .manifest import LabelMap, validate_manifest
 from .metrics import confusion, per_disease, task_metrics
 from .model import MTLModel, build_model
@@ -159,7 +159,7 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
     write_csv(history, run / "history.csv")
     best = history.loc[history.val_score.idxmax()]
     write_json(dict(tasks=list(tasks), p=p, seed=seed, best_epoch=int(best.epoch), val_score=float(best.val_score),
-                    init=model.init_note), run / "metrics.json")   # written last: marks the teacher done
+                    init=model.init_note), run / "metrics.json", checksum=True)   # written last: marks the teacher done
     return run
 
 
@@ -193,7 +193,7 @@ def student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data) -> C
     meta = dict(teachers={task_key(s): _sha1(r / "checkpoint.pt") for s, r in runs.items()},
                 data=fingerprint(signature(data, cfg, tasks)), max_len=cfg.max_len, t3_topk=cfg.t3_topk,
                 rows=fingerprint(rows.tolist()))
-    store = load_checkpoint(path) if path.exists() else {}
+    store = read_soft_targets(path)
     if not json_equal(store.get("meta"), meta):
         models = [load_model(run, cfg, data, subset) for subset, run in runs.items()]
         store = load_checkpoint(build_soft_targets(models, data, rows, path, cfg.max_len, cfg.t3_topk, cfg.batch_size * 2, device, meta))
@@ -215,7 +215,7 @@ def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, c
     write_csv(history, run / "history.csv")
     best = history.loc[history.val_score.idxmax()]
     val = dict(tau=tau, val_score=float(best.val_score), best_epoch=int(best.epoch))
-    write_json(val, run / "val.json")
+    write_json(val, run / "val.json", checksum=True)
     return val
 
 
@@ -226,10 +226,10 @@ def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, 
     val = task_metrics(predict(model, data, data.rows("val"), cfg.batch_size * 2, cfg.max_len, cfg.beam_size, device), data.labels)
     metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels), per_disease=per_disease(preds, data.labels),
                    bleu_note="T3_bleu1..4: nltk corpus BLEU, no smoothing; T3_sentence_bleu: mean nltk sentence BLEU-4, smoothing method1")
-    write_csv(preds, run / "predictions.csv")
+    write_csv(preds, run / "predictions.csv", checksum=True)
     if "T1" in model.tasks:
         confusion(preds, data.labels).to_csv(run / "confusion_T1.csv")
-    write_json(metrics, run / "metrics.json")   # written last: marks the run done
+    write_json(metrics, run / "metrics.json", checksum=True)   # written last: marks the run done
     return metrics
 
 
@@ -321,7 +321,7 @@ def run_name(model: str, p: float) -> str:
 
 def student_predictions(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Test predictions of each finished run, keyed like 'M3 p=15'."""
-    return {run_name(r.model, r.p): pd.read_csv(r.run / "predictions.csv", dtype=str, keep_default_na=False)
+    return {run_name(r.model, r.p): pd.read_csv(verify_file(r.run / "predictions.csv"), dtype=str, keep_default_na=False)
             .assign(bleu=lambda d: pd.to_numeric(d.bleu, errors="coerce")) for r in runs.itertuples()}
 
 
