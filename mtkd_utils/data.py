@@ -60,13 +60,12 @@ def _cache_intact(arr_path: Path) -> bool:
 
 def load_mask(manifest_path: str | Path, image_rel: str, mask_rel: str, size: int, crop_fov: bool = True) -> np.ndarray | None:
     """A lesion mask as bool (size, size), cropped exactly like its image; None when the row has none."""
-    from .fundus import fov_bbox, pad_square
+    from .fundus import fov_bbox, pad_square, read_rgb8
 
     if not mask_rel:
         return None
     root = Path(manifest_path).parent
-    with Image.open(root / image_rel) as im:
-        img = np.asarray(im.convert("RGB"))
+    img = read_rgb8(root / image_rel)
     with Image.open(root / mask_rel) as im:
         mask = np.asarray(im.convert("L"))
     top, bottom, left, right = fov_bbox(img) if crop_fov else (0, img.shape[0], 0, img.shape[1])

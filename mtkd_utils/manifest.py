@@ -1,6 +1,7 @@
 """The one dataset format: manifest.csv + label_map.json, and the validator that guards it."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from .io import atomic_path, read_json, write_json
 COLUMNS = ["image_id", "image", "patient_id", "eye", "labeled", "coarse", "fine", "text", "mask"]
 REQUIRED = ["image_id", "image", "patient_id", "eye", "labeled"]
 EYES = ("left", "right")
+MIN_IMAGE_SIDE = 32   # pixels: a smaller photograph holds too little to show a lesion; warned by name
 
 
 class ManifestError(ValueError):
@@ -105,6 +107,23 @@ def _image_problem(path: Path) -> str | None:
     return None
 
 
+def warn_tiny_images(df: pd.DataFrame, root: Path, min_side: int = MIN_IMAGE_SIDE) -> list[str]:
+    """Warn, by name, about images smaller than min_side pixels (headers only: cheap); returns their paths."""
+    tiny = []
+    for rel in df.image[df.image != ""]:
+        try:
+            with Image.open(root / rel) as im:
+                if min(im.size) < min_side:
+                    tiny.append(f"{rel} ({im.size[0]}x{im.size[1]})")
+        except Exception:  # noqa: BLE001  unreadable images are reported by the row checks
+            continue
+    if tiny:
+        warnings.warn(f"{root}: {len(tiny)} image(s) smaller than {min_side} px on a side, too small to show "
+                      f"a lesion; they are upscaled. Check them: {', '.join(tiny[:10])}"
+                      + (" ..." if len(tiny) > 10 else ""), stacklevel=2)
+    return tiny
+
+
 def _row_problems(row: pd.Series, labels: LabelMap, root: Path, check_images: bool) -> list[str]:
     out = []
     if row.eye not in EYES:
@@ -164,5 +183,7 @@ def validate_manifest(path: str | Path, labels: LabelMap, check_images: bool = T
         problems.append("the manifest has no rows")
     if problems:
         raise ManifestError(path, problems)
+    if check_images:
+        warn_tiny_images(df, path.parent)
     df["labeled"] = df.labeled.astype(int)
     return df
