@@ -24,6 +24,7 @@ import pandas as pd
 
 from .config import FRACTIONS, MODELS, PRESETS, Config, check_fraction, parse_tasks, task_key
 from .io import git_commit, read_json, write_csv, write_json
+from .plan_checks import check_command_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KERNEL_NAME = "mtkd"   # the workbook's Jupyter kernel: this venv's python (see ensure_kernel)
@@ -417,6 +418,7 @@ def main(argv: list[str] | None = None, notebooks: dict[str, str] | None = None)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_command_line(args, default_experiment_dir(args.preset))
         grid = expand_grid(args.preset, args.experiment_dir, notebooks=notebooks, overrides=parse_overrides(args.overrides),
                            data_parameters=_data_parameters(args), dims=dict(tasks=args.tasks, p=args.p, seeds=args.seeds))
         check_finished_parameters(grid)

@@ -18,10 +18,10 @@ from .data import FundusData, build_image_cache, load_data
 from .distill import CachedTeachers, OnlineTeachers, build_soft_targets, read_soft_targets
 from .engine import fit, pick_device, predict
 from .io import environment, read_json, verify_file, write_csv, write_json
-from .manifest import LabelMap, validate_manifest
+from .manifest import LabelMap, check_trainable, validate_manifest
 from .metrics import confusion, per_disease, task_metrics
 from .model import MTLModel, build_model
-from .splits import load_user_splits, make_splits, save_splits
+from .splits import load_user_splits, make_splits, save_splits, warn_single_image_classes
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("synthetic", "manifest", "odir", "csv", "folder")
@@ -64,6 +64,8 @@ def prepare_data(experiment_dir: str | Path, cfg: Config, source: str = "synthet
     manifest_path = resolve_source(source, source_path, source_options, cfg, exp).resolve()
     labels = LabelMap.load(manifest_path.parent / "label_map.json")
     manifest = validate_manifest(manifest_path, labels)
+    check_trainable(manifest, manifest_path)
+    warn_single_image_classes(manifest)
     info = dict(manifest=str(manifest_path), manifest_sha1=_sha1(manifest_path), source=source,
                 split_seed=cfg.split_seed, split_file=split_file, crop_fov=crop_fov)
     if (data_dir / "dataset.json").exists():
