@@ -88,8 +88,10 @@ def test_a_damaged_soft_target_cache_is_rebuilt(exp, damage, capsys):
 def test_a_damaged_checkpoint_is_refused_by_path_with_the_fix_that_works(exp, damage):
     data = load_data(exp, 15, CFG)
     run = experiment.teacher_dir(exp, TASKS, 15, 0)
+    record = write_json({"status": "done"}, exp / "runs" / "teachers" / "p15_s0" / "cell.json").parent
     damage(run / "checkpoint.pt")
-    with pytest.raises(DamagedFileError, match=f"{re.escape(str(run / 'checkpoint.pt'))}: damaged.*delete the run folder {re.escape(str(run))}"):
+    with pytest.raises(DamagedFileError, match=f"{re.escape(str(run / 'checkpoint.pt'))}: damaged.*delete the run "
+                       f"folder {re.escape(str(run))} and its batch record {re.escape(str(record))}, then .*--retry-failed"):
         experiment.load_model(run, CFG, data, TASKS)
     shutil.rmtree(run)                                              # the fix the message gives
     experiment.train_teacher(exp, TASKS, 15, 0, CFG, data)
