@@ -66,7 +66,8 @@ def bleu_bucket(bleu: pd.Series, bleu_edges: Sequence[float] = (0.2, 0.5)) -> pd
     b = pd.to_numeric(bleu, errors="coerce").to_numpy(dtype=float)
     labels = bleu_labels(bleu_edges)
     idx = np.where(b < lo, 0, np.where(b > hi, 2, 1))
-    return pd.Series(pd.Categorical.from_codes(idx, categories=labels, ordered=True), index=bleu.index, name="bleu_bucket")
+    buckets = pd.Categorical.from_codes(idx, categories=labels, ordered=True)
+    return pd.Series(buckets, index=bleu.index, name="bleu_bucket")
 
 
 def _pick_tasks(preds: pd.DataFrame, tasks: Sequence[str] | None) -> tuple[str, ...]:

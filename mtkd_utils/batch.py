@@ -22,7 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from .config import FRACTIONS, MODELS, PRESETS, Config, check_fraction, parse_tasks, task_key
+from .config import Config, check_fraction, parse_tasks, task_key
+from .presets import PRESETS
 from .io import git_commit, read_json, write_csv, write_json
 from .plan_checks import check_command_line
 
@@ -39,13 +40,6 @@ NOTEBOOKS = {   # stage -> notebook (relative to the repo root), in run order
 }
 STAGES = tuple(NOTEBOOKS)
 ANALYSES = ("error_analysis", "gradcam", "results")   # read whatever runs exist: one cell each
-
-GRIDS: dict[str, dict[str, list]] = {   # what each preset runs; Table 1 is the paper grid
-    "smoke": dict(tasks=["T1+T2+T3"], p=[15, 70], models=list(MODELS), seeds=[0]),
-    "demo": dict(tasks=["T1+T2+T3"], p=[15, 70], models=list(MODELS), seeds=[0]),
-    "paper": dict(tasks=["T1+T2", "T1+T3", "T2+T3", "T1+T2+T3"], p=list(FRACTIONS), models=list(MODELS),
-                  seeds=[0, 1, 2]),
-}
 
 DONE, FAILED, SKIPPED, RUNNING = "done", "failed", "skipped", "running"
 
@@ -86,8 +80,8 @@ def default_experiment_dir(preset: str) -> Path:
 
 def check_preset(preset: str, dims: dict[str, list] | None = None) -> dict[str, list]:
     """The preset's grid with any of its tasks / p / seeds replaced by `dims`; ValueError on a bad value."""
-    if preset not in GRIDS:
-        raise ValueError(f"preset={preset!r}: choose one of {sorted(GRIDS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r}: choose one of {sorted(PRESETS)}")
     dims = {k: list(v) for k, v in (dims or {}).items() if v is not None}
     unknown = sorted(set(dims) - {"tasks", "p", "seeds"})
     if unknown:
@@ -98,7 +92,7 @@ def check_preset(preset: str, dims: dict[str, list] | None = None) -> dict[str, 
         dims["p"] = [int(f) if f.is_integer() else f for f in map(check_fraction, dims["p"])]
     if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in dims.get("seeds", [])):
         raise ValueError(f"seeds={dims['seeds']!r}: training seeds are integers >= 0")
-    grid = {**GRIDS[preset], **dims}
+    grid = {**PRESETS[preset].grid, **dims}
     empty = [k for k, v in grid.items() if not v]
     if empty:
         raise ValueError(f"grid: {empty} is empty; give at least one value")
@@ -107,7 +101,7 @@ def check_preset(preset: str, dims: dict[str, list] | None = None) -> dict[str, 
 
 def check_overrides(preset: str, overrides: dict[str, Any]) -> None:
     """Fail now, not after hours of running, on an unknown or bad Config field."""
-    Config.from_dict({**PRESETS[preset], **overrides})
+    Config.from_dict({**PRESETS[preset].config, **overrides})
 
 
 def expand_grid(preset: str, experiment_dir: str | Path | None = None, *, notebooks: dict[str, str] | None = None,
@@ -389,7 +383,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m mtkd_utils.batch", description=__doc__.split("\n")[0])
-    ap.add_argument("--preset", required=True, choices=sorted(GRIDS), help="grid and Config preset")
+    ap.add_argument("--preset", required=True, choices=sorted(PRESETS), help="grid and Config preset")
     ap.add_argument("--experiment-dir", help="default: outputs/<preset>")
     ap.add_argument("--tasks", nargs="+", metavar="TASKS", help="task combinations instead of the preset's, e.g. T1+T2 T1+T2+T3")
     ap.add_argument("--p", nargs="+", type=float, metavar="P", help="training fractions (%%) instead of the preset's, e.g. 15 30 70")

@@ -14,7 +14,7 @@ a pass: the ceiling and M1 on labeled rows (as M1, a teacher, trains), the M3 mo
 rows half and half (as a student trains):
 
   ceiling    forward + backward + AdamW step on float tensors made before the clock starts
-  M1         engine.train_one_epoch without teachers: image cache -> batches -> augment -> mtl_loss
+  M1         engine.train_one_epoch without teachers: image cache -> batches -> augment -> MultiTaskLoss
   M3-cached  the same with CachedTeachers: distill.build_soft_targets of 7 teachers (one per task subset)
   M3-online  the same with OnlineTeachers: all 7 teachers run on every student batch (the paper's code)
 
@@ -41,14 +41,16 @@ import pandas as pd
 import torch
 
 from . import losses
-from .config import TASKS, Config, preset, task_subsets
+from .config import TASKS, Config, task_subsets
 from .data import FundusData, batch_rows, image_batch
 from .distill import CachedTeachers, OnlineTeachers, build_soft_targets, load_soft_targets
-from .engine import autocast, cosine_schedule, setup_runtime, train_one_epoch, trim
-from .experiment import new_model
+from .engine import (MultiTaskLoss, TrainBatches, autocast, cosine_schedule, epoch_generator, eval_batch_size,
+                     setup_runtime, train_one_epoch)
+from .presets import config as preset_config
+from .training import new_model
 from .io import git_commit
 from .manifest import LabelMap
-from .text import EOS_ID, PAD_ID, SOS_ID, SPECIALS, Vocab
+from .text import EOS_ID, PAD_ID, SOS_ID, SPECIALS, Vocab, trim
 
 MODES = {   # name -> what one pass measures
     "ceiling": "fwd+bwd+AdamW on float tensors already in memory",
@@ -92,7 +94,7 @@ def bench_config(args: argparse.Namespace) -> Config:
     over = dict(pretrained=None, device=args.device, batch_size=args.batch_size)
     over.update({k: v for k, v in (("backbone", args.backbone), ("image_size", args.image_size), ("threads", args.threads))
                  if v is not None})
-    return preset("paper" if args.paper else "demo", **over)
+    return preset_config("paper" if args.paper else "demo", **over)
 
 
 # ---------------------------------------------------------------- data and models
@@ -126,7 +128,7 @@ def teacher_models(cfg: Config, data: FundusData, device: torch.device) -> list:
 def cached_teachers(models: list, cfg: Config, data: FundusData, rows: np.ndarray, device: torch.device) -> CachedTeachers:
     """The teachers' soft targets, written by build_soft_targets and read back as the students read them."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_soft_targets(models, data, rows, Path(tmp) / "soft_targets.pt", cfg.max_len, cfg.t3_topk, cfg.batch_size * 2, device)
+        path = build_soft_targets(models, data, rows, Path(tmp) / "soft_targets.pt", cfg.max_len, cfg.t3_topk, eval_batch_size(cfg), device)
         return load_soft_targets(path, len(data.images), device)
 
 
@@ -174,9 +176,9 @@ def sync(device: torch.device) -> None:
 
 
 def ceiling_batches(data: FundusData, rows: np.ndarray, cfg: Config, device: torch.device, epoch: int) -> list:
-    """train_one_epoch's batches of this epoch as float images and targets (sentences trimmed as mtl_loss
+    """train_one_epoch's batches of this epoch as float images and targets (sentences trimmed as MultiTaskLoss
     trims them), made before the clock starts."""
-    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)   # the same seed: the same mix of rows per batch
+    g = epoch_generator(cfg.seed, epoch)   # the same seed: the same mix of rows per batch
     out = []
     for b in batch_rows(rows, cfg.batch_size, shuffle=True, generator=g):
         y = {t: data.targets[t][b].to(device) for t in TASKS}
@@ -210,7 +212,9 @@ def timed_pass(mode: Mode, data: FundusData, cfg: Config, device: torch.device, 
         for x, y in batches:
             ceiling_step(mode.model, mode.optimizer, x, y, device)
     else:
-        train_one_epoch(mode.model, data, rows, mode.optimizer, mode.scheduler, mode.teachers, cfg, TAU, epoch, device, desc=mode.name)
+        loss_fn = MultiTaskLoss(data, cfg.task_weights, cfg.alpha, TAU, mode.teachers)
+        train_one_epoch(mode.model, TrainBatches(data, rows, cfg, epoch, device), mode.optimizer, mode.scheduler, loss_fn,
+                        desc=mode.name)
     sync(device)
     return time.perf_counter() - t0
 

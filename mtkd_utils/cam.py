@@ -25,7 +25,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from .io import atomic_path
+from .io import save_figure
 
 # CAM methods of pytorch-grad-cam that take (model, target_layers) and class-index targets. Left out:
 # AblationCAM (swaps a layer inside the model), FullGrad (ignores the target layer), FinerCAM (other
@@ -82,7 +82,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, task: str = "T1", batch_size: int = 32) -> np.ndarray:
+def predicted_classes(model: nn.Module, images: torch.Tensor, task: str = "T1", batch_size: int = 32) -> np.ndarray:
     """Predicted class indices (N,) of one head, in eval mode; the model's mode is restored."""
     head, was_training = TaskOutput(model, task), model.training
     if len(images) == 0:
@@ -124,7 +124,8 @@ def check_cams(cams: np.ndarray, shape: tuple[int, ...], allow_constant: bool = 
         raise CamError(f"CAMs have shape {cams.shape}, expected {tuple(shape)}. {hint}")
     bad = ~np.isfinite(cams).all(axis=(1, 2))
     if bad.any():
-        raise CamError(f"{int(bad.sum())} of {len(cams)} CAMs hold NaN/inf (images {np.flatnonzero(bad)[:10].tolist()}). {hint}")
+        raise CamError(f"{int(bad.sum())} of {len(cams)} CAMs hold NaN/inf "
+                       f"(images {np.flatnonzero(bad)[:10].tolist()}). {hint}")
     if cams.size and (cams.min() < -1e-6 or cams.max() > 1 + 1e-6):
         raise CamError(f"CAMs span [{cams.min():.3g}, {cams.max():.3g}], expected [0, 1]. {hint}")
     flat = np.ptp(cams.reshape(len(cams), -1), axis=1) < 1e-6 if cams.size else np.zeros(0, bool)
@@ -142,20 +143,23 @@ def compute_cams(model: nn.Module, images: torch.Tensor, task: str = "T1", targe
                  method: str = "gradcam", batch_size: int = 16, allow_constant: bool = False) -> np.ndarray:
     """CAMs (N, H, W) in [0, 1] of one head for class `targets` (default: the predicted class), checked."""
     if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-        raise ValueError(f"images: expected a float (N, 3, H, W) tensor in [0, 1], got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(f"images: expected a float (N, 3, H, W) tensor in [0, 1], "
+                         f"got {images.dtype} {tuple(images.shape)}")
     if len(images) and (images.min() < 0 or images.max() > 1):
         raise ValueError("images: values must lie in [0, 1] (the model normalises them itself)")
     if torch.is_inference_mode_enabled():
         raise RuntimeError("compute_cams needs autograd: call it outside torch.inference_mode()")
     n_classes = TaskOutput(model, task).model.heads[task][-1].out_features
-    targets = predict(model, images, task, batch_size) if targets is None else np.asarray(targets, dtype=int)
+    targets = predicted_classes(model, images, task, batch_size) if targets is None else np.asarray(targets, dtype=int)
     if targets.shape != (len(images),) or targets.min(initial=0) < 0 or targets.max(initial=0) >= n_classes:
-        raise ValueError(f"targets: one class index in [0, {n_classes}) per image ({len(images)}), got {targets.tolist()}")
+        raise ValueError(f"targets: one class index in [0, {n_classes}) per image ({len(images)}), "
+                         f"got {targets.tolist()}")
     maps, fmap = [], None
     with cam_extractor(model, task, method) as cam, torch.enable_grad():   # a caller's no_grad would kill the gradients
         for i in range(0, len(images), batch_size):
             x = images[i: i + batch_size].to(_device(model))
-            maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets[i: i + batch_size]]))
+            chosen = [ClassifierOutputTarget(int(t)) for t in targets[i: i + batch_size]]
+            maps.append(cam(input_tensor=x, targets=chosen))
             if fmap is None and cam.activations_and_grads.activations:
                 fmap = tuple(cam.activations_and_grads.activations[0].shape[-2:])
     cams = np.concatenate(maps) if maps else np.zeros((0, *images.shape[-2:]), np.float32)
@@ -164,9 +168,10 @@ def compute_cams(model: nn.Module, images: torch.Tensor, task: str = "T1", targe
 
 
 def randomized_copy(model: nn.Module, seed: int = 0, prefixes: Sequence[str] | None = None) -> nn.Module:
-    """A deep copy with weights re-initialised (every module with reset_parameters; only names under `prefixes` if given)."""
+    """A deep copy with weights re-initialised (every module with reset_parameters; only names under `prefixes`
+    if given)."""
     device = _device(model)
-    twin = copy.deepcopy(model).cpu()                # drawn on the CPU: the same seed gives the same weights on any device
+    twin = copy.deepcopy(model).cpu()    # drawn on the CPU: the same seed gives the same weights on any device
     reset = set()
     with torch.random.fork_rng(devices=[]):          # leaves the caller's random stream untouched
         torch.manual_seed(seed)
@@ -230,7 +235,8 @@ def pointing_game(cam: np.ndarray, mask: np.ndarray, ties: str = "majority", tol
 
 
 def energy_inside(cam: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the CAM's mass inside the mask (resized as in pointing_game); a constant CAM scores the mask's area share.
+    """Share of the CAM's mass inside the mask (resized as in pointing_game); a constant CAM scores the mask's
+    area share.
 
     An all-zero CAM (no evidence anywhere) counts as uniform, like any constant map: it scores chance,
     not NaN, so a randomised model's empty maps are not silently dropped from a mean.
@@ -243,7 +249,8 @@ def energy_inside(cam: np.ndarray, mask: np.ndarray) -> float:
 
 def localisation_scores(cams: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray | None],
                         ties: str = "majority") -> pd.DataFrame:
-    """Per image: pointing hit, energy inside, mask area share (chance level), flat (constant CAM); NaN without a lesion mask."""
+    """Per image: pointing hit, energy inside, mask area share (chance level), flat (constant CAM); NaN without
+    a lesion mask."""
     if len(cams) != len(masks):
         raise ValueError(f"{len(cams)} CAMs but {len(masks)} masks: give one mask (or None) per CAM")
     rows = []
@@ -286,7 +293,10 @@ def localisation_table(cams: Sequence[np.ndarray] | np.ndarray, masks: Sequence[
         scores[k] = np.asarray(groups[k]).astype(str)
     parts = {g if len(keys) > 1 else g[0]: _summary(s) for g, s in scores.groupby(keys, sort=True)} if keys else {}
     parts[("all",) * len(keys) if len(keys) > 1 else "all"] = _summary(scores)
-    index = pd.MultiIndex.from_tuples(list(parts), names=keys) if len(keys) > 1 else pd.Index(list(parts), name=keys[0] if keys else None)
+    if len(keys) > 1:
+        index = pd.MultiIndex.from_tuples(list(parts), names=keys)
+    else:
+        index = pd.Index(list(parts), name=keys[0] if keys else None)
     return pd.DataFrame(list(parts.values()), index=index)
 
 
@@ -335,7 +345,7 @@ def _bare(ax) -> None:
         spine.set_visible(False)
 
 
-def _outline(ax, mask: np.ndarray | None, shape: tuple[int, int], color: str) -> None:
+def _draw_outline(ax, mask: np.ndarray | None, shape: tuple[int, int], color: str) -> None:
     if mask is not None and (m := _mask(mask, shape)).any():
         ax.contour(m.astype(float), levels=[0.5], colors=color, linewidths=1.0)
 
@@ -343,23 +353,27 @@ def _outline(ax, mask: np.ndarray | None, shape: tuple[int, int], color: str) ->
 def gradcam_figure(rows: Sequence[Row | tuple], path_stem: str | Path, column_titles: Sequence[str] | None = None,
                    row_titles: Sequence[str] | None = None, mask_color: str = "cyan", outline_on_cams: bool = False,
                    panel_inches: float = 1.9, dpi: int = 300) -> Figure:
-    """Image with its lesion outline, then one CAM overlay per panel captioned green (right) / red (wrong); saves .png and .pdf."""
+    """Image with its lesion outline, then one CAM overlay per panel captioned green (right) / red (wrong);
+    saves .png and .pdf."""
     rows = [Row(*r) for r in rows]
     if not rows:
         raise ValueError("rows is empty: nothing to draw")
     n_cols = 1 + max(len(r.panels) for r in rows)
-    titles = list(column_titles) if column_titles is not None else ["annotation"] + [f"CAM {i}" for i in range(1, n_cols)]
+    default_titles = ["annotation"] + [f"CAM {i}" for i in range(1, n_cols)]
+    titles = list(column_titles) if column_titles is not None else default_titles
     if len(titles) != n_cols:
-        raise ValueError(f"column_titles: {n_cols} needed (the image, then {n_cols - 1} CAM columns), got {len(titles)}")
+        raise ValueError(f"column_titles: {n_cols} needed (the image, then {n_cols - 1} CAM columns), "
+                         f"got {len(titles)}")
     if row_titles is not None and len(row_titles) != len(rows):
         raise ValueError(f"row_titles: one per row ({len(rows)}), got {len(row_titles)}")
-    # Not pyplot: the figure is not registered globally, so a notebook shows it once (as the cell's value) and loops leak nothing.
+    # Not pyplot: the figure is not registered globally, so a notebook shows it once (as the cell's value) and
+    # loops leak nothing.
     fig = Figure(figsize=(panel_inches * n_cols, (panel_inches + 0.3) * len(rows)), layout="constrained")
     axes = np.asarray(fig.subplots(len(rows), n_cols, squeeze=False))
     for r, row in enumerate(rows):
         img = _rgb01(row.image)
         axes[r, 0].imshow(img)
-        _outline(axes[r, 0], row.mask, img.shape[:2], mask_color)
+        _draw_outline(axes[r, 0], row.mask, img.shape[:2], mask_color)
         if row_titles is not None:
             axes[r, 0].set_ylabel(row_titles[r], fontsize=8)
         for c in range(1, n_cols):
@@ -370,20 +384,19 @@ def gradcam_figure(rows: Sequence[Row | tuple], path_stem: str | Path, column_ti
             panel = Panel(*row.panels[c - 1])
             ax.imshow(cam_overlay(img, panel.cam))
             if outline_on_cams:
-                _outline(ax, row.mask, img.shape[:2], mask_color)
+                _draw_outline(ax, row.mask, img.shape[:2], mask_color)
             mark = "\u2713" if panel.correct else "\u2717"   # a mark besides the colour, for colour-blind readers
             ax.set_xlabel(f"{mark} {panel.caption}", color=CORRECT_COLOR if panel.correct else WRONG_COLOR, fontsize=8)
         _bare(axes[r, 0])
     for c, title in enumerate(titles):
         axes[0, c].set_title(title, fontsize=9)
-    for ext in ("png", "pdf"):
-        with atomic_path(f"{path_stem}.{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=dpi)
+    save_figure(fig, path_stem, dpi=dpi, tight=False)
     return fig
 
 
 def figure_rows(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], cams: Mapping[str, np.ndarray],
                 predicted: Mapping[str, Sequence[str]], truth: Sequence[str], picks: Sequence[int]) -> list[Row]:
     """Rows for gradcam_figure: for each picked image, one panel per run, captioned with its prediction."""
-    return [Row(images[i], masks[i], [Panel(cams[run][i], predicted[run][i].replace("_", " "), predicted[run][i] == truth[i])
-                                      for run in cams]) for i in picks]
+    def panel(run: str, i: int) -> Panel:
+        return Panel(cams[run][i], predicted[run][i].replace("_", " "), predicted[run][i] == truth[i])
+    return [Row(images[i], masks[i], [panel(run, i) for run in cams]) for i in picks]

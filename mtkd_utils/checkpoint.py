@@ -1,8 +1,6 @@
 """One save/load pair for every notebook: full state, written atomically, read with weights_only=True."""
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -10,11 +8,6 @@ from typing import Any
 import torch
 
 from .io import DamagedFileError, atomic_path, verify_file
-
-
-def fingerprint(obj: Any) -> str:
-    """Short stable hash of a JSON-able object (a label map, a vocabulary)."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

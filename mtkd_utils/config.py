@@ -16,7 +16,7 @@ SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_re
 @dataclass
 class Config:
     # data
-    dataset: str = "demo"               # synthetic size preset (mtkd_utils.synthetic.SIZES) when source is synthetic
+    dataset: str = "demo"               # synthetic size preset (a name in mtkd_utils.presets) when source is synthetic
     image_size: int = 64                # working resolution (pixels, square)
     split_seed: int = 0                 # fixes test/val/train pool: the same for every run
     min_word_freq: int = 2              # T3 vocabulary: words seen fewer times become <unk>
@@ -48,7 +48,7 @@ class Config:
     t3_topk: int = 32                   # T3 soft targets kept per step (exact when >= vocabulary)
     # runtime
     device: str = "auto"                # "auto", "cpu" or "cuda"
-    threads: int = 1                    # CPU threads for torch (0: torch's default). 1 measured fastest here: docs/PERFORMANCE.md
+    threads: int = 1                    # CPU threads for torch (0: torch's default); 1 was fastest: docs/PERFORMANCE.md
 
     def __post_init__(self) -> None:
         self.tau_grid = tuple(float(t) for t in self.tau_grid)
@@ -122,27 +122,6 @@ def _check_type(f, value: Any) -> None:
     if not ok(value):
         kind = "str or None" if default is None else type(default).__name__
         raise ValueError(f"{f.name}={value!r} ({type(value).__name__}): expected {kind}")
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # tiny, for the tests: seconds per model
-    "smoke": dict(dataset="smoke", image_size=32, epochs=2, student_epochs=1, batch_size=32,
-                  head_hidden=32, embed_dim=16, lstm_hidden=32, tau_grid=(2.0, 5.0), patience=2,
-                  min_word_freq=1, t3_topk=8),
-    # the synthetic default on a 2-core CPU: the whole demo in ~15 minutes
-    "demo": dict(dataset="demo", batch_size=32, epochs=10, min_steps=150, student_epochs=3, unlabeled_per_epoch=0.5, tau_grid=(2.0, 5.0)),
-    # the paper's settings, for a GPU
-    "paper": dict(dataset="paper", image_size=224, backbone="resnet50", pretrained="imagenet",
-                  head_hidden=512, embed_dim=256, lstm_hidden=512, epochs=30, student_epochs=20, threads=0,
-                  batch_size=64, lr=1e-3, patience=5, beam_size=3, min_word_freq=3),
-}
-
-
-def preset(name: str, **overrides: Any) -> Config:
-    """The named preset's config, with overrides (e.g. from a notebook's parameters cell)."""
-    if name not in PRESETS:
-        raise ValueError(f"preset={name!r}: choose one of {sorted(PRESETS)}")
-    return Config(**{**PRESETS[name], **overrides})
 
 
 def parse_tasks(tasks: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .io import DamagedFileError, atomic_path, checksum_path, read_json, verify_file, write_json
+from . import runs
 from .manifest import LabelMap, read_manifest
 from .splits import load_splits, select_fraction
 from .text import PAD_ID, Vocab
@@ -58,7 +59,8 @@ def _cache_intact(arr_path: Path) -> bool:
     return checksum_path(arr_path).is_file()
 
 
-def load_mask(manifest_path: str | Path, image_rel: str, mask_rel: str, size: int, crop_fov: bool = True) -> np.ndarray | None:
+def load_mask(manifest_path: str | Path, image_rel: str, mask_rel: str, size: int,
+              crop_fov: bool = True) -> np.ndarray | None:
     """A lesion mask as bool (size, size), cropped exactly like its image; None when the row has none."""
     from .fundus import fov_bbox, pad_square, read_rgb8
 
@@ -119,9 +121,10 @@ def vocab_for(data_dir: Path, roles: pd.DataFrame, manifest: pd.DataFrame, p: fl
 
 def load_data(experiment_dir: str | Path, p: float, cfg) -> FundusData:
     """Read what 01_data_prep wrote and select fraction p (checks leakage on the way)."""
-    data_dir = Path(experiment_dir) / "data"
+    data_dir = runs.data_dir(experiment_dir)
     if not (data_dir / "dataset.json").exists():
-        raise FileNotFoundError(f"{data_dir}/dataset.json missing: run notebooks/01_data_prep.ipynb for this experiment first")
+        raise FileNotFoundError(f"{data_dir}/dataset.json missing: run notebooks/01_data_prep.ipynb for this "
+                                "experiment first")
     info = read_json(data_dir / "dataset.json")
     manifest = read_manifest(info["manifest"])
     manifest["labeled"] = manifest.labeled.astype(int)

@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint
 from .io import DamagedFileError
 from .data import FundusData, batch_rows, image_batch
-from .engine import trim
-from .text import EOS_ID, PAD_ID, SOS_ID
+from .text import EOS_ID, PAD_ID, SOS_ID, trim
 
 
 @torch.no_grad()
@@ -59,13 +58,14 @@ def ensemble_outputs(teachers: list, x: torch.Tensor, ref_tokens: torch.Tensor, 
         known = [t.heads[task](f).float() for t, f in zip(teachers, feats) if task in t.heads]
         if known:
             out[task] = torch.stack(known, dim=1)                               # (B, K, C)
-    speakers = [(t.decoder, f) for t, f in zip(teachers, feats) if t.decoder is not None]
-    if speakers:
+    captioners = [(t.decoder, f) for t, f in zip(teachers, feats) if t.decoder is not None]
+    if captioners:
         tokens = ref_tokens.clone()
         if (~labeled).any():
-            tokens[~labeled] = ensemble_greedy([d for d, _ in speakers], [f[~labeled] for _, f in speakers], max_len)
+            decoders, unlabeled_feats = [d for d, _ in captioners], [f[~labeled] for _, f in captioners]
+            tokens[~labeled] = ensemble_greedy(decoders, unlabeled_feats, max_len)
         short = trim(tokens)
-        top = [d(f, short).float().topk(min(topk, d.out.out_features), dim=-1) for d, f in speakers]
+        top = [d(f, short).float().topk(min(topk, d.out.out_features), dim=-1) for d, f in captioners]
         pad = (0, 0, 0, tokens.shape[1] - short.shape[1])                       # back to (B, K, L-1, k): batches stack
         out.update(T3_tokens=tokens, T3_val=F.pad(torch.stack([v for v, _ in top], dim=1), pad),
                    T3_idx=F.pad(torch.stack([i for _, i in top], dim=1), pad))
@@ -102,7 +102,8 @@ def build_soft_targets(teachers: list, data: FundusData, rows: np.ndarray, path:
                        batch_size: int, device: torch.device, meta: dict | None = None) -> Path:
     """Run the teachers once over `rows` (labeled fraction + unlabeled pool); store fp16 logits, int16 ids."""
     parts: dict[str, list[torch.Tensor]] = {}
-    for b in tqdm(list(batch_rows(rows, batch_size, shuffle=False)), desc=f"soft targets ({len(teachers)} teachers)", leave=False):
+    batches = list(batch_rows(rows, batch_size, shuffle=False))
+    for b in tqdm(batches, desc=f"soft targets ({len(teachers)} teachers)", leave=False):
         out = ensemble_outputs(teachers, image_batch(data.images, b, device), data.targets["T3"][b].to(device),
                                data.is_labeled_train(b).to(device), max_len, topk)
         for k, v in out.items():

@@ -14,7 +14,7 @@ from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import FundusData, augment, batch_rows, image_batch
 from .metrics import task_metrics, val_score
-from .text import PAD_ID, sentence_bleu4, tokenize
+from .text import sentence_bleu4, tokenize, trim
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -30,55 +30,68 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
-def trim(tokens: torch.Tensor) -> torch.Tensor:
-    """Drop the all-<pad> tail columns of a batch of sentences: the LSTM then runs only as long as needed."""
-    length = int((tokens != PAD_ID).sum(1).max())
-    return tokens[:, : max(length, 2)]
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The one seed formula of an epoch's randomness: batch order, unlabeled share, augmentation (bench.py too)."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-def caption_terms(decoder, feats: torch.Tensor, ref: torch.Tensor, labeled: torch.Tensor, said: dict,
+def eval_batch_size(cfg) -> int:
+    """Evaluation keeps no activations for backward: twice the training batch fits in the same memory."""
+    return cfg.batch_size * 2
+
+
+def caption_terms(decoder, feats: torch.Tensor, ref: torch.Tensor, labeled: torch.Tensor, soft: dict,
                   tau: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """T3: CE (B,) on labeled rows and the mean word-level KD over the teachers (B,), in one decoder pass.
 
     The teachers share one sentence per image, the reference on labeled rows (distill.ensemble_outputs),
-    so one teacher-forced pass along it serves the CE and every teacher.
+    so one teacher-forced pass along it serves the CE and every teacher. `soft`: the teachers' soft targets.
     """
-    tokens = trim(said.get("T3_tokens", ref))
+    tokens = trim(soft.get("T3_tokens", ref))
     logits, L = decoder(feats, tokens), tokens.shape[1] - 1                       # (B, L-1, V)
     hard = losses.caption_ce(logits, tokens) * labeled                           # unlabeled rows: no reference
-    if "T3_val" not in said:
+    if "T3_val" not in soft:
         return hard, None
-    kd = losses.caption_kd(logits, said["T3_val"][:, :, :L], said["T3_idx"][:, :, :L], tokens, tau)  # (B, K)
+    kd = losses.caption_kd(logits, soft["T3_val"][:, :, :L], soft["T3_idx"][:, :, :L], tokens, tau)  # (B, K)
     return hard, kd.mean(1)
 
 
-def mtl_loss(model, x: torch.Tensor, rows: np.ndarray, data: FundusData, teachers, tau: float,
-             alpha: float, weights: dict[str, float], step: int = 0) -> torch.Tensor:
+class MultiTaskLoss:
     """Weighted sum over tasks of CE (labeled rows) and, with teachers, alpha*KD + (1-alpha)*CE.
 
     `teachers` (distill.CachedTeachers / OnlineTeachers, or None) gives each task's soft targets from
     the teachers trained on it; a task's KD term is the mean over them. Unlabeled rows get KD alone.
     """
-    labeled = data.is_labeled_train(rows).to(x.device)
-    ref = data.targets["T3"][rows].to(x.device)
-    said = teachers.targets(rows, x, ref, labeled) if teachers else {}
-    feats = model.features(x)
-    total = torch.zeros(x.shape[0], device=x.device)
-    for task in model.tasks:
-        if task == "T3":
-            hard, kd = caption_terms(model.decoder, feats, ref, labeled, said, tau)
-        else:
-            logits = model.heads[task](feats)
-            hard = losses.ce(logits, data.targets[task][rows].to(x.device))
-            kd = losses.kd(logits.unsqueeze(1), said[task], tau).mean(1) if task in said else None  # (B, K) -> (B,)
-        term = hard if kd is None else torch.where(labeled, alpha * kd + (1 - alpha) * hard, kd)
-        if not torch.isfinite(term).all():
-            raise FloatingPointError(f"non-finite {task} loss at step {step}: lower the learning rate or check the inputs")
-        total = total + weights.get(task, 1.0) * term
-    return total.mean()
+
+    def __init__(self, data: FundusData, weights: dict[str, float], alpha: float = 1.0, tau: float = 1.0,
+                 teachers=None):
+        self.data, self.weights, self.alpha, self.tau, self.teachers = data, weights, alpha, tau, teachers
+        self.step = 0          # calls so far: a non-finite loss says when it happened
+
+    def __call__(self, model, x: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        data, self.step = self.data, self.step + 1
+        labeled = data.is_labeled_train(rows).to(x.device)
+        ref = data.targets["T3"][rows].to(x.device)
+        soft = self.teachers.targets(rows, x, ref, labeled) if self.teachers else {}
+        feats = model.features(x)
+        total = torch.zeros(x.shape[0], device=x.device)
+        for task in model.tasks:
+            if task == "T3":
+                hard, kd = caption_terms(model.decoder, feats, ref, labeled, soft, self.tau)
+            else:
+                logits = model.heads[task](feats)
+                hard = losses.ce(logits, data.targets[task][rows].to(x.device))
+                kd = losses.kd(logits.unsqueeze(1), soft[task], self.tau).mean(1) if task in soft else None  # (B,)
+            term = hard if kd is None else torch.where(labeled, self.alpha * kd + (1 - self.alpha) * hard, kd)
+            if not torch.isfinite(term).all():
+                raise FloatingPointError(f"non-finite {task} loss at step {self.step}: lower the learning rate "
+                                         "or check the inputs")
+            total = total + self.weights.get(task, 1.0) * term
+        return total.mean()
 
 
-def epoch_rows(train_rows: np.ndarray, unlabeled_rows: np.ndarray | None, share: float, g: torch.Generator) -> np.ndarray:
+def epoch_rows(train_rows: np.ndarray, unlabeled_rows: np.ndarray | None, share: float,
+               g: torch.Generator) -> np.ndarray:
     """The labeled rows plus this epoch's share of the unlabeled pool (a new seeded draw every epoch)."""
     if unlabeled_rows is None or len(unlabeled_rows) == 0:
         return train_rows
@@ -87,28 +100,46 @@ def epoch_rows(train_rows: np.ndarray, unlabeled_rows: np.ndarray | None, share:
     return np.concatenate([train_rows, unlabeled_rows[pick]])
 
 
-def train_one_epoch(model, data: FundusData, rows: np.ndarray, optimizer, scheduler, teachers, cfg,
-                    tau: float, epoch: int, device: torch.device, desc: str = "train",
-                    unlabeled_rows: np.ndarray | None = None) -> float:
-    """One pass over `rows` (and this epoch's share of `unlabeled_rows`) in a seeded order; returns the mean loss."""
+class TrainBatches:
+    """One epoch's training batches, (images (B, 3, H, W) on the device, manifest rows), in a seeded order.
+
+    The order (labeled rows plus this epoch's unlabeled share) is drawn when built; augmentation draws from
+    the same generator as the batches are read.
+    """
+
+    def __init__(self, data: FundusData, rows: np.ndarray, cfg, epoch: int, device: torch.device,
+                 unlabeled_rows: np.ndarray | None = None):
+        self.generator = epoch_generator(cfg.seed, epoch)
+        rows = epoch_rows(rows, unlabeled_rows, cfg.unlabeled_per_epoch, self.generator)
+        self.order = list(batch_rows(rows, cfg.batch_size, shuffle=True, generator=self.generator))
+        self.images, self.augment, self.device = data.images, cfg.augment, device
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        for rows in self.order:
+            x = image_batch(self.images, rows, self.device)
+            if self.augment:
+                x = augment(x, self.generator)
+            if self.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, rows
+
+
+def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, desc: str = "train") -> float:
+    """One pass over `batches` of (images, rows): loss_fn(model, images, rows), a step each; returns the mean loss."""
     model.train()
-    g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)   # batch order, unlabeled share, augmentation
-    rows = epoch_rows(rows, unlabeled_rows, cfg.unlabeled_per_epoch, g)
     running, n = 0.0, 0
-    bar = tqdm(list(batch_rows(rows, cfg.batch_size, shuffle=True, generator=g)), desc=f"{desc} epoch {epoch + 1}", leave=False)
-    for i, b in enumerate(bar):
-        x = image_batch(data.images, b, device)
-        if cfg.augment:
-            x = augment(x, g)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            loss = mtl_loss(model, x, b, data, teachers, tau, cfg.alpha, cfg.task_weights, step=epoch * len(bar) + i)
+    bar = tqdm(batches, desc=desc, leave=False)
+    for x, rows in bar:
+        with autocast(x.device):
+            loss = loss_fn(model, x, rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        running, n = running + loss.item() * len(b), n + len(b)
+        running, n = running + loss.item() * len(rows), n + len(rows)
         bar.set_postfix(loss=f"{running / n:.3f}")
     return running / max(n, 1)
 
@@ -131,14 +162,17 @@ def predict(model, data: FundusData, rows: np.ndarray, batch_size: int, max_len:
                 cols["fine_pred"] += [data.labels.fine[t[0]] for t in top]
                 cols["fine_top5"] += ["|".join(data.labels.fine[i] for i in t) for t in top]
             if model.decoder is not None:
-                cols["text_pred"] += [" ".join(data.vocab.decode(t)) for t in model.decoder.generate(feats, max_len, beam_size).tolist()]
-    preds = pd.DataFrame({"image_id": m.image_id.to_numpy(), "coarse_true": m.coarse.to_numpy(), "fine_true": m.fine.to_numpy(),
-                          "text_true": m.text.to_numpy()})
+                sentences = model.decoder.generate(feats, max_len, beam_size).tolist()
+                cols["text_pred"] += [" ".join(data.vocab.decode(t)) for t in sentences]
+    preds = pd.DataFrame({"image_id": m.image_id.to_numpy(), "coarse_true": m.coarse.to_numpy(),
+                          "fine_true": m.fine.to_numpy(), "text_true": m.text.to_numpy()})
     for c, v in cols.items():
         preds[c] = v if v else ""
     # BLEU against the true sentence as written (words outside the vocabulary count as misses).
-    preds["bleu"] = [sentence_bleu4(tokenize(r), tokenize(h)) for r, h in zip(preds.text_true, preds.text_pred)] if cols["text_pred"] else ""
-    order = ["image_id", "coarse_true", "coarse_pred", "fine_true", "fine_pred", "fine_top5", "text_true", "text_pred", "bleu"]
+    pairs = zip(preds.text_true, preds.text_pred)
+    preds["bleu"] = [sentence_bleu4(tokenize(r), tokenize(h)) for r, h in pairs] if cols["text_pred"] else ""
+    order = ["image_id", "coarse_true", "coarse_pred", "fine_true", "fine_pred", "fine_top5", "text_true", "text_pred",
+             "bleu"]
     return preds[order]
 
 
@@ -162,7 +196,8 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    per_epoch = math.ceil(len(epoch_rows(train_rows, unlabeled_rows, cfg.unlabeled_per_epoch, torch.Generator())) / cfg.batch_size)
+    rows_per_epoch = len(epoch_rows(train_rows, unlabeled_rows, cfg.unlabeled_per_epoch, torch.Generator()))
+    per_epoch = math.ceil(rows_per_epoch / cfg.batch_size)
     # A small fraction gets at least min_steps updates: otherwise p=15 is also an under-trained model.
     stretch = max(1.0, cfg.min_steps / (epochs * per_epoch))
     epochs, patience = math.ceil(epochs * stretch), math.ceil(cfg.patience * stretch)
@@ -178,21 +213,24 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
         scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["rng"])
         state = ck["progress"]
-    val_rows = data.rows("val")
+    val_rows, loss_fn = data.rows("val"), MultiTaskLoss(data, cfg.task_weights, cfg.alpha, tau, teachers)
     for epoch in range(state["epoch"], epochs):
-        loss = train_one_epoch(model, data, train_rows, optimizer, scheduler, teachers, cfg, tau, epoch, device, desc, unlabeled_rows)
-        val = task_metrics(predict(model, data, val_rows, cfg.batch_size * 2, cfg.max_len, 1, device), data.labels)
+        batches = TrainBatches(data, train_rows, cfg, epoch, device, unlabeled_rows)
+        loss = train_one_epoch(model, batches, optimizer, scheduler, loss_fn, f"{desc} epoch {epoch + 1}")
+        val = task_metrics(predict(model, data, val_rows, eval_batch_size(cfg), cfg.max_len, 1, device), data.labels)
         score = val_score(val, model.tasks)
-        state["history"].append(dict(epoch=epoch + 1, train_loss=loss, val_score=score, **{f"val_{k}": v for k, v in val.items()}))
+        state["history"].append(dict(epoch=epoch + 1, train_loss=loss, val_score=score,
+                                     **{f"val_{k}": v for k, v in val.items()}))
         if score > state["best"]:
             state["best"], state["bad_epochs"] = score, 0
-            save_checkpoint(run_dir / "checkpoint.pt", dict(model=model.state_dict(), signature=signature or {}, epoch=epoch + 1,
-                                                            val_score=score, config=cfg.to_dict()))
+            save_checkpoint(run_dir / "checkpoint.pt", dict(model=model.state_dict(), signature=signature or {},
+                                                            epoch=epoch + 1, val_score=score, config=cfg.to_dict()))
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        save_checkpoint(last, dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                   rng=torch.get_rng_state(), progress=state, signature=signature or {}))
+        save_checkpoint(last, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                   scheduler=scheduler.state_dict(), rng=torch.get_rng_state(), progress=state,
+                                   signature=signature or {}))
         if state["bad_epochs"] >= patience:
             break
     model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])

@@ -42,6 +42,29 @@ def atomic_path(path: str | Path, checksum: bool = False) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def fingerprint(obj: Any) -> str:
+    """Short stable hash of a JSON-able object (a label map, a vocabulary, a data signature)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def file_sha1(path: str | Path) -> str:
+    """Full sha1 of a file's bytes (a manifest, a teacher checkpoint): what a derived file was built from."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def save_figure(fig, stem: str | Path, dpi: int = 300, tight: bool = True) -> list[Path]:
+    """Write stem.png and stem.pdf atomically (a kill leaves the old file or none); returns both paths.
+
+    tight: crop to the drawn area (bbox_inches="tight"); off for figures with a constrained layout.
+    """
+    stem = Path(stem)
+    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "pdf")]   # not with_suffix: stems may hold dots
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=dpi, **({"bbox_inches": "tight"} if tight else {}))
+    return paths
+
+
 # ---------------------------------------------------------------- integrity of derived files
 class DamagedFileError(ValueError):
     """A derived file (checkpoint, cache, result) that is not what was written: names the path and the fix."""
@@ -118,8 +141,10 @@ def git_commit() -> str:
     """The workbook's git commit (with '+dirty' when there are uncommitted changes), or 'unknown'."""
     root = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

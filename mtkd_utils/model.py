@@ -44,7 +44,8 @@ def _imagenet_state(name: str) -> tuple[dict | None, str]:
 def _file_state(path: str) -> tuple[dict, str]:
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"pretrained={path!r}: no such file. Give a torchvision state-dict (.pth), 'imagenet' or None.")
+        raise FileNotFoundError(f"pretrained={path!r}: no such file. Give a torchvision state-dict (.pth), "
+                                "'imagenet' or None.")
     state = torch.load(p, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):  # common wrappers
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -76,7 +77,10 @@ def build_encoder(name: str, pretrained: str | None = None, output_stride: int =
         net.load_state_dict(state, strict=False)
     elif pretrained is not None:
         warnings.warn(note, stacklevel=2)
-    encoder = getattr(net, spec["attr"]) if "attr" in spec else nn.Sequential(*list(net.children())[: -spec["drop_last"]])
+    if "attr" in spec:
+        encoder = getattr(net, spec["attr"])
+    else:
+        encoder = nn.Sequential(*list(net.children())[: -spec["drop_last"]])
     for m in encoder.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             # torchvision's MobileNetV3/EfficientNet use momentum 0.01, tuned for ImageNet-length runs;
@@ -93,7 +97,8 @@ class ClassHead(nn.Sequential):
     """The paper's T1/T2 head: FC + ReLU, then the class layer (softmax lives in the loss)."""
 
     def __init__(self, in_dim: int, hidden: int, n_classes: int, dropout: float = 0.2):
-        super().__init__(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, n_classes))
+        super().__init__(nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, n_classes))
 
 
 class CaptionDecoder(nn.Module):
@@ -153,9 +158,6 @@ class MTLModel(nn.Module):
                  head_hidden: int = 256, embed_dim: int = 128, lstm_hidden: int = 256, output_stride: int = 32):
         super().__init__()
         self.tasks = tuple(tasks)
-        self.signature = dict(tasks=list(self.tasks), backbone=backbone, n_coarse=n_coarse, n_fine=n_fine,
-                              vocab_size=vocab_size, head_hidden=head_hidden, embed_dim=embed_dim, lstm_hidden=lstm_hidden,
-                              output_stride=output_stride)
         self.encoder, feat_dim, self.cam_layer_name, self.init_note = build_encoder(backbone, pretrained, output_stride)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

@@ -8,18 +8,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-
-def save_figure(fig, stem: str | Path) -> list[Path]:
-    """Write stem.png (300 dpi) and stem.pdf; returns both paths."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]   # not with_suffix: stems may hold dots
-    for p in paths:
-        fig.savefig(p, dpi=300, bbox_inches="tight")
-    return paths
+from .io import save_figure
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
+def _boundary(mask: np.ndarray) -> np.ndarray:
     """The boundary pixels of a boolean mask."""
     inner = mask.copy()
     inner[1:-1, 1:-1] = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
@@ -30,7 +22,7 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray | None, colour=(0, 255, 255
     """The image with the lesion annotation's outline drawn in cyan."""
     out = image.copy()
     if mask is not None and mask.any():
-        out[_outline(mask)] = colour
+        out[_boundary(mask)] = colour
     return out
 
 
@@ -77,14 +69,16 @@ def confusion_plot(matrix: pd.DataFrame, title: str, stem: str | Path):
     ax.set_xticks(range(matrix.shape[1]), [str(c).replace("_", "\n") for c in matrix.columns], fontsize=7)
     ax.set_yticks(range(matrix.shape[0]), [str(c).replace("_", " ") for c in matrix.index], fontsize=7)
     for (i, j), v in np.ndenumerate(matrix.to_numpy()):
-        ax.text(j, i, int(v), ha="center", va="center", fontsize=8, color="black" if v < matrix.to_numpy().max() / 2 else "white")
+        colour = "black" if v < matrix.to_numpy().max() / 2 else "white"
+        ax.text(j, i, int(v), ha="center", va="center", fontsize=8, color=colour)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     save_figure(fig, stem)
     return fig
 
 
-def example_grid(examples: pd.DataFrame, manifest_path: str | Path, stem: str | Path, size: int = 160, per_row: int = 4):
+def example_grid(examples: pd.DataFrame, manifest_path: str | Path, stem: str | Path, size: int = 160,
+                 per_row: int = 4):
     """Example test images with the cell they fall in, true/predicted labels and both sentences."""
     from .fundus import prepare_image
     from .manifest import read_manifest
@@ -100,7 +94,8 @@ def example_grid(examples: pd.DataFrame, manifest_path: str | Path, stem: str | 
     for ax, ex in zip(axes.flat, examples.itertuples()):
         ax.imshow(prepare_image(manifest_path.parent / paths[ex.image_id], size))
         cell = ", ".join(f"{c} {getattr(ex, c)}" for c in cell_cols)
-        lines = [cell, f"coarse: {ex.coarse_true} -> {ex.coarse_pred or '-'}", f"fine: {ex.fine_true} -> {ex.fine_pred or '-'}"]
+        lines = [cell, f"coarse: {ex.coarse_true} -> {ex.coarse_pred or '-'}",
+                 f"fine: {ex.fine_true} -> {ex.fine_pred or '-'}"]
         if getattr(ex, "text_pred", ""):
             lines += textwrap.wrap(f"ref: {ex.text_true}", 44)[:3] + textwrap.wrap(f"gen: {ex.text_pred}", 44)[:3]
             lines.append(f"sentence BLEU {float(ex.bleu):.2f}")

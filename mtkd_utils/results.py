@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import MODELS, parse_tasks, task_key
-from .io import atomic_path, read_json, verify_file
-from .plots import save_figure
+from .config import MODELS, task_key
+from .io import atomic_path, read_json, save_figure, verify_file
+from .runs import student_dir, student_runs
 
 TABLE1_METRICS = ("T1_acc", "T2_acc", "T3_bleu4")   # what the paper's Table 1 reports per task
 KD_MODELS = ("M2", "M3")                            # the models with a temperature τ chosen on validation
@@ -27,19 +27,13 @@ STD_DDOF = 1                                        # sample standard deviation 
 def collect_metrics(experiment_dir: str | Path) -> pd.DataFrame:
     """One row per students/<tasks>/p<P>_s<seed>/<model>/metrics.json: model, tasks, p, seed, tau, test metrics."""
     rows = []
-    for path in sorted(Path(experiment_dir).glob("students/*/p*_s*/*/metrics.json")):
-        m = read_json(path)
-        rows.append({"model": m["model"], "tasks": task_key(parse_tasks(m["tasks"])), "p": tidy_p(m["p"]),
-                     "seed": m["seed"], "tau": m.get("tau"), **m["test"], "run_dir": str(path.parent)})
+    for key, run in student_runs(experiment_dir):
+        m = read_json(run / "metrics.json")
+        rows.append({"model": key.model, "tasks": task_key(key.tasks), "p": key.p_label,
+                     "seed": key.seed, "tau": m.get("tau"), **m["test"], "run_dir": str(run)})
     cols = ["model", "tasks", "p", "seed", "tau"]
     df = pd.DataFrame(rows, columns=None if rows else cols + ["run_dir"])
     return df.sort_values(["tasks", "model", "p", "seed"], key=_sort_key).reset_index(drop=True)
-
-
-def tidy_p(p: float | str) -> int | float:
-    """15.0 or '15' -> 15 (03 writes p as a float; tables and folder names show 15), 12.5 stays."""
-    p = float(p)
-    return int(p) if p.is_integer() else p
 
 
 def _combo_rank(tasks: str) -> str:
@@ -113,8 +107,8 @@ def constant_baseline(experiment_dir: str | Path) -> pd.Series:
     Read from any run's predictions.csv (every run shares the test split). Empty without runs.
     """
     baseline = {}
-    for path in sorted(Path(experiment_dir).glob("students/*/p*_s*/*/predictions.csv")):
-        preds = read_predictions(path)
+    for _, run in student_runs(experiment_dir, "predictions.csv"):
+        preds = read_predictions(run / "predictions.csv")
         for metric, col in (("T1_acc", "coarse_true"), ("T2_acc", "fine_true")):
             if metric not in baseline and (preds[col] != "").any():
                 baseline[metric] = float(preds[col].value_counts(normalize=True).iloc[0])
@@ -279,16 +273,15 @@ def compare_models(experiment_dir: str | Path, a: str = "M1", b: str = "M3", met
                    n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Per (tasks, p, seed, metric): model b − model a on the same test images, with a 95 % paired bootstrap CI."""
     rows = []
-    for run in sorted(Path(experiment_dir).glob("students/*/p*_s*")):
-        path_a, path_b = run / a / "predictions.csv", run / b / "predictions.csv"
-        if not (path_a.exists() and path_b.exists()):
+    for key, run_b in student_runs(experiment_dir, "predictions.csv"):
+        path_a = student_dir(experiment_dir, key.with_model(a)) / "predictions.csv"
+        if key.model != b or not path_a.exists():
             continue   # the grid is not finished there yet
-        preds_a, preds_b = read_predictions(path_a), read_predictions(path_b)
-        p, s = run.name[1:].split("_s")
+        preds_a, preds_b = read_predictions(path_a), read_predictions(run_b / "predictions.csv")
         for metric in metrics:
             if _has_task(preds_a, metric) and _has_task(preds_b, metric):
                 res = paired_bootstrap(preds_a, preds_b, metric, n_boot=n_boot, seed=seed)
-                rows.append({"tasks": run.parent.name, "p": tidy_p(p), "seed": int(s), **res})
+                rows.append({"tasks": task_key(key.tasks), "p": key.p_label, "seed": key.seed, **res})
     cols = ["tasks", "p", "seed", "metric", "a", "b", "diff", "lo", "hi", "p_value", "n", "n_boot"]
     out = pd.DataFrame(rows, columns=cols).rename(columns={"a": a, "b": b, "diff": f"{b}-{a}"})
     return out.sort_values(["tasks", "metric", "p", "seed"], key=_sort_key).reset_index(drop=True)

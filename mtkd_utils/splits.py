@@ -130,20 +130,24 @@ def load_user_splits(path: str | Path, manifest: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a split file has image_id and split")
     bad = user[~user.split.isin(SPLITS + ("unlabeled",))]
     if len(bad):
-        raise ValueError(f"{path}: line {bad.index[0] + 2}: split {bad.split.iloc[0]!r}; use train, val, test or unlabeled")
+        raise ValueError(f"{path}: line {bad.index[0] + 2}: split {bad.split.iloc[0]!r}; "
+                         "use train, val, test or unlabeled")
     unknown = set(user.image_id) - set(manifest.image_id)
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} image_id(s) not in the manifest, e.g. {sorted(unknown)[:5]}")
-    out = manifest[["image_id", "patient_id", "labeled", "coarse"]].merge(user[["image_id", "split"]], on="image_id", how="left")
+    out = manifest[["image_id", "patient_id", "labeled", "coarse"]].merge(user[["image_id", "split"]], on="image_id",
+                                                                          how="left")
     if out.split.isna().any():
-        raise ValueError(f"{path}: {out.split.isna().sum()} manifest image(s) have no split, e.g. {out.image_id[out.split.isna()].tolist()[:5]}")
+        raise ValueError(f"{path}: {out.split.isna().sum()} manifest image(s) have no split, "
+                         f"e.g. {out.image_id[out.split.isna()].tolist()[:5]}")
     check_leakage(out)
     rank = out[out.split == "train"].patient_id.drop_duplicates().reset_index(drop=True)
-    out["train_rank"] = out.patient_id.map(pd.Series(rank.index, index=rank.values)).where(out.split == "train", -1).fillna(-1).astype(int)
+    rank_of = pd.Series(rank.index, index=rank.values)
+    out["train_rank"] = out.patient_id.map(rank_of).where(out.split == "train", -1).fillna(-1).astype(int)
     return out
 
 
-def summary(roles: pd.DataFrame, col: str = "role") -> pd.DataFrame:
+def role_summary(roles: pd.DataFrame, col: str = "role") -> pd.DataFrame:
     """Images per split and coarse class, for the data-prep notebook."""
     t = pd.crosstab(roles[col], roles.coarse.replace("", "(no label)"), margins=True, margins_name="total")
     return t

@@ -34,14 +34,8 @@ PATIENT_PRIOR = {"normal": 0.38, "diabetic_retinopathy": 0.27, "amd": 0.15, "gla
 BILATERAL = {"diabetic_retinopathy": 0.85, "amd": 0.65, "glaucoma": 0.6, "melanoma": 0.03}  # P(both eyes diseased)
 SAME_FINE_OTHER_EYE = 0.55  # a diseased fellow eye often has the same stage
 
-SIZES = {
-    # a few seconds: tests and a first look
-    "smoke": {"n_patients": 40, "n_unlabeled_patients": 40, "image_size": 64, "seed": 0},
-    # the demo (training resizes to 64 px); generation takes well under a minute on 2 cores
-    "demo": {"n_patients": 700, "n_unlabeled_patients": 1750, "image_size": 128, "seed": 0},
-    # paper-like scale (the paper had 3,502 patients), for a GPU machine
-    "paper": {"n_patients": 3500, "n_unlabeled_patients": 8000, "image_size": 256, "seed": 0},
-}
+# the generator's sizes live with their presets (mtkd_utils.presets): one table for config, grid and data
+from .presets import SYNTHETIC_SIZES as SIZES  # noqa: E402
 
 
 def _fine_classes() -> list[tuple[str, str, float]]:

@@ -75,3 +75,9 @@ def sentence_bleu4(reference: list[str], hypothesis: list[str]) -> float:
     """Sentence BLEU-4 with nltk smoothing method1 (without it short sentences score ~0)."""
     smooth = getattr(SmoothingFunction(), SENTENCE_SMOOTHING)
     return float(sentence_bleu([reference], hypothesis, smoothing_function=smooth))
+
+
+def trim(tokens: "torch.Tensor") -> "torch.Tensor":
+    """Drop the all-<pad> tail columns of a batch of sentences (B, L): the LSTM then runs only as long as needed."""
+    length = int((tokens != PAD_ID).sum(1).max())
+    return tokens[:, : max(length, 2)]

@@ -33,12 +33,14 @@ def preds_table(rows=ROWS) -> pd.DataFrame:
     df["fine_top5"] = df["fine_pred"]
     df["text_true"] = "mild dr ."
     df["text_pred"] = "dr ."
-    return df[["image_id", "coarse_true", "coarse_pred", "fine_true", "fine_pred", "fine_top5", "text_true", "text_pred", "bleu"]]
+    return df[["image_id", "coarse_true", "coarse_pred", "fine_true", "fine_pred", "fine_top5", "text_true", "text_pred",
+               "bleu"]]
 
 
 def without(df: pd.DataFrame, task: str) -> pd.DataFrame:
     """The table a model without `task` writes: that task's columns empty."""
-    cols = {"T1": ["coarse_true", "coarse_pred"], "T2": ["fine_true", "fine_pred", "fine_top5"], "T3": ["text_pred", "bleu"]}[task]
+    cols = {"T1": ["coarse_true", "coarse_pred"], "T2": ["fine_true", "fine_pred", "fine_top5"],
+            "T3": ["text_pred", "bleu"]}[task]
     out = df.copy()
     out[cols] = ""
     return out
@@ -172,7 +174,8 @@ def test_cell_examples_are_seeded_and_come_from_their_cell():
     pd.testing.assert_frame_equal(ex, cell_examples(preds, n=1, seed=0))
     draws = {tuple(cell_examples(preds, n=1, seed=s)["image_id"]) for s in range(10)}
     assert len(draws) > 1                                     # the seed matters where a cell has two images
-    assert sorted(cell_examples(preds, n=5)["image_id"]) == sorted(preds["image_id"])   # n above a cell's size: all of it
+    # n above a cell's size: all of it
+    assert sorted(cell_examples(preds, n=5)["image_id"]) == sorted(preds["image_id"])
 
 
 def test_cell_examples_per_disease():

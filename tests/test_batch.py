@@ -6,9 +6,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import architecture_paths
 
 from mtkd_utils import batch
-from mtkd_utils.config import PRESETS
 
 TEST_KERNEL = "python3"   # ipykernel's own kernel in the venv: tests leave the 'mtkd' registration alone
 
@@ -49,10 +49,6 @@ def statuses(cells) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- the grid
-
-def test_every_preset_has_a_grid():
-    assert set(batch.GRIDS) == set(PRESETS)
-
 
 @pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 2, 2), ("demo", 2, 2), ("paper", 15, 60)])
 def test_grid_counts(preset, n_teachers, n_students, tmp_path):
@@ -181,6 +177,8 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     assert set(statuses(cells).values()) == {"done"}
     assert batch.main(argv, dummy) == 0
     assert executions(exp) == 9
+    documented = architecture_paths({"<stage>": "teachers", "<key>": "p70_s0"}, under="runs/")
+    assert [path for path in documented if not (exp / path).exists()] == []   # docs/ARCHITECTURE.md's runs/ paths
 
 
 def test_a_grown_grid_reruns_the_summaries_only(tmp_path, dummy, capsys):

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mtkd_utils.cam import (METHODS, CamError, TaskOutput, cam_extractor, check_cams, compute_cams, energy_inside,
-                            gradcam_figure, localisation_scores, localisation_table, pointing_game, predict,
+                            gradcam_figure, localisation_scores, localisation_table, pointing_game, predicted_classes,
                             randomized_copy, target_layer)
 from mtkd_utils.model import SUPPORTED_BACKBONES, MTLModel
 from pytorch_grad_cam.utils.image import scale_cam_image
@@ -72,7 +72,8 @@ def test_every_backbone_gives_valid_gradcams(backbone):
 
 
 def manual_gradcam(model: MTLModel, x: torch.Tensor, task: str, k: int) -> np.ndarray:
-    """Grad-CAM written out (Selvaraju et al. 2017) for class k: ReLU(sum_c mean(dy/dA_c) A_c), scaled as the package does."""
+    """Grad-CAM written out (Selvaraju et al. 2017) for class k: ReLU(sum_c mean(dy/dA_c) A_c), scaled as the
+    package does."""
     store = {}
     def keep(module, inputs, output):
         output.retain_grad()
@@ -93,7 +94,7 @@ def manual_gradcam(model: MTLModel, x: torch.Tensor, task: str, k: int) -> np.nd
 def test_cams_are_gradcam_for_the_given_class(backbone):
     model = tiny_model(backbone)
     x = images(3)
-    preds = predict(model, x, "T2")
+    preds = predicted_classes(model, x, "T2")
     np.testing.assert_array_equal(preds, model(x)["T2"].argmax(1).numpy())
     np.testing.assert_allclose(compute_cams(model, x, task="T2"),               # default: the predicted class
                                compute_cams(model, x, task="T2", targets=preds), atol=1e-6)
@@ -102,7 +103,8 @@ def test_cams_are_gradcam_for_the_given_class(backbone):
         np.testing.assert_allclose(got, manual_gradcam(model, x, "T2", k), atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam", "scorecam"])
+@pytest.mark.parametrize("method", ["gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam",
+                                    "scorecam"])
 def test_other_methods(light, method):
     assert_valid(compute_cams(light, images(1), method=method, allow_constant=False), 1)
 

@@ -7,26 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from mtkd_utils import experiment
+from mtkd_utils import prep, training
 from mtkd_utils.checkpoint import load_checkpoint, save_checkpoint
-from mtkd_utils.config import preset
+from mtkd_utils.presets import config as preset
 from mtkd_utils.data import load_data
 from mtkd_utils.io import DamagedFileError, checksum_path, read_json, verify_file, write_json
 from mtkd_utils.results import collect_metrics
+from mtkd_utils.runs import RunKey, soft_targets_path, student_dir, teacher_dir
 
 CFG = preset("smoke", epochs=1)
 TASKS = ("T1", "T3")
+KEY = RunKey(TASKS, 15, 0)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A prepared experiment with one teacher and its M1 run: every kind of derived file exists."""
     exp = tmp_path_factory.mktemp("trained")
-    experiment.prepare_data(exp, CFG)
+    prep.prepare_data(exp, CFG)
     data = load_data(exp, 15, CFG)
-    experiment.train_teacher(exp, TASKS, 15, 0, CFG, data)
-    experiment.run_student(exp, "M1", TASKS, 15, 0, CFG, data)
-    experiment.student_teachers(exp, "M2", TASKS, 15, 0, CFG, data)
+    training.train_teacher(exp, TASKS, 15, 0, CFG, data)
+    training.run_student(exp, "M1", TASKS, 15, 0, CFG, data)
+    training.student_teachers(exp, "M2", TASKS, 15, 0, CFG, data)
     return exp
 
 
@@ -54,11 +56,11 @@ def source_hashes(exp: Path) -> dict[str, str]:
 
 
 def test_every_derived_file_carries_a_checksum(trained):
-    teacher = experiment.teacher_dir(trained, TASKS, 15, 0)
-    student = experiment.student_dir(trained, TASKS, 15, 0, "M1")
+    teacher = teacher_dir(trained, KEY)
+    student = student_dir(trained, KEY.with_model("M1"))
     for path in [trained / "data" / "cache" / "images_32.npy", teacher / "checkpoint.pt", teacher / "metrics.json",
                  student / "metrics.json", student / "predictions.csv",
-                 experiment.student_dir(trained, TASKS, 15, 0, "M2") / "soft_targets.pt"]:
+                 soft_targets_path(student_dir(trained, KEY.with_model("M2")))]:
         assert verify_file(path) == path and checksum_path(path).is_file(), path
 
 
@@ -76,10 +78,10 @@ def test_a_damaged_image_cache_is_rebuilt_and_the_source_images_are_untouched(ex
 @pytest.mark.parametrize("damage", [truncate, zero_in_place])
 def test_a_damaged_soft_target_cache_is_rebuilt(exp, damage, capsys):
     data = load_data(exp, 15, CFG)
-    cache = experiment.student_dir(exp, TASKS, 15, 0, "M2") / "soft_targets.pt"
+    cache = soft_targets_path(student_dir(exp, KEY.with_model("M2")))
     before = cache.read_bytes()
     damage(cache)
-    experiment.student_teachers(exp, "M2", TASKS, 15, 0, CFG, data)
+    training.student_teachers(exp, "M2", TASKS, 15, 0, CFG, data)
     assert f"WARNING {cache}: damaged" in capsys.readouterr().out
     assert verify_file(cache) and len(cache.read_bytes()) == len(before)
 
@@ -87,15 +89,15 @@ def test_a_damaged_soft_target_cache_is_rebuilt(exp, damage, capsys):
 @pytest.mark.parametrize("damage", [truncate, zero_in_place])
 def test_a_damaged_checkpoint_is_refused_by_path_with_the_fix_that_works(exp, damage):
     data = load_data(exp, 15, CFG)
-    run = experiment.teacher_dir(exp, TASKS, 15, 0)
+    run = teacher_dir(exp, KEY)
     record = write_json({"status": "done"}, exp / "runs" / "teachers" / "p15_s0" / "cell.json").parent
     damage(run / "checkpoint.pt")
     with pytest.raises(DamagedFileError, match=f"{re.escape(str(run / 'checkpoint.pt'))}: damaged.*delete the run "
                        f"folder {re.escape(str(run))} and its batch record {re.escape(str(record))}, then .*--retry-failed"):
-        experiment.load_model(run, CFG, data, TASKS)
+        training.load_model(run, CFG, data, TASKS)
     shutil.rmtree(run)                                              # the fix the message gives
-    experiment.train_teacher(exp, TASKS, 15, 0, CFG, data)
-    assert experiment.load_model(run, CFG, data, TASKS) is not None
+    training.train_teacher(exp, TASKS, 15, 0, CFG, data)
+    assert training.load_model(run, CFG, data, TASKS) is not None
 
 
 def test_a_checkpoint_damaged_before_checksums_existed_is_named(tmp_path):
@@ -107,7 +109,7 @@ def test_a_checkpoint_damaged_before_checksums_existed_is_named(tmp_path):
 
 
 def test_damaged_metrics_json_is_refused_by_path(exp):
-    metrics = experiment.student_dir(exp, TASKS, 15, 0, "M1") / "metrics.json"
+    metrics = student_dir(exp, KEY.with_model("M1")) / "metrics.json"
     truncate(metrics)
     with pytest.raises(DamagedFileError, match=f"{re.escape(str(metrics))}: damaged.*delete the run folder {re.escape(str(metrics.parent))}"):
         collect_metrics(exp)

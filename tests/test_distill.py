@@ -1,13 +1,14 @@
 """The teachers as one source of soft targets: who distils what, the shared T3 sentence, cache == online."""
 import numpy as np
 import torch
-from test_model import fake_data, model_for
+from conftest import fake_data, model_for
 
 from mtkd_utils import losses
-from mtkd_utils.config import TASKS, preset, task_subsets
+from mtkd_utils.config import TASKS, task_subsets
 from mtkd_utils.distill import OnlineTeachers, build_soft_targets, ensemble_greedy, ensemble_outputs, load_soft_targets
-from mtkd_utils.engine import caption_terms, mtl_loss
-from mtkd_utils.experiment import teachers_for
+from mtkd_utils.engine import MultiTaskLoss, caption_terms
+from mtkd_utils.presets import config as preset
+from mtkd_utils.training import teachers_for
 from mtkd_utils.model import CaptionDecoder, build_model
 from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID
 
@@ -28,13 +29,14 @@ def test_ensemble_uses_exactly_the_teachers_that_know_each_task():
     data = fake_data()
     rows = np.arange(8)
     x = batch(data, rows)
-    out = ensemble_outputs(teachers(data, task_subsets(TASKS)), x, data.targets["T3"][rows], data.is_labeled_train(rows), MAX_LEN, TOPK)
+    out = ensemble_outputs(teachers(data, task_subsets(TASKS)), x, data.targets["T3"][rows], data.is_labeled_train(rows),
+                           MAX_LEN, TOPK)
     assert out["T1"].shape == (8, 4, 2) and out["T2"].shape == (8, 4, 3)          # (B, K, C): 4 teachers know each
     assert out["T3_val"].shape == out["T3_idx"].shape == (8, 4, MAX_LEN - 1, TOPK)
     model = model_for(("T1", "T3"), data).eval()              # eval: no dropout noise between the calls
 
     def loss(t):
-        return mtl_loss(model, x, rows, data, t, 2.0, 0.5, {"T1": 1, "T3": 1})
+        return MultiTaskLoss(data, {"T1": 1, "T3": 1}, alpha=0.5, tau=2.0, teachers=t)(model, x, rows)
 
     # A teacher that knows none of the student's tasks changes nothing; one that knows T1 does.
     assert torch.allclose(loss(OnlineTeachers(teachers(data, [("T2",)]), MAX_LEN, TOPK)), loss(None))
@@ -83,8 +85,8 @@ def test_one_decoder_pass_gives_each_teachers_own_word_level_kd():
     tokens = torch.tensor([[1, 5, 6, 2, 0, 0], [1, 4, 2, 0, 0, 0], [1, 7, 8, 4, 5, 2]])
     val, idx = torch.randn(B, K, L - 1, V).topk(4, dim=-1)
     labeled = torch.tensor([True, False, True])
-    said = dict(T3_tokens=tokens, T3_val=val, T3_idx=idx)
-    hard, kd = caption_terms(dec, feats, torch.full((B, L), PAD_ID), labeled, said, tau=2.0)
+    soft = dict(T3_tokens=tokens, T3_val=val, T3_idx=idx)
+    hard, kd = caption_terms(dec, feats, torch.full((B, L), PAD_ID), labeled, soft, tau=2.0)
     logits = dec(feats, tokens)
     per_teacher = torch.stack([losses.caption_kd(logits, val[:, k], idx[:, k], tokens, 2.0) for k in range(K)], 1)
     assert torch.allclose(kd, per_teacher.mean(1), atol=1e-6)
@@ -95,13 +97,15 @@ def test_cached_soft_targets_give_the_online_loss(tmp_path):
     data = fake_data()
     rows = np.arange(8)
     ts = teachers(data, task_subsets(TASKS))
-    path = build_soft_targets(ts, data, rows, tmp_path / "soft_targets.pt", MAX_LEN, TOPK, batch_size=3, device=torch.device("cpu"))
+    path = build_soft_targets(ts, data, rows, tmp_path / "soft_targets.pt", MAX_LEN, TOPK, batch_size=3,
+                              device=torch.device("cpu"))
     cached, online = load_soft_targets(path, len(rows), torch.device("cpu")), OnlineTeachers(ts, MAX_LEN, TOPK)
     model = model_for(TASKS, data).eval()
     x, weights = batch(data, rows), {"T1": 1, "T2": 1, "T3": 1}
     got = cached.targets(rows[::-1].copy(), x, None, None)                  # looked up by row, in any order
-    assert torch.equal(got["T3_tokens"], online.targets(rows, x, data.targets["T3"][rows], data.is_labeled_train(rows))["T3_tokens"].flip(0))
-    a, b = (mtl_loss(model, x, rows, data, t, 2.0, 0.5, weights) for t in (cached, online))
+    from_online = online.targets(rows, x, data.targets["T3"][rows], data.is_labeled_train(rows))
+    assert torch.equal(got["T3_tokens"], from_online["T3_tokens"].flip(0))
+    a, b = (MultiTaskLoss(data, weights, alpha=0.5, tau=2.0, teachers=t)(model, x, rows) for t in (cached, online))
     assert torch.allclose(a, b, rtol=1e-3)                                  # fp16 logits in the cache
 
 
@@ -110,10 +114,12 @@ def test_the_paper_preset_distils_a_step_on_cpu():
     cfg = preset("paper", pretrained=None, max_len=8)          # fake_data writes sentences of 8 ids
     data = fake_data(n=4, size=cfg.image_size)
     torch.manual_seed(0)
-    teacher, student = (build_model(cfg, TASKS, len(data.labels.coarse), len(data.labels.fine), len(data.vocab)) for _ in range(2))
+    sizes = len(data.labels.coarse), len(data.labels.fine), len(data.vocab)
+    teacher, student = (build_model(cfg, TASKS, *sizes) for _ in range(2))
     rows = np.arange(4)
     x = batch(data, rows)
-    loss = mtl_loss(student, x, rows, data, OnlineTeachers([teacher.eval()], cfg.max_len, cfg.t3_topk), 2.0, cfg.alpha, {})
+    teachers = OnlineTeachers([teacher.eval()], cfg.max_len, cfg.t3_topk)
+    loss = MultiTaskLoss(data, {}, alpha=cfg.alpha, tau=2.0, teachers=teachers)(student, x, rows)
     loss.backward()
     assert torch.isfinite(loss) and student.encoder[0].weight.grad.abs().sum() > 0
     sentences = student.eval().generate(x, cfg.max_len, cfg.beam_size)

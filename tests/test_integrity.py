@@ -10,29 +10,29 @@ import numpy as np
 import pytest
 import torch
 
-from mtkd_utils import experiment
+from mtkd_utils import prep, runs, training
 from mtkd_utils.checkpoint import save_checkpoint
-from mtkd_utils.config import preset
+from mtkd_utils.presets import config as preset
 from mtkd_utils.data import image_batch, load_data
-from mtkd_utils.engine import mtl_loss
+from mtkd_utils.engine import MultiTaskLoss
 from mtkd_utils.io import atomic_path
 
 CFG = preset("smoke", epochs=5, patience=10)
 TRAIN = """
 import sys
-from mtkd_utils import engine, experiment
-from mtkd_utils.config import preset
+from mtkd_utils import engine, training
+from mtkd_utils.presets import config as preset
 from mtkd_utils.data import image_batch, load_data
 cfg = preset("smoke", epochs=5, patience=10, threads=1)
 engine.setup_runtime(cfg)
-experiment.train_teacher(sys.argv[1], ("T1", "T2"), 15, 0, cfg, load_data(sys.argv[1], 15, cfg))
+training.train_teacher(sys.argv[1], ("T1", "T2"), 15, 0, cfg, load_data(sys.argv[1], 15, cfg))
 """
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     exp = tmp_path_factory.mktemp("prepared")
-    experiment.prepare_data(exp, CFG)
+    prep.prepare_data(exp, CFG)
     return exp
 
 
@@ -50,7 +50,7 @@ def test_killed_training_resumes_to_the_same_weights(prepared, tmp_path):
     killed = copy_experiment(prepared, tmp_path / "killed")
     assert train_in_subprocess(whole).wait() == 0
     proc = train_in_subprocess(killed)
-    last = experiment.teacher_dir(killed, ("T1", "T2"), 15, 0) / "last.pt"
+    last = runs.teacher_dir(killed, runs.RunKey(("T1", "T2"), 15, 0)) / "last.pt"
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -61,7 +61,7 @@ def test_killed_training_resumes_to_the_same_weights(prepared, tmp_path):
     epochs_done = torch.load(last, weights_only=True)["progress"]["epoch"]
     assert 1 <= epochs_done < 5
     assert train_in_subprocess(killed).wait() == 0            # resumes from last.pt
-    a = torch.load(experiment.teacher_dir(whole, ("T1", "T2"), 15, 0) / "checkpoint.pt", weights_only=True)
+    a = torch.load(runs.teacher_dir(whole, runs.RunKey(("T1", "T2"), 15, 0)) / "checkpoint.pt", weights_only=True)
     b = torch.load(last.parent / "checkpoint.pt", weights_only=True)
     assert a["epoch"] == b["epoch"]
     for k in a["model"]:
@@ -85,39 +85,39 @@ def test_same_seed_same_numbers_and_run_folders_are_never_overwritten(prepared, 
     for name in ("a", "b"):
         exp = copy_experiment(prepared, tmp_path / name)
         data = load_data(exp, 15, cfg)
-        experiment.train_teacher(exp, ("T1", "T3"), 15, 0, cfg, data)
-        runs.append(experiment.run_student(exp, "M1", ("T1", "T3"), 15, 0, cfg, data))
+        training.train_teacher(exp, ("T1", "T3"), 15, 0, cfg, data)
+        runs.append(training.run_student(exp, "M1", ("T1", "T3"), 15, 0, cfg, data))
     assert runs[0]["test"] == runs[1]["test"] and runs[0]["val"] == runs[1]["val"]
     exp = tmp_path / "a"
     with pytest.raises(FileExistsError, match="other settings.*lr"):
-        experiment.train_teacher(exp, ("T1", "T3"), 15, 0, cfg.updated(lr=0.1), load_data(exp, 15, cfg))
+        training.train_teacher(exp, ("T1", "T3"), 15, 0, cfg.updated(lr=0.1), load_data(exp, 15, cfg))
     with pytest.raises(FileExistsError, match="prepared from other data or splits"):
-        experiment.prepare_data(exp, cfg.updated(split_seed=1))
+        prep.prepare_data(exp, cfg.updated(split_seed=1))
 
 
 def test_a_checkpoint_from_another_setting_is_refused(prepared, tmp_path):
     exp = copy_experiment(prepared, tmp_path / "x")
     cfg = preset("smoke", epochs=1)
     data = load_data(exp, 15, cfg)
-    run = experiment.train_teacher(exp, ("T1",), 15, 0, cfg, data)
+    run = training.train_teacher(exp, ("T1",), 15, 0, cfg, data)
     with pytest.raises(ValueError, match="backbone: checkpoint has 'mobilenet_v3_small', expected 'resnet18'"):
-        experiment.load_model(run, cfg.updated(backbone="resnet18"), data, ("T1",))
+        training.load_model(run, cfg.updated(backbone="resnet18"), data, ("T1",))
     with pytest.raises(ValueError, match="tasks"):
-        experiment.load_model(run, cfg, data, ("T1", "T2"))
+        training.load_model(run, cfg, data, ("T1", "T2"))
     data.vocab.itos.append("newword")                          # another vocabulary (or label map) is refused too
     with pytest.raises(ValueError, match="vocab"):
-        experiment.load_model(run, cfg, data, ("T1",))
+        training.load_model(run, cfg, data, ("T1",))
 
 
 def test_the_soft_target_cache_is_built_once_and_rebuilt_when_a_teacher_changes(prepared, tmp_path):
     exp = copy_experiment(prepared, tmp_path / "x")
     cfg = preset("smoke", epochs=1)
     data = load_data(exp, 15, cfg)
-    run = experiment.train_teacher(exp, ("T1", "T3"), 15, 0, cfg, data)
-    cache = experiment.student_dir(exp, ("T1", "T3"), 15, 0, "M2") / "soft_targets.pt"
+    run = training.train_teacher(exp, ("T1", "T3"), 15, 0, cfg, data)
+    cache = runs.student_dir(exp, runs.RunKey(("T1", "T3"), 15, 0, "M2")) / "soft_targets.pt"
 
     def teachers(kd_mode="cached"):
-        return experiment.student_teachers(exp, "M2", ("T1", "T3"), 15, 0, cfg.updated(kd_mode=kd_mode), data)
+        return training.student_teachers(exp, "M2", ("T1", "T3"), 15, 0, cfg.updated(kd_mode=kd_mode), data)
 
     cached, built = teachers(), cache.stat().st_mtime_ns
     teachers()
@@ -137,13 +137,15 @@ def test_the_soft_target_cache_is_built_once_and_rebuilt_when_a_teacher_changes(
 def test_non_finite_loss_names_the_step_and_task(prepared):
     cfg = preset("smoke")
     data = load_data(prepared, 15, cfg)
-    model = experiment.new_model(cfg, data, ("T1", "T2"), 0)
+    model = training.new_model(cfg, data, ("T1", "T2"), 0)
     with torch.no_grad():
         model.heads["T2"][-1].bias.fill_(float("nan"))
     rows = data.rows("train")[:4]
     x = torch.from_numpy(np.array(data.images[rows])).permute(0, 3, 1, 2).float() / 255
+    loss_fn = MultiTaskLoss(data, {}, alpha=0.9)
+    loss_fn.step = 6                                          # six batches went well
     with pytest.raises(FloatingPointError, match="non-finite T2 loss at step 7"):
-        mtl_loss(model, x, rows, data, None, 1.0, 0.9, {}, step=7)
+        loss_fn(model, x, rows)
 
 
 def test_no_validation_or_test_image_reaches_training(prepared):
@@ -170,6 +172,7 @@ def test_tau_and_early_stopping_never_read_test_labels(prepared, tmp_path):
             rows = data.rows("test")
             for col in ("coarse", "fine", "text"):                 # the truth that metrics read
                 data.manifest.loc[rows, col] = data.manifest.loc[rows[::-1], col].to_numpy()
-        experiment.train_teacher(exp, ("T1", "T2", "T3"), 15, 0, cfg, data)
-        searches.append([experiment.train_student(exp, "M2", ("T1", "T2", "T3"), 15, 0, tau, cfg, data) for tau in cfg.tau_grid])
+        training.train_teacher(exp, ("T1", "T2", "T3"), 15, 0, cfg, data)
+        searches.append([training.train_student(exp, "M2", ("T1", "T2", "T3"), 15, 0, tau, cfg, data)
+                         for tau in cfg.tau_grid])
     assert searches[0] == searches[1]

@@ -1,36 +1,14 @@
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-from mtkd_utils.config import TASKS, preset, task_subsets
-from mtkd_utils.data import FundusData
-from mtkd_utils.engine import mtl_loss
-from mtkd_utils.manifest import LabelMap
-from mtkd_utils.model import CaptionDecoder, MTLModel, build_encoder
-from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID, Vocab
+from conftest import fake_data, model_for
 
-SMALL = dict(backbone="mobilenet_v3_small", head_hidden=16, embed_dim=8, lstm_hidden=16)
-
-
-def fake_data(n: int = 8, size: int = 32) -> FundusData:
-    """n random images; the first half labeled training rows, the rest unlabeled."""
-    g = torch.Generator().manual_seed(0)
-    labels = LabelMap.from_pairs(["normal", "dr"], [("normal", "normal"), ("dr_a", "dr"), ("dr_b", "dr")])
-    vocab = Vocab(["mild", "dr", "normal", "."])
-    roles = pd.DataFrame({"role": ["train"] * (n // 2) + ["unlabeled"] * (n - n // 2)})
-    lab = torch.arange(n) < n // 2
-    t3 = torch.tensor([vocab.encode("mild dr .", 8)] * n)
-    t3[~lab] = PAD_ID
-    targets = {"T1": torch.where(lab, torch.randint(0, 2, (n,), generator=g), -1),
-               "T2": torch.where(lab, torch.randint(0, 3, (n,), generator=g), -1), "T3": t3}
-    images = np.random.default_rng(0).integers(0, 255, (n, size, size, 3), dtype=np.uint8)
-    return FundusData(images, pd.DataFrame(index=range(n)), roles, labels, vocab, targets, 15.0)
-
-
-def model_for(tasks, data) -> MTLModel:
-    torch.manual_seed(0)
-    return MTLModel(tasks, len(data.labels.coarse), len(data.labels.fine), len(data.vocab), **SMALL)
+from mtkd_utils.config import TASKS, task_subsets
+from mtkd_utils.engine import MultiTaskLoss
+from mtkd_utils.presets import config as preset
+from mtkd_utils.model import CaptionDecoder, build_encoder
+from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID
 
 
 @pytest.mark.parametrize("tasks", task_subsets(TASKS), ids=lambda t: "+".join(t))
@@ -40,7 +18,7 @@ def test_every_task_subset_trains_for_a_step(tasks):
     rows = np.arange(4)
     x = torch.from_numpy(data.images[rows]).permute(0, 3, 1, 2).float() / 255
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loss = mtl_loss(model, x, rows, data, None, 1.0, 0.95, {"T1": 1, "T2": 1, "T3": 1})
+    loss = MultiTaskLoss(data, {"T1": 1, "T2": 1, "T3": 1}, alpha=0.95)(model, x, rows)
     loss.backward()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     assert torch.isfinite(loss) and loss > 0

@@ -3,8 +3,7 @@ import json
 
 import pandas as pd
 
-from test_notebooks import run
-from test_sources import ODIR_HEADER, ODIR_ROWS, _jpeg
+from conftest import ODIR_HEADER, ODIR_ROWS, odir_jpeg as _jpeg, run_notebook as run
 
 
 def odir_folder(root, n_patients: int = 36):

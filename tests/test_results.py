@@ -205,4 +205,5 @@ def test_constant_baseline_is_the_commonest_test_class(tmp_path):
     base = results.constant_baseline(exp)
     assert base.to_dict() == {"T1_acc": 0.75, "T2_acc": 0.5}
     assert "T1_acc 0.750, T2_acc 0.500" in results.baseline_note(base)
-    assert results.constant_baseline(tmp_path / "empty").empty and results.baseline_note(results.constant_baseline(tmp_path)) == ""
+    assert results.constant_baseline(tmp_path / "empty").empty
+    assert results.baseline_note(results.constant_baseline(tmp_path)) == ""

@@ -1,41 +1,13 @@
 """Dataset adapters on small fixtures in the real formats: ODIR-5K sheet, a CSV, a folder."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from mtkd_utils.manifest import LabelMap, validate_manifest
+from conftest import ODIR_HEADER, ODIR_ROWS, odir_jpeg as _jpeg
+
 from mtkd_utils.sources import from_csv, from_folder, from_odir, from_odir_folder, odir_fine_name, split_keywords
-
-ODIR_HEADER = ["ID", "Patient Age", "Patient Sex", "Left-Fundus", "Right-Fundus", "Left-Diagnostic Keywords",
-               "Right-Diagnostic Keywords", "N", "D", "G", "C", "A", "H", "M", "O"]
-
-# Real ODIR-5K keyword strings, with the sheet's quirks: Chinese comma '，' and ',', stray spaces,
-# spelling variants, quality keywords, patient-level flags that mix both eyes.
-ODIR_ROWS = [
-    # ID, age, sex, left keywords, right keywords, N D G C A H M O
-    (0, 69, "Female", "cataract", "normal fundus", [0, 0, 0, 1, 0, 0, 0, 0]),
-    (2, 42, "Male", "laser spot，moderate non proliferative retinopathy", "moderate non proliferative retinopathy",
-     [0, 1, 0, 0, 0, 0, 0, 1]),
-    (3, 66, "Male", "hypertensive retinopathy,diabetic retinopathy", "lens dust，normal fundus",
-     [0, 1, 0, 0, 0, 1, 0, 0]),
-    (4, 50, "Female", "suspected glaucoma", " dry age-related macular degeneration ", [0, 0, 1, 0, 1, 0, 0, 0]),
-    (5, 60, "Male", "low image quality", "pathological myopia，drusen", [0, 0, 0, 0, 0, 0, 1, 1]),
-    (6, 55, "Female", "normal fundus", "normal fundus", [1, 0, 0, 0, 0, 0, 0, 0]),
-]
-
-
-def _jpeg(path, seed=0, size=(40, 48)):
-    """A tiny fundus-like JPEG: a red disc on black."""
-    yy, xx = np.mgrid[:size[0], :size[1]]
-    disc = (yy - size[0] / 2) ** 2 + (xx - size[1] / 2) ** 2 < (size[0] / 2 - 2) ** 2
-    img = np.zeros(size + (3,), np.uint8)
-    img[disc] = (180 + seed % 50, 80, 40)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img).save(path, quality=90)
-
 
 @pytest.fixture
 def odir(tmp_path):

@@ -16,7 +16,8 @@ def manifest() -> pd.DataFrame:
     for i in range(700):
         c = rng.choice(CLASSES, p=PRIOR)
         for eye in ("left", "right"):
-            rows.append(dict(image_id=f"p{i}_{eye}", patient_id=f"p{i}", labeled=1, coarse=c if rng.random() < 0.7 else "normal"))
+            coarse = c if rng.random() < 0.7 else "normal"
+            rows.append(dict(image_id=f"p{i}_{eye}", patient_id=f"p{i}", labeled=1, coarse=coarse))
     for i in range(700, 2100):
         for eye in ("left", "right"):
             rows.append(dict(image_id=f"p{i}_{eye}", patient_id=f"p{i}", labeled=0, coarse=""))
@@ -84,9 +85,11 @@ def test_fraction_outside_range(manifest, p):
 
 def test_user_split_with_patient_in_two_splits(tmp_path, manifest):
     m = manifest.head(6)
-    pd.DataFrame(dict(image_id=m.image_id, split=["train", "test", "train", "train", "val", "val"])).to_csv(tmp_path / "s.csv", index=False)
+    split = ["train", "test", "train", "train", "val", "val"]
+    pd.DataFrame(dict(image_id=m.image_id, split=split)).to_csv(tmp_path / "s.csv", index=False)
     with pytest.raises(LeakageError, match="p0"):
         load_user_splits(tmp_path / "s.csv", m)
-    pd.DataFrame(dict(image_id=m.image_id, split=["train", "train", "test", "test", "val", "val"])).to_csv(tmp_path / "s.csv", index=False)
+    split = ["train", "train", "test", "test", "val", "val"]
+    pd.DataFrame(dict(image_id=m.image_id, split=split)).to_csv(tmp_path / "s.csv", index=False)
     ok = load_user_splits(tmp_path / "s.csv", m)
     assert ok.split.tolist() == ["train", "train", "test", "test", "val", "val"]

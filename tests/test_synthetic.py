@@ -196,7 +196,8 @@ def test_a_failed_generation_leaves_nothing(tmp_path, monkeypatch):
 
 def test_quick_baseline_runs_on_a_patient_split(smoke):
     res = quick_baseline(smoke, train_fraction=0.5, seed=0, steps=10)
-    assert 0 <= res["coarse_acc"] <= 1 and 0 < res["majority_acc"] < 1
+    correct = res["coarse_acc"] * res["n_test_images"]           # a share of whole test images
+    assert correct == pytest.approx(round(correct)) and 0 < res["majority_acc"] < 1
     n_labeled = 2 * synthetic.SIZES["smoke"]["n_patients"]
     assert res["n_test_images"] == 2 * round(0.3 * synthetic.SIZES["smoke"]["n_patients"])
     assert res["n_train_images"] + res["n_test_images"] <= n_labeled

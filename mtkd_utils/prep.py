@@ -1,0 +1,63 @@
+"""Step 01: any supported source -> a validated manifest, patient-level splits and the image cache in data/."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import presets, runs
+from .config import Config
+from .data import build_image_cache
+from .io import file_sha1, read_json, write_json
+from .manifest import LabelMap, check_trainable, validate_manifest
+from .splits import load_user_splits, make_splits, save_splits, warn_single_image_classes
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCES = ("synthetic", "manifest", "odir", "csv", "folder")
+
+
+def resolve_source(source: str, source_path: str | None, options: dict | None, cfg: Config,
+                   experiment_dir: Path) -> Path:
+    """Turn any supported source into a manifest path (building the manifest where needed)."""
+    options = dict(options or {})
+    if source == "synthetic":
+        from .synthetic import ensure_synthetic
+        size = presets.synthetic_size(cfg.dataset)
+        folder = Path(source_path) if source_path else REPO / "data" / "synthetic" / cfg.dataset
+        return ensure_synthetic(folder, **{**size, **options})
+    if source_path is None:
+        raise ValueError(f"source={source!r} needs source_path (see data/README.md)")
+    if source == "manifest":
+        return Path(source_path)
+    from . import sources
+    out = runs.data_dir(experiment_dir) / "source"
+    if source == "odir":
+        return sources.from_odir_folder(source_path, out, **options)
+    if source == "csv":
+        return sources.from_csv(source_path, out, **options)
+    if source == "folder":
+        return sources.from_folder(source_path, out, **options)
+    raise ValueError(f"source={source!r}: choose one of {SOURCES}")
+
+
+def prepare_data(experiment_dir: str | Path, cfg: Config, source: str = "synthetic", source_path: str | None = None,
+                 source_options: dict | None = None, split_file: str | None = None, crop_fov: bool = True) -> dict:
+    """Build/validate the manifest, make the patient-level splits and the image cache; write data/."""
+    exp = Path(experiment_dir)
+    data_dir = runs.data_dir(exp)
+    manifest_path = resolve_source(source, source_path, source_options, cfg, exp).resolve()
+    labels = LabelMap.load(manifest_path.parent / "label_map.json")
+    manifest = validate_manifest(manifest_path, labels)
+    check_trainable(manifest, manifest_path)
+    warn_single_image_classes(manifest)
+    info = dict(manifest=str(manifest_path), manifest_sha1=file_sha1(manifest_path), source=source,
+                split_seed=cfg.split_seed, split_file=split_file, crop_fov=crop_fov)
+    if (data_dir / "dataset.json").exists():
+        old = read_json(data_dir / "dataset.json")
+        if {k: old.get(k) for k in info} != info:
+            raise FileExistsError(f"{data_dir} was prepared from other data or splits ({old['manifest']}, split_seed="
+                                  f"{old.get('split_seed')}). Choose a new experiment_dir; nothing was overwritten.")
+    splits = load_user_splits(split_file, manifest) if split_file else make_splits(manifest, cfg.split_seed)
+    save_splits(splits, data_dir / "splits.csv")
+    labels.save(data_dir / "label_map.json")
+    build_image_cache(manifest_path, data_dir / "cache", cfg.image_size, crop_fov)
+    write_json(info, data_dir / "dataset.json")
+    return info

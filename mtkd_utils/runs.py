@@ -1,0 +1,194 @@
+"""The experiment folder: one owner for its layout, its run keys, the claim of a run folder and its saved config.
+
+    <experiment>/data/                                  01: dataset.json, splits.csv, label_map.json, cache/
+    <experiment>/teachers/p<P>_s<seed>/<tasks>/         02: one teacher per task subset
+    <experiment>/students/<tasks>/p<P>_s<seed>/<model>/ 03: M1 / M2 / M3, tau_<τ>/ per temperature
+    <experiment>/analysis/, gradcam/, results/          04, 05, 06
+
+Every other module and notebook spells and parses these paths through here (docs/ARCHITECTURE.md).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .config import MODELS, Config, check_fraction, parse_tasks, task_key
+from .io import environment, fingerprint, read_json, write_json
+
+RUNTIME_FIELDS = ("device", "threads")                   # change how fast, not what is computed
+DISTILL_FIELDS = ("alpha", "tau_grid", "student_epochs", "unlabeled_per_epoch", "kd_mode")  # students only
+ANALYSES = ("analysis", "gradcam", "results")            # the folders of notebooks 04, 05, 06
+_FOLDER = re.compile(r"p(?P<p>[0-9.]+)_s(?P<seed>[0-9]+)")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """Which run: task combination, training fraction p (a float, in %), seed and model (None: a teacher)."""
+    tasks: tuple[str, ...]
+    p: float
+    seed: int
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", parse_tasks(self.tasks))
+        object.__setattr__(self, "p", check_fraction(self.p))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r}: training seeds are integers >= 0")
+        if self.model is not None and self.model not in MODELS:
+            raise ValueError(f"model={self.model!r}: choose one of {MODELS}")
+
+    @property
+    def folder(self) -> str:
+        """The fraction/seed folder name, e.g. 'p15_s0'."""
+        return fraction_folder(self.p, self.seed)
+
+    @property
+    def p_label(self) -> int | float:
+        """p as tables and folder names show it: 15.0 -> 15, 12.5 stays."""
+        return int(self.p) if self.p.is_integer() else self.p
+
+    @property
+    def name(self) -> str:
+        """How figures and tables name the run, e.g. 'M3 p=15'."""
+        return f"{self.model} p={self.p:g}"
+
+    def with_model(self, model: str | None) -> "RunKey":
+        return RunKey(self.tasks, self.p, self.seed, model)
+
+    @classmethod
+    def from_student_dir(cls, run: str | Path) -> "RunKey":
+        """students/<tasks>/p<P>_s<seed>/<model> -> its key (the inverse of student_dir)."""
+        run = Path(run)
+        p, seed = parse_fraction_folder(run.parent.name)
+        return cls(run.parent.parent.name, p, seed, run.name)
+
+
+def fraction_folder(p: float, seed: int) -> str:
+    return f"p{check_fraction(p):g}_s{seed}"
+
+
+def parse_fraction_folder(name: str) -> tuple[float, int]:
+    """'p15_s0' -> (15.0, 0); ValueError for any other name."""
+    match = _FOLDER.fullmatch(name)
+    if not match:
+        raise ValueError(f"{name!r} is not a run folder name like 'p15_s0' (fraction p, seed)")
+    return float(match["p"]), int(match["seed"])
+
+
+# ---------------------------------------------------------------- paths
+def data_dir(experiment_dir: str | Path) -> Path:
+    return Path(experiment_dir) / "data"
+
+
+def manifest_path(experiment_dir: str | Path) -> str:
+    """The manifest the experiment was prepared from (01 records it in data/dataset.json)."""
+    info = data_dir(experiment_dir) / "dataset.json"
+    if not info.exists():
+        raise FileNotFoundError(f"{info} missing: run notebooks/01_data_prep.ipynb for this experiment first")
+    return read_json(info)["manifest"]
+
+
+def teacher_dir(experiment_dir: str | Path, key: RunKey) -> Path:
+    """teachers/p<P>_s<seed>/<tasks>: one teacher per task subset (M1 is the full set's)."""
+    return Path(experiment_dir) / "teachers" / key.folder / task_key(key.tasks)
+
+
+def teachers_root(experiment_dir: str | Path, p: float, seed: int) -> Path:
+    """The folder of every teacher at (p, seed): 02 draws its training curves there."""
+    return Path(experiment_dir) / "teachers" / fraction_folder(p, seed)
+
+
+def student_dir(experiment_dir: str | Path, key: RunKey) -> Path:
+    """students/<tasks>/p<P>_s<seed>/<model>."""
+    if key.model is None:
+        raise ValueError(f"{key}: a student run needs a model (M1, M2 or M3)")
+    return Path(experiment_dir) / "students" / task_key(key.tasks) / key.folder / key.model
+
+
+def tau_dir(student_run: Path, tau: float) -> Path:
+    """One student per temperature, inside its run folder."""
+    return Path(student_run) / f"tau_{tau:g}"
+
+
+def soft_targets_path(student_run: Path) -> Path:
+    """The M2/M3 teachers' outputs, computed once and shared by every tau."""
+    return Path(student_run) / "soft_targets.pt"
+
+
+def analysis_dir(experiment_dir: str | Path, which: str) -> Path:
+    """analysis/ (04), gradcam/ (05) or results/ (06)."""
+    if which not in ANALYSES:
+        raise ValueError(f"analysis folder {which!r}: choose one of {ANALYSES}")
+    return Path(experiment_dir) / which
+
+
+def trained_model_dir(experiment_dir: str | Path, key: RunKey) -> Path:
+    """Where a finished run's weights are: M1 is its teacher; M2/M3 the student at the tau chosen on validation."""
+    if key.model == "M1":
+        return teacher_dir(experiment_dir, key.with_model(None))
+    run = student_dir(experiment_dir, key)
+    return tau_dir(run, read_json(run / "metrics.json")["tau"])
+
+
+# ---------------------------------------------------------------- claiming a run folder
+def signature(data, cfg: Config, tasks: tuple[str, ...]) -> dict:
+    """What a checkpoint must match to be reused: architecture, task set, label map, vocabulary, split."""
+    return dict(tasks=list(tasks), backbone=cfg.backbone, output_stride=cfg.output_stride, image_size=cfg.image_size,
+                p=data.p, split_seed=cfg.split_seed, label_map=fingerprint(data.labels.to_dict()),
+                vocab=fingerprint(data.vocab.itos))
+
+
+def json_equal(a, b) -> bool:
+    """Equality as stored in JSON (tuples become lists)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def claim_run(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> None:
+    """Record config, seed and versions in a new run folder; refuse a folder holding a different run.
+
+    A run folder is never overwritten: re-running with the same settings resumes or reuses it, and
+    different settings must go to another experiment folder.
+    """
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS + ignore}
+    if (run / "config.json").exists():
+        old = read_json(run / "config.json")
+        theirs = {k: v for k, v in old["config"].items() if k in mine}
+        diff = sorted(k for k in mine if not json_equal(mine[k], theirs.get(k)))
+        diff += sorted(k for k, v in meta.items() if not json_equal(v, old.get(k)))
+        if diff:
+            raise FileExistsError(f"{run} holds a run with other settings ({', '.join(diff)}); nothing was "
+                                  "overwritten. Use another experiment_dir, or delete that folder to retrain.")
+        return
+    write_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json")
+
+
+def run_config(run: str | Path) -> Config:
+    """The Config a run was trained with, read back from its config.json."""
+    path = Path(run) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: {run} is not a run folder (train it with 02/03 first)")
+    return Config.from_dict(read_json(path)["config"])
+
+
+# ---------------------------------------------------------------- finished runs
+def student_runs(experiment_dir: str | Path, filename: str = "metrics.json") -> list[tuple[RunKey, Path]]:
+    """Every student run holding `filename` (metrics.json: finished), sorted by folder."""
+    found = sorted(Path(experiment_dir).glob(f"students/*/p*_s*/*/{filename}"))
+    return [(RunKey.from_student_dir(path.parent), path.parent) for path in found]
+
+
+def finished_runs(experiment_dir, tasks, seed: int, models=MODELS, ps=None) -> pd.DataFrame:
+    """Finished student runs of one task combination and seed: model, p, tau, run folder, key."""
+    tasks, rows = parse_tasks(tasks), []
+    for key, run in student_runs(experiment_dir):
+        if key.tasks == tasks and key.seed == seed and key.model in models and (ps is None or key.p in map(float, ps)):
+            tau = read_json(run / "metrics.json").get("tau")
+            rows.append(dict(model=key.model, p=key.p, tau=tau, run=run, key=key))
+    if not rows:
+        raise FileNotFoundError(f"no finished {task_key(tasks)} runs with seed {seed} under {experiment_dir}/students; "
+                                "run 03_student_mtl_kd.ipynb first")
+    return pd.DataFrame(rows).sort_values(["p", "model"]).reset_index(drop=True)

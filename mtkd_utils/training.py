@@ -1,0 +1,201 @@
+"""The workbook's training steps: teachers (02), students M1/M2/M3 and their one test read (03), trained models back.
+
+Each step writes into the experiment folder (mtkd_utils.runs, docs/ARCHITECTURE.md) and skips work already done,
+so any notebook can be re-run alone and a killed run resumes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import runs
+from .checkpoint import load_checkpoint
+from .config import Config, task_key, task_subsets
+from .data import FundusData, load_data
+from .distill import CachedTeachers, OnlineTeachers, build_soft_targets, read_soft_targets
+from .engine import eval_batch_size, fit, pick_device, predict
+from .io import file_sha1, fingerprint, read_json, write_csv, write_json
+from .metrics import confusion, per_disease, task_metrics
+from .model import MTLModel, build_model
+from .runs import RunKey
+
+BLEU_NOTE = ("T3_bleu1..4: nltk corpus BLEU, no smoothing; "
+             "T3_sentence_bleu: mean nltk sentence BLEU-4, smoothing method1")
+
+
+def write_split(run: Path, data: FundusData) -> None:
+    """The exact split of this run, beside its results."""
+    write_csv(data.roles[["image_id", "patient_id", "role"]], run / "split.csv")
+
+
+def new_model(cfg: Config, data: FundusData, tasks: tuple[str, ...], seed: int) -> MTLModel:
+    torch.manual_seed(seed)
+    return build_model(cfg, tasks, len(data.labels.coarse), len(data.labels.fine), len(data.vocab))
+
+
+def load_model(run: Path, cfg: Config, data: FundusData, tasks: tuple[str, ...]) -> MTLModel:
+    """A trained model from its run folder, refusing one trained for another setting."""
+    state = load_checkpoint(run / "checkpoint.pt", expect=runs.signature(data, cfg, tasks))
+    model = build_model(cfg.updated(pretrained=None), tasks, len(data.labels.coarse), len(data.labels.fine),
+                        len(data.vocab))
+    model.load_state_dict(state["model"])
+    return model.to(pick_device(cfg.device)).eval()
+
+
+def _best(history: pd.DataFrame) -> pd.Series:
+    return history.loc[history.val_score.idxmax()]
+
+
+# ---------------------------------------------------------------- teachers (02)
+def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data: FundusData) -> Path:
+    """An MTL model on the labeled fraction (M1 when tasks is the full set)."""
+    key = RunKey(tasks, p, seed)
+    run, cfg = runs.teacher_dir(experiment_dir, key), cfg.updated(seed=seed)
+    runs.claim_run(run, cfg, runs.DISTILL_FIELDS, role="teacher", tasks=list(key.tasks), p=key.p, seed=seed)
+    if (run / "metrics.json").exists():
+        return run
+    write_split(run, data)
+    model = new_model(cfg, data, key.tasks, seed)
+    history = fit(model, data, data.rows("train"), cfg, run, cfg.epochs,
+                  signature=runs.signature(data, cfg, key.tasks), desc=f"teacher {task_key(key.tasks)}")
+    write_csv(history, run / "history.csv")
+    best = _best(history)
+    write_json(dict(tasks=list(key.tasks), p=key.p, seed=seed, best_epoch=int(best.epoch),
+                    val_score=float(best.val_score), init=model.init_note),
+               run / "metrics.json", checksum=True)  # last: marks done
+    return run
+
+
+def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config) -> pd.DataFrame:
+    """Every non-empty subset of `tasks` at fraction p: the M3 ensemble, with M1 (the full set) among them."""
+    key = RunKey(tasks, p, seed)
+    data = load_data(experiment_dir, key.p, cfg)
+    rows = []
+    for subset in task_subsets(key.tasks):
+        run = train_teacher(experiment_dir, subset, key.p, seed, cfg, data)
+        rows.append({"teacher": task_key(subset), **read_json(run / "metrics.json"), "folder": str(run)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- students (03)
+def teachers_for(model_name: str, tasks: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """M2 distils from M1 alone; M3 from every non-empty task subset (M1 included)."""
+    return {"M2": [tasks], "M3": task_subsets(tasks)}[model_name]
+
+
+def _distil_rows(data: FundusData) -> np.ndarray:
+    return np.sort(np.concatenate([data.rows("train"), data.rows("unlabeled")]))
+
+
+def student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data) -> CachedTeachers | OnlineTeachers:
+    """The student's teachers: their soft targets, computed once into the student's folder and reused by
+    every tau (kd_mode="cached"), or the models themselves, run on every batch (kd_mode="online")."""
+    key = RunKey(tasks, p, seed, model_name)
+    found = {s: runs.teacher_dir(experiment_dir, RunKey(s, p, seed)) for s in teachers_for(model_name, key.tasks)}
+    for subset, run in found.items():
+        if not (run / "metrics.json").exists():
+            raise FileNotFoundError(f"teacher {task_key(subset)} at p={key.p:g}, seed={seed} is missing ({run}); "
+                                    "run 02_teachers.ipynb first")
+    if cfg.kd_mode == "online":
+        return OnlineTeachers([load_model(run, cfg, data, s) for s, run in found.items()], cfg.max_len, cfg.t3_topk)
+    path = runs.soft_targets_path(runs.student_dir(experiment_dir, key))
+    rows, device = _distil_rows(data), pick_device(cfg.device)
+    # What the cache was computed from: it is derived data, rebuilt when any of this changed.
+    meta = dict(teachers={task_key(s): file_sha1(r / "checkpoint.pt") for s, r in found.items()},
+                data=fingerprint(runs.signature(data, cfg, key.tasks)), max_len=cfg.max_len, t3_topk=cfg.t3_topk,
+                rows=fingerprint(rows.tolist()))
+    store = read_soft_targets(path)
+    if not runs.json_equal(store.get("meta"), meta):
+        models = [load_model(run, cfg, data, s) for s, run in found.items()]
+        store = load_checkpoint(build_soft_targets(models, data, rows, path, cfg.max_len, cfg.t3_topk,
+                                                   eval_batch_size(cfg), device, meta))
+    return CachedTeachers(store, len(data.manifest), device)
+
+
+def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, cfg: Config, data: FundusData) -> dict:
+    """One M2/M3 student at temperature tau; returns its validation metrics (never touches test)."""
+    key = RunKey(tasks, p, seed, model_name)
+    run, cfg = runs.tau_dir(runs.student_dir(experiment_dir, key), tau), cfg.updated(seed=seed)
+    runs.claim_run(run, cfg, ("tau_grid",), model=model_name, tasks=list(key.tasks), p=key.p, seed=seed, tau=tau,
+                   teachers=[task_key(t) for t in teachers_for(model_name, key.tasks)])
+    if (run / "val.json").exists():
+        return read_json(run / "val.json")
+    write_split(run, data)
+    teachers = student_teachers(experiment_dir, model_name, key.tasks, p, seed, cfg, data)
+    model = new_model(cfg, data, key.tasks, seed)
+    history = fit(model, data, data.rows("train"), cfg, run, cfg.student_epochs, teachers=teachers, tau=tau,
+                  unlabeled_rows=data.rows("unlabeled"), signature=runs.signature(data, cfg, key.tasks),
+                  desc=f"{model_name} tau={tau:g}")
+    write_csv(history, run / "history.csv")
+    best = _best(history)
+    val = dict(tau=tau, val_score=float(best.val_score), best_epoch=int(best.epoch))
+    write_json(val, run / "val.json", checksum=True)
+    return val
+
+
+def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
+    """The one read of the test split: predictions.csv, metrics.json, confusion.csv."""
+    device, batch = pick_device(cfg.device), eval_batch_size(cfg)
+    preds = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device)
+    val = task_metrics(predict(model, data, data.rows("val"), batch, cfg.max_len, cfg.beam_size, device), data.labels)
+    metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels), per_disease=per_disease(preds, data.labels),
+                   bleu_note=BLEU_NOTE)
+    write_csv(preds, run / "predictions.csv", checksum=True)
+    if "T1" in model.tasks:
+        confusion(preds, data.labels).to_csv(run / "confusion_T1.csv")
+    write_json(metrics, run / "metrics.json", checksum=True)   # written last: marks the run done
+    return metrics
+
+
+def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg: Config,
+                data: FundusData | None = None) -> dict:
+    """M1 (the teacher on the full task set), or M2/M3 with tau chosen on validation; then the test split."""
+    key = RunKey(tasks, p, seed, model_name)
+    run, cfg = runs.student_dir(experiment_dir, key), cfg.updated(seed=seed)
+    meta = dict(model=model_name, tasks=list(key.tasks), p=key.p, seed=seed)
+    runs.claim_run(run, cfg, runs.DISTILL_FIELDS if model_name == "M1" else (), **meta)
+    if (run / "metrics.json").exists():
+        return read_json(run / "metrics.json")
+    data = data or load_data(experiment_dir, key.p, cfg)
+    write_split(run, data)
+    if model_name == "M1":
+        source = runs.teacher_dir(experiment_dir, key.with_model(None))
+        if not (source / "metrics.json").exists():
+            raise FileNotFoundError(f"M1 is the teacher {task_key(key.tasks)} at p={key.p:g}, seed={seed}; "
+                                    f"run 02_teachers.ipynb first ({source})")
+        return evaluate_on_test(load_model(source, cfg, data, key.tasks), data, cfg, run,
+                                {**meta, "tau": None, "checkpoint": str(source / "checkpoint.pt")})
+    search = pd.DataFrame([train_student(experiment_dir, model_name, key.tasks, key.p, seed, tau, cfg, data)
+                           for tau in cfg.tau_grid])
+    write_csv(search, run / "tau_search.csv")
+    tau = float(search.loc[search.val_score.idxmax(), "tau"])      # ties: the first (smallest) tau in the grid
+    model = load_model(runs.tau_dir(run, tau), cfg, data, key.tasks)
+    return evaluate_on_test(model, data, cfg, run, {**meta, "tau": tau, "tau_search": search.to_dict("records")})
+
+
+# ---------------------------------------------------------------- trained models back (04, 05)
+def load_student(experiment_dir, key: RunKey, device: str | None = None) -> tuple[MTLModel, FundusData]:
+    """The trained model behind a finished run, built from the run's own saved config, with its data.
+
+    M1 is its teacher; M2/M3 the student at the tau chosen on validation. Any --set used for training
+    (image_size, backbone, head_hidden, ...) is therefore the one the model is rebuilt with.
+    """
+    run = runs.trained_model_dir(experiment_dir, key)
+    cfg = runs.run_config(run)
+    cfg = cfg.updated(device=device) if device else cfg
+    data = load_data(experiment_dir, key.p, cfg)
+    return load_model(run, cfg, data, key.tasks), data
+
+
+def load_students(experiment_dir, keys, device: str | None = None) -> tuple[dict[str, MTLModel], FundusData]:
+    """The models of several finished runs keyed like 'M3 p=15', and the first run's data (every p shares the test
+    split); ValueError when they were trained at different image sizes, as one figure cannot show them."""
+    loaded = {key.name: load_student(experiment_dir, key, device) for key in keys}
+    sizes = {name: data.images.shape[1] for name, (_, data) in loaded.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"these runs were trained at different image sizes {sizes}: analyse them separately "
+                         "(pass the runs of one size)")
+    return {name: model for name, (model, _) in loaded.items()}, next(iter(loaded.values()))[1]
