@@ -32,7 +32,7 @@ def task_metrics(preds: pd.DataFrame, labels) -> dict[str, float]:
             m[f"T2_top{k}"] = float(np.mean([t in tk[:k] for t, tk in zip(preds.fine_true, top5)]))
         m["T2_acc"] = float((preds.fine_pred == preds.fine_true).mean())
         m["T2_macro_f1"] = float(f1_score(preds.fine_true, preds.fine_pred, labels=sorted(set(preds.fine_true)), average="macro", zero_division=0))
-    if _has(preds, "text_pred"):
+    if _has(preds, "text_pred") or _has(preds, "bleu"):  # bleu is filled whenever T3 was decoded, even to ""
         for n in (1, 2, 3, 4):
             m[f"T3_bleu{n}"] = _bleu(preds, n)
         m["T3_sentence_bleu"] = float(preds.bleu.astype(float).mean())

@@ -8,7 +8,7 @@ from .config import Config
 from .data import build_image_cache
 from .io import file_sha1, read_json, write_json
 from .manifest import LabelMap, check_trainable, validate_manifest
-from .splits import load_user_splits, make_splits, save_splits, warn_single_image_classes
+from .splits import load_evaluation_only, load_user_splits, make_splits, save_splits, warn_single_image_classes
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("synthetic", "manifest", "odir", "csv", "folder")
@@ -55,7 +55,8 @@ def prepare_data(experiment_dir: str | Path, cfg: Config, source: str = "synthet
         if {k: old.get(k) for k in info} != info:
             raise FileExistsError(f"{data_dir} was prepared from other data or splits ({old['manifest']}, split_seed="
                                   f"{old.get('split_seed')}). Choose a new experiment_dir; nothing was overwritten.")
-    splits = load_user_splits(split_file, manifest) if split_file else make_splits(manifest, cfg.split_seed)
+    splits = (load_user_splits(split_file, manifest) if split_file else
+              make_splits(manifest, cfg.split_seed, evaluation_only=load_evaluation_only(manifest_path)))
     save_splits(splits, data_dir / "splits.csv")
     labels.save(data_dir / "label_map.json")
     build_image_cache(manifest_path, data_dir / "cache", cfg.image_size, crop_fov)

@@ -12,6 +12,8 @@ from .io import write_csv
 
 SPLITS = ("train", "val", "test")
 HELD_OUT = {"val": 0.15, "test": 0.15}   # fixed for every run; the rest is the train pool
+# Beside a manifest: patients a source sets aside for testing only (the synthetic demo's extra test patients)
+EVALUATION_ONLY = "evaluation_only.csv"
 
 
 class LeakageError(ValueError):
@@ -19,9 +21,12 @@ class LeakageError(ValueError):
 
 
 def _patient_table(manifest: pd.DataFrame) -> pd.DataFrame:
-    """One row per patient with labeled images: its per-class image counts."""
+    """One row per patient with labeled images: its image counts per coarse class and, where known, per fine class."""
     lab = manifest[manifest.labeled == 1]
-    return pd.crosstab(lab.patient_id, lab.coarse)
+    tables = [pd.crosstab(lab.patient_id, lab.coarse)]
+    if "fine" in lab and (lab.fine != "").any():
+        tables.append(pd.crosstab(lab.patient_id, "fine:" + lab.fine))
+    return pd.concat(tables, axis=1)
 
 
 def _assign_held_out(counts: pd.DataFrame, rng: np.random.Generator) -> pd.Series:
@@ -29,22 +34,33 @@ def _assign_held_out(counts: pd.DataFrame, rng: np.random.Generator) -> pd.Serie
     names = ["test", "val", "train"]
     share = np.array([HELD_OUT["test"], HELD_OUT["val"], 1 - sum(HELD_OUT.values())])
     totals = counts.sum().to_numpy(float)
-    want = np.outer(share, totals)                       # (3 splits, C classes) images still wanted
+    target = np.outer(share, totals)                     # (3 splits, C classes) images each split should get
+    want = target.copy()                                 # images still wanted
     # Rare classes first (their patients have the fewest places to go), random within a class.
     rarity = (counts.to_numpy() > 0) @ (1.0 / np.maximum(totals, 1))
     order = np.lexsort((rng.random(len(counts)), -rarity))
     out = np.empty(len(counts), dtype=object)
     for i in order:
         c = counts.to_numpy()[i].astype(float)
-        s = int(np.argmax(want @ c + 1e-9 * rng.random(3)))  # where this patient's classes are most wanted
+        # the split that most wants one of this patient's classes, relative to what it should get: with many
+        # classes (coarse and fine) a sum of absolute wants favours the big train pool
+        need = np.where(c > 0, want / np.maximum(target, 1), -np.inf).max(axis=1)
+        s = int(np.argmax(need + 1e-9 * rng.random(3)))
         want[s] -= c
         out[i] = names[s]
     return pd.Series(out, index=counts.index)
 
 
 def _train_order(counts: pd.DataFrame, patients: pd.Index, rng: np.random.Generator) -> pd.Series:
-    """Rank train-pool patients so that every prefix is stratified: prefixes give nested fractions."""
-    stratum = counts.loc[patients].idxmax(axis=1)       # a patient's dominant class
+    """Rank train-pool patients so that every prefix is stratified: prefixes give nested fractions.
+
+    A patient's stratum is its rarest label (fine where known): rare classes, which decide whether
+    a small fraction holds enough of each, are then spread evenly along the ranking.
+    """
+    fine = [c for c in counts.columns if str(c).startswith("fine:")]
+    table = counts.loc[patients, fine or list(counts.columns)]
+    totals = table.sum()
+    stratum = table.gt(0).mul(1.0 / totals.replace(0, np.nan)).idxmax(axis=1)   # the patient's rarest label
     pos = pd.Series(0.0, index=patients)
     for _, members in stratum.groupby(stratum):
         idx = rng.permutation(len(members))
@@ -52,22 +68,37 @@ def _train_order(counts: pd.DataFrame, patients: pd.Index, rng: np.random.Genera
     return pos.rank(method="first").astype(int) - 1
 
 
-def make_splits(manifest: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+def _check_evaluation_only(manifest: pd.DataFrame, evaluation_only: set[str]) -> None:
+    """Every evaluation-only patient must exist and have labeled images (they can only be tested)."""
+    labeled = set(manifest.patient_id[manifest.labeled == 1])
+    unknown = sorted(set(evaluation_only) - labeled)
+    if unknown:
+        raise ValueError(f"evaluation-only patient(s) {unknown[:10]} have no labeled image in the manifest; "
+                         f"fix {EVALUATION_ONLY} beside the manifest (one labeled patient_id per line)")
+
+
+def make_splits(manifest: pd.DataFrame, seed: int = 0, evaluation_only: set[str] | frozenset[str] = frozenset()
+                ) -> pd.DataFrame:
     """Assign every image to train/val/test/unlabeled (or 'excluded'); a pure function of the seed.
 
     Columns: image_id, patient_id, labeled, coarse, split, train_rank (patient rank in the train
-    pool, -1 elsewhere). Never-labeled images of a val/test patient are 'excluded' so that no
-    patient reaches training through the unlabeled pool.
+    pool, -1 elsewhere), evaluation_only (1 for the patients in `evaluation_only`: always test,
+    never trained on, and not counted in the labeled data that the fractions p are taken of).
+    Never-labeled images of a val/test patient are 'excluded' so that no patient reaches
+    training through the unlabeled pool.
     """
+    _check_evaluation_only(manifest, evaluation_only)
     rng = np.random.default_rng(seed)
     counts = _patient_table(manifest)
-    held = _assign_held_out(counts, rng)
+    held = _assign_held_out(counts[~counts.index.isin(evaluation_only)], rng)
     rank = _train_order(counts, held.index[held == "train"], rng)
+    held = pd.concat([held, pd.Series("test", index=sorted(evaluation_only), dtype=object)])
     out = manifest[["image_id", "patient_id", "labeled", "coarse"]].copy()
     patient_split = out.patient_id.map(held)
     out["split"] = np.where(out.labeled == 1, patient_split, "unlabeled")
     out.loc[(out.labeled == 0) & patient_split.isin(["val", "test"]), "split"] = "excluded"
     out["train_rank"] = out.patient_id.map(rank).where(out.split == "train", -1).fillna(-1).astype(int)
+    out["evaluation_only"] = out.patient_id.isin(evaluation_only).astype(int)
     return out.reset_index(drop=True)
 
 
@@ -84,14 +115,29 @@ def warn_single_image_classes(manifest: pd.DataFrame) -> list[str]:
     return lonely
 
 
+def load_evaluation_only(manifest_path: str | Path) -> set[str]:
+    """The evaluation-only patients a source lists beside its manifest (EVALUATION_ONLY); none if it has no list."""
+    path = Path(manifest_path).parent / EVALUATION_ONLY
+    if not path.is_file():
+        return set()
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if list(table.columns) != ["patient_id"]:
+        raise ValueError(f"{path}: columns {list(table.columns)}; an evaluation-only list has one column, patient_id")
+    return set(table.patient_id)
+
+
 def select_fraction(splits: pd.DataFrame, p: float) -> pd.DataFrame:
     """Add a `role` column for training fraction p: train / val / test / unlabeled / excluded.
 
-    The smallest prefix of the ranked train pool holding p % of all labeled images is 'train';
-    the rest of the pool joins 'unlabeled' with its labels hidden. Prefixes make fractions nested.
+    The smallest prefix of the ranked train pool holding p % of the labeled images is 'train' (the
+    evaluation-only ones do not count); the rest of the pool joins 'unlabeled' with its labels
+    hidden. Prefixes make fractions nested.
     """
     p = check_fraction(p)
-    n_target = p / 100 * (splits.labeled == 1).sum()
+    development = splits.labeled == 1
+    if "evaluation_only" in splits:
+        development &= splits.evaluation_only != 1
+    n_target = p / 100 * development.sum()
     pool = splits[splits.split == "train"]
     per_patient = pool.groupby("train_rank").size().sort_index().cumsum()
     k = int(np.searchsorted(per_patient.to_numpy(), n_target - 1e-9)) if p < 70 else len(per_patient)
@@ -116,6 +162,12 @@ def check_leakage(roles: pd.DataFrame) -> None:
         raise LeakageError(f"{len(bad)} patient(s) appear in more than one of train/val/test "
                            f"(the unlabeled pool counts as train): {bad[:10]}. Splits must be by patient; "
                            "fix the split file or regenerate the splits.")
+    if "evaluation_only" in roles:
+        trained = roles[(roles.evaluation_only == 1) & ~roles[col].isin(["test", "excluded"])]
+        if len(trained):
+            first = trained.iloc[0]
+            raise LeakageError(f"{trained.patient_id.nunique()} evaluation-only patient(s) outside the test split, "
+                               f"e.g. {first.patient_id} in {first[col]!r}: they may only be tested")
     dup = roles.image_id[roles.image_id.duplicated()].tolist()
     if dup:
         raise LeakageError(f"images listed twice in the splits: {dup[:10]}")

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from mtkd_utils.config import FRACTIONS
-from mtkd_utils.splits import LeakageError, check_leakage, load_user_splits, make_splits, select_fraction
+from mtkd_utils.splits import (LeakageError, check_leakage, load_evaluation_only, load_user_splits, make_splits,
+                               select_fraction)
 
 CLASSES, PRIOR = ["normal", "dr", "amd", "glaucoma", "melanoma"], [0.45, 0.25, 0.15, 0.1, 0.05]
 
@@ -93,3 +94,40 @@ def test_user_split_with_patient_in_two_splits(tmp_path, manifest):
     pd.DataFrame(dict(image_id=m.image_id, split=split)).to_csv(tmp_path / "s.csv", index=False)
     ok = load_user_splits(tmp_path / "s.csv", m)
     assert ok.split.tolist() == ["train", "train", "test", "test", "val", "val"]
+
+
+def test_evaluation_only_patients_are_always_tested_and_not_counted_in_p(manifest):
+    held = {f"p{i}" for i in range(0, 700, 7)}                       # 100 labeled patients set aside
+    s = make_splits(manifest, seed=0, evaluation_only=held)
+    assert (s[s.patient_id.isin(held)].split == "test").all()
+    assert set(s.patient_id[s.evaluation_only == 1]) == held
+    n_development = ((s.labeled == 1) & (s.evaluation_only == 0)).sum()
+    for p in (15, 45):
+        train = select_fraction(s, p).query("role == 'train'")
+        assert 0 <= len(train) - p / 100 * n_development < 2          # p is taken of the development images only
+    development = s[(s.labeled == 1) & (s.evaluation_only == 0)]
+    assert abs((development.split == "test").mean() - 0.15) < 0.01   # the usual 15 % test besides them
+
+
+def test_evaluation_only_patient_in_training_is_leakage(manifest):
+    s = make_splits(manifest, seed=0, evaluation_only={"p1"})
+    s.loc[s.patient_id == "p1", "split"] = "train"
+    with pytest.raises(LeakageError, match="evaluation-only"):
+        check_leakage(s)
+
+
+def test_unknown_evaluation_only_patient_is_refused(manifest):
+    with pytest.raises(ValueError, match="nobody"):
+        make_splits(manifest, seed=0, evaluation_only={"nobody"})
+    with pytest.raises(ValueError, match="p700"):                    # never labeled: it cannot be tested
+        make_splits(manifest, seed=0, evaluation_only={"p700"})
+
+
+def test_load_evaluation_only(tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    assert load_evaluation_only(manifest) == set()                   # a source without a list
+    (tmp_path / "evaluation_only.csv").write_text("patient_id\np3\np9\n")
+    assert load_evaluation_only(manifest) == {"p3", "p9"}
+    (tmp_path / "evaluation_only.csv").write_text("patient\np3\n")
+    with pytest.raises(ValueError, match="patient_id"):
+        load_evaluation_only(manifest)
