@@ -26,7 +26,8 @@ def load_checkpoint(path: str | Path, expect: dict[str, Any] | None = None) -> d
     verify_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:   # a damaged file written before checksums existed
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        # only a damaged file written before checksums existed gets here: a checksummed one failed verify_file
         raise DamagedFileError(path, f"not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     if expect:
         have = state.get("signature", {})

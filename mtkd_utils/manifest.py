@@ -107,7 +107,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
-        raise ManifestError(path, [f"the file is empty; a manifest has the header {COLUMNS} (data/README.md)"]) from None
+        problem = f"the file is empty; a manifest has the header {COLUMNS} (data/README.md)"
+        raise ManifestError(path, [problem]) from None
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise ManifestError(path, [f"missing column(s) {missing}; the schema is {COLUMNS} (data/README.md)"])

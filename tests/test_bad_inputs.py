@@ -81,7 +81,8 @@ def test_one_id_for_two_files_names_both(tiny_dataset):
     df = pd.read_csv(tiny_dataset, dtype=str, keep_default_na=False)
     df.loc[1, "image_id"] = "img0"
     df.to_csv(tiny_dataset, index=False)
-    with pytest.raises(ManifestError, match=r"image_id 'img0' names different files \['images/0.png', 'images/1.png'\]"):
+    with pytest.raises(ManifestError,
+                       match=r"image_id 'img0' names different files \['images/0.png', 'images/1.png'\]"):
         validate_manifest(tiny_dataset, LABELS)
 
 
@@ -92,8 +93,8 @@ def test_an_empty_csv_names_the_file(tmp_path, capsys):
         from_csv(empty, tmp_path / "out", coarse_col="dx")
     with pytest.raises(ManifestError, match=f"(?s){empty}: .*the file is empty"):
         read_manifest(empty)
-    assert f"--source-path {empty}: the file is empty" in dry_run(
-        tmp_path, "--source", "csv", "--source-path", str(empty), "--experiment-dir", str(tmp_path / "e"), capsys=capsys)
+    args = ("--source", "csv", "--source-path", str(empty), "--experiment-dir", str(tmp_path / "e"))
+    assert f"--source-path {empty}: the file is empty" in dry_run(tmp_path, *args, capsys=capsys)
 
 
 # ---------------------------------------------------------------- parameters, at plan time
@@ -121,7 +122,8 @@ def test_the_same_fraction_twice_is_refused(tmp_path, capsys):
 
 def test_an_experiment_dir_that_is_a_file_or_unwritable_is_refused(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    assert "a file is there, not a folder" in dry_run(tmp_path, "--experiment-dir", str(tmp_path / "file"), capsys=capsys)
+    err = dry_run(tmp_path, "--experiment-dir", str(tmp_path / "file"), capsys=capsys)
+    assert "a file is there, not a folder" in err
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)

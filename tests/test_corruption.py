@@ -52,7 +52,8 @@ def zero_in_place(path: Path) -> None:
 
 def source_hashes(exp: Path) -> dict[str, str]:
     manifest = Path(read_json(exp / "data" / "dataset.json")["manifest"])
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((manifest.parent / "images").glob("*"))[:50]}
+    images = sorted((manifest.parent / "images").glob("*"))[:50]
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in images}
 
 
 def test_every_derived_file_carries_a_checksum(trained):
@@ -93,7 +94,8 @@ def test_a_damaged_checkpoint_is_refused_by_path_with_the_fix_that_works(exp, da
     record = write_json({"status": "done"}, exp / "runs" / "teachers" / "p15_s0" / "cell.json").parent
     damage(run / "checkpoint.pt")
     with pytest.raises(DamagedFileError, match=f"{re.escape(str(run / 'checkpoint.pt'))}: damaged.*delete the run "
-                       f"folder {re.escape(str(run))} and its batch record {re.escape(str(record))}, then .*--retry-failed"):
+                       f"folder {re.escape(str(run))} and its batch record {re.escape(str(record))}, "
+                       "then .*--retry-failed"):
         training.load_model(run, CFG, data, TASKS)
     shutil.rmtree(run)                                              # the fix the message gives
     training.train_teacher(exp, TASKS, 15, 0, CFG, data)
@@ -111,7 +113,8 @@ def test_a_checkpoint_damaged_before_checksums_existed_is_named(tmp_path):
 def test_damaged_metrics_json_is_refused_by_path(exp):
     metrics = student_dir(exp, KEY.with_model("M1")) / "metrics.json"
     truncate(metrics)
-    with pytest.raises(DamagedFileError, match=f"{re.escape(str(metrics))}: damaged.*delete the run folder {re.escape(str(metrics.parent))}"):
+    expected = f"{re.escape(str(metrics))}: damaged.*delete the run folder {re.escape(str(metrics.parent))}"
+    with pytest.raises(DamagedFileError, match=expected):
         collect_metrics(exp)
 
 
