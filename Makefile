@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 KERNEL  := .venv/share/jupyter/kernels/mtkd/kernel.json
 PRESET  ?= demo
 
-.PHONY: demo test lab grid paper bench readme clean-venv
+.PHONY: demo test lab test-lab git-filter grid paper bench readme clean-venv
 
 .venv/ready: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -12,23 +12,31 @@ PRESET  ?= demo
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-$(KERNEL): .venv/ready
+$(KERNEL): .venv/ready | git-filter
 	$(PY) -m ipykernel install --sys-prefix --name mtkd --display-name "mtkd (.venv)"
 
-demo: $(KERNEL)            ## the whole workbook on the synthetic default (~15 min on 2 CPU cores)
-	$(PY) -m mtkd_utils.batch --preset demo
+# Committed notebooks stay free of outputs and widget state however they are used: git sees every notebook through
+# nbstripout (.gitattributes names the filter; mtkd_utils/lab.py writes it into this clone's git config).
+git-filter: .venv/ready    ## set-up: the nbstripout git filter (a no-op outside a git clone)
+	if git rev-parse --git-dir >/dev/null 2>&1; then $(PY) -m mtkd_utils.lab --install-git-filter; fi
+
+demo: $(KERNEL)            ## the whole workbook on the synthetic default, one Dask worker per core (ARGS="--scheduler sync": one by one)
+	$(PY) -m mtkd_utils.batch --preset demo $(ARGS)
 
 test: $(KERNEL)            ## unit tests + the notebooks end to end on the smoke preset
 	$(PY) -m pytest
 
-lab: $(KERNEL)             ## JupyterLab with the workbook's kernel
-	.venv/bin/jupyter lab notebooks/
+lab: $(KERNEL)             ## JupyterLab at the repository root, on 127.0.0.1 with a token, offering the mtkd kernel
+	$(PY) -m mtkd_utils.lab $(LAB_ARGS)
 
-grid: $(KERNEL)            ## any preset's grid: make grid PRESET=paper, or ARGS="--seeds 0 1 2 --p 15 70"
+test-lab: $(KERNEL)        ## JupyterLab in a real browser (chromium + selenium): runs 01 on the smoke preset, saves
+	MTKD_TEST_LAB=1 $(PY) -m pytest tests/test_lab.py -v -rs
+
+grid: $(KERNEL)            ## any preset's grid: make grid PRESET=paper, or ARGS="--seeds 0 1 2 --p 15 70 --workers 2"
 	$(PY) -m mtkd_utils.batch --preset $(PRESET) $(ARGS)
 
-paper: $(KERNEL)           ## the paper's full grid (ResNet-50, 224 px, 3 seeds): meant for a GPU
-	$(PY) -m mtkd_utils.batch --preset paper
+paper: $(KERNEL)           ## the paper's full grid (ResNet-50, 224 px, 3 seeds): one worker per visible GPU; a cluster: README
+	$(PY) -m mtkd_utils.batch --preset paper $(ARGS)
 
 bench: .venv/ready         ## training-speed benchmark (prints figures; run on purpose)
 	$(PY) -m mtkd_utils.bench

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from .progress import progress
 
-from .io import DamagedFileError, atomic_path, checksum_path, read_json, verify_file, write_json
 from . import runs
+from .io import REPO_ROOT, DamagedFileError, atomic_path, checksum_path, read_json, verify_file, write_json
 from .manifest import LabelMap, read_manifest
 from .splits import load_splits, select_fraction
 from .text import PAD_ID, Vocab
@@ -39,7 +39,7 @@ def build_image_cache(manifest_path: str | Path, cache_dir: str | Path, size: in
     if meta_path.exists() and arr_path.exists() and read_json(meta_path).get("key") == key and _cache_intact(arr_path):
         return np.load(arr_path, mmap_mode="r")
     images = np.zeros((len(manifest), size, size, 3), dtype=np.uint8)
-    for i, rel in enumerate(tqdm(manifest.image, desc=f"image cache {size}px", leave=False)):
+    for i, rel in enumerate(progress(manifest.image, f"image cache {size}px")):
         images[i] = prepare_image(manifest_path.parent / rel, size, crop_fov=crop_fov)
     with atomic_path(arr_path, checksum=True) as tmp:
         with open(tmp, "wb") as f:
@@ -119,6 +119,30 @@ def vocab_for(data_dir: Path, roles: pd.DataFrame, manifest: pd.DataFrame, p: fl
     return vocab
 
 
+# dataset.json stores the manifest relative to one of these, so an experiment folder can move (MANIFEST_BASES).
+MANIFEST_BASES = ("experiment", "repository", "absolute")
+
+
+def manifest_record(manifest_path: str | Path, experiment_dir: str | Path, repo_root: str | Path = REPO_ROOT) -> dict:
+    """How dataset.json stores the manifest: relative to the experiment folder when it lies inside it (built from
+    a source), to the repository for the embedded datasets, absolute only for data elsewhere (e.g. /data/ODIR-5K)."""
+    path = Path(manifest_path).resolve()
+    for base, root in zip(MANIFEST_BASES, (Path(experiment_dir).resolve(), Path(repo_root).resolve())):
+        if path.is_relative_to(root):
+            return {"manifest": path.relative_to(root).as_posix(), "manifest_base": base}
+    return {"manifest": str(path), "manifest_base": "absolute"}
+
+
+def manifest_location(experiment_dir: str | Path, info: dict | None = None, repo_root: str | Path = REPO_ROOT) -> Path:
+    """The manifest an experiment was prepared from (its dataset.json, or `info`), wherever the folder now lives."""
+    info = info or read_json(Path(experiment_dir) / "data" / "dataset.json")
+    base = info.get("manifest_base", "absolute")             # experiments prepared before stored absolute paths
+    if base not in MANIFEST_BASES:
+        raise ValueError(f"{experiment_dir}/data/dataset.json: manifest_base={base!r}, expected one of {MANIFEST_BASES}")
+    root = {"experiment": Path(experiment_dir), "repository": Path(repo_root), "absolute": Path("/")}[base]
+    return root / info["manifest"]
+
+
 def load_data(experiment_dir: str | Path, p: float, cfg) -> FundusData:
     """Read what 01_data_prep wrote and select fraction p (checks leakage on the way)."""
     data_dir = runs.data_dir(experiment_dir)
@@ -126,16 +150,17 @@ def load_data(experiment_dir: str | Path, p: float, cfg) -> FundusData:
         raise FileNotFoundError(f"{data_dir}/dataset.json missing: run notebooks/01_data_prep.ipynb for this "
                                 "experiment first")
     info = read_json(data_dir / "dataset.json")
-    manifest = read_manifest(info["manifest"])
+    manifest_path = manifest_location(experiment_dir, info)
+    manifest = read_manifest(manifest_path)
     manifest["labeled"] = manifest.labeled.astype(int)
     splits = load_splits(data_dir / "splits.csv")
     if splits.image_id.tolist() != manifest.image_id.tolist():
-        raise ValueError(f"{data_dir}/splits.csv does not match {info['manifest']}: the manifest changed "
+        raise ValueError(f"{data_dir}/splits.csv does not match {manifest_path}: the manifest changed "
                          "after data prep. Re-run 01_data_prep.ipynb into a new experiment folder.")
     roles = select_fraction(splits, p)
     labels = LabelMap.load(data_dir / "label_map.json")
     vocab = vocab_for(data_dir, roles, manifest, p, cfg.min_word_freq)
-    images = build_image_cache(info["manifest"], data_dir / "cache", cfg.image_size, info.get("crop_fov", True))
+    images = build_image_cache(manifest_path, data_dir / "cache", cfg.image_size, info.get("crop_fov", True))
     return FundusData(images, manifest, roles, labels, vocab, label_targets(manifest, labels, vocab, cfg.max_len), p)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from .progress import progress
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .io import DamagedFileError
@@ -103,7 +103,7 @@ def build_soft_targets(teachers: list, data: FundusData, rows: np.ndarray, path:
     """Run the teachers once over `rows` (labeled fraction + unlabeled pool); store fp16 logits, int16 ids."""
     parts: dict[str, list[torch.Tensor]] = {}
     batches = list(batch_rows(rows, batch_size, shuffle=False))
-    for b in tqdm(batches, desc=f"soft targets ({len(teachers)} teachers)", leave=False):
+    for b in progress(batches, f"soft targets ({len(teachers)} teachers)"):
         out = ensemble_outputs(teachers, image_batch(data.images, b, device), data.targets["T3"][b].to(device),
                                data.is_labeled_train(b).to(device), max_len, topk)
         for k, v in out.items():

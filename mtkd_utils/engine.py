@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from .progress import progress
 
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -131,7 +131,7 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, desc: str = "
     """One pass over `batches` of (images, rows): loss_fn(model, images, rows), a step each; returns the mean loss."""
     model.train()
     running, n = 0.0, 0
-    bar = tqdm(batches, desc=desc, leave=False)
+    bar = progress(batches, desc)
     for x, rows in bar:
         with autocast(x.device):
             loss = loss_fn(model, x, rows)

@@ -16,6 +16,11 @@ from typing import Any, Iterator
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The experiment every notebook works on when its experiment_dir is None: chosen once, here, for all of them.
+CURRENT_EXPERIMENT = Path("outputs") / "experiment.json"
+DEFAULT_EXPERIMENT = "outputs/demo"          # what `make demo` builds
+
 
 @contextmanager
 def atomic_path(path: str | Path, checksum: bool = False) -> Iterator[Path]:
@@ -122,6 +127,25 @@ def write_json(obj: Any, path: str | Path, checksum: bool = False) -> Path:
     return Path(path)
 
 
+def create_json(obj: Any, path: str | Path) -> bool:
+    """Write `path` only if it does not exist, complete or not at all: the file is written under a temporary
+    name, then hard-linked to `path`, which fails when the name is taken. Of two processes racing to create
+    one file exactly one wins. Returns whether this call created it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
 def read_json(path: str | Path) -> Any:
     """Parse a JSON file, verified against its checksum when it was written with one."""
     text = verify_file(path).read_text()
@@ -163,3 +187,27 @@ def environment() -> dict[str, str]:
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "git_commit": git_commit(),
     }
+
+
+def current_experiment(repo_root: str | Path = REPO_ROOT) -> Path:
+    """The experiment folder named in outputs/experiment.json ({"experiment_dir": "outputs/odir"}), else outputs/demo.
+
+    A relative experiment_dir is relative to the repository root, as every path in the notebooks is.
+    """
+    root = Path(repo_root)
+    path = root / CURRENT_EXPERIMENT
+    if not path.exists():
+        return root / DEFAULT_EXPERIMENT
+    try:
+        chosen = read_json(path)["experiment_dir"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: expected JSON like {{\"experiment_dir\": \"outputs/demo\"}} ({err!r}); "
+                         f"fix or delete the file (without it notebooks use {DEFAULT_EXPERIMENT})") from err
+    if not isinstance(chosen, str) or not chosen:
+        raise ValueError(f"{path}: experiment_dir must be a folder path, got {chosen!r}")
+    return Path(chosen) if Path(chosen).is_absolute() else root / chosen
+
+
+def choose_experiment(experiment_dir: str | Path, repo_root: str | Path = REPO_ROOT) -> Path:
+    """Make `experiment_dir` the current experiment of every notebook (writes outputs/experiment.json)."""
+    return write_json({"experiment_dir": str(experiment_dir)}, Path(repo_root) / CURRENT_EXPERIMENT)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
+from .progress import progress
 
 from .io import atomic_path, read_json, write_json
 
@@ -208,7 +208,7 @@ def validate_manifest(path: str | Path, labels: LabelMap, check_images: bool = T
     path = Path(path)
     df = read_manifest(path)
     problems = []
-    rows = tqdm(df.iterrows(), total=len(df), desc="validate", disable=len(df) < 2000, leave=False)
+    rows = progress(df.iterrows(), "validate", total=len(df)) if len(df) >= 2000 else df.iterrows()
     for i, row in rows:
         problems += [f"line {i + 2} ({row.image_id or 'no id'}): {p}" for p in _row_problems(row, labels, path.parent, check_images)]
     problems += _table_problems(df)

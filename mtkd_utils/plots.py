@@ -43,7 +43,7 @@ def sample_grid(samples: pd.DataFrame, images: np.ndarray, masks: list, n_per_cl
         axes[r][0].text(-0.08, 0.5, c.replace("_", " "), transform=axes[r][0].transAxes, rotation=90,
                         va="center", ha="right", fontsize=10, fontweight="bold")
     fig.suptitle("Samples per class (lesion annotation outlined in cyan)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))   # half an inch for the title, above the captions
     save_figure(fig, stem)
     return fig
 

@@ -343,7 +343,8 @@ def plot_vs_p(df: pd.DataFrame, metric: str | Sequence[str], path_stem: str | Pa
         ax.set_xticks(sorted(sub["p"].unique()))
         ax.set_xlim(sub["p"].min() - 5, sub["p"].max() + 5)   # room for the offsets, also with one p
         ax.grid(alpha=0.3)
-        ax.legend()
+        # below the panel, under its x label: a legend inside would sit on the lines and error bars
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4, fontsize=7, frameon=False)
     fig.text(0.01, 0.01, "error bars: " + _bar_note(kinds), fontsize=7, color="0.4")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     if path_stem is not None:

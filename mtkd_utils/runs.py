@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import MODELS, Config, check_fraction, parse_tasks, task_key
-from .io import environment, fingerprint, read_json, write_json
+from .io import create_json, environment, fingerprint, read_json
 
 RUNTIME_FIELDS = ("device", "threads")                   # change how fast, not what is computed
 DISTILL_FIELDS = ("alpha", "tau_grid", "student_epochs", "unlabeled_per_epoch", "kd_mode")  # students only
@@ -89,7 +89,8 @@ def manifest_path(experiment_dir: str | Path) -> str:
     info = data_dir(experiment_dir) / "dataset.json"
     if not info.exists():
         raise FileNotFoundError(f"{info} missing: run notebooks/01_data_prep.ipynb for this experiment first")
-    return read_json(info)["manifest"]
+    from .data import manifest_location     # lazy: data imports this module
+    return str(manifest_location(experiment_dir, read_json(info)))
 
 
 def teacher_dir(experiment_dir: str | Path, key: RunKey) -> Path:
@@ -151,19 +152,26 @@ def claim_run(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> N
     """Record config, seed and versions in a new run folder; refuse a folder holding a different run.
 
     A run folder is never overwritten: re-running with the same settings resumes or reuses it, and
-    different settings must go to another experiment folder.
+    different settings must go to another experiment folder. config.json is created only if absent, in
+    one step: of two processes claiming one folder with different settings, exactly one gets it.
     """
+    if not create_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json"):
+        refuse_other_settings(run, cfg, ignore, **meta)
+
+
+def refuse_other_settings(run: Path, cfg: Config, ignore: tuple[str, ...] = (), **meta) -> bool:
+    """True if `run` holds a run with these settings, False if none; raises if it holds other settings."""
+    if not (run / "config.json").exists():
+        return False
     mine = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS + ignore}
-    if (run / "config.json").exists():
-        old = read_json(run / "config.json")
-        theirs = {k: v for k, v in old["config"].items() if k in mine}
-        diff = sorted(k for k in mine if not json_equal(mine[k], theirs.get(k)))
-        diff += sorted(k for k, v in meta.items() if not json_equal(v, old.get(k)))
-        if diff:
-            raise FileExistsError(f"{run} holds a run with other settings ({', '.join(diff)}); nothing was "
-                                  "overwritten. Use another experiment_dir, or delete that folder to retrain.")
-        return
-    write_json(dict(**meta, config=cfg.to_dict(), environment=environment()), run / "config.json")
+    old = read_json(run / "config.json")
+    theirs = {k: v for k, v in old["config"].items() if k in mine}
+    diff = sorted(k for k in mine if not json_equal(mine[k], theirs.get(k)))
+    diff += sorted(k for k, v in meta.items() if not json_equal(v, old.get(k)))
+    if diff:
+        raise FileExistsError(f"{run} holds a run with other settings ({', '.join(diff)}); nothing was "
+                              "overwritten. Use another experiment_dir, or delete that folder to retrain.")
+    return True
 
 
 def run_config(run: str | Path) -> Config:

@@ -54,7 +54,7 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
     """An MTL model on the labeled fraction (M1 when tasks is the full set)."""
     key = RunKey(tasks, p, seed)
     run, cfg = runs.teacher_dir(experiment_dir, key), cfg.updated(seed=seed)
-    runs.claim_run(run, cfg, runs.DISTILL_FIELDS, role="teacher", tasks=list(key.tasks), p=key.p, seed=seed)
+    runs.claim_run(run, cfg, runs.DISTILL_FIELDS, **teacher_meta(key))
     if (run / "metrics.json").exists():
         return run
     write_split(run, data)
@@ -72,12 +72,20 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
 def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config) -> pd.DataFrame:
     """Every non-empty subset of `tasks` at fraction p: the M3 ensemble, with M1 (the full set) among them."""
     key = RunKey(tasks, p, seed)
+    for subset in task_subsets(key.tasks):   # refuse other settings before load_data writes an image cache of a new size
+        sub = RunKey(subset, key.p, seed)
+        runs.refuse_other_settings(runs.teacher_dir(experiment_dir, sub), cfg.updated(seed=seed), runs.DISTILL_FIELDS,
+                                   **teacher_meta(sub))
     data = load_data(experiment_dir, key.p, cfg)
     rows = []
     for subset in task_subsets(key.tasks):
         run = train_teacher(experiment_dir, subset, key.p, seed, cfg, data)
         rows.append({"teacher": task_key(subset), **read_json(run / "metrics.json"), "folder": str(run)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).round(4)       # for people: nltk's zero-BLEU floor (~5e-232) shows as 0
+
+
+def teacher_meta(key: RunKey) -> dict:
+    return dict(role="teacher", tasks=list(key.tasks), p=key.p, seed=key.seed)
 
 
 # ---------------------------------------------------------------- students (03)
@@ -167,7 +175,7 @@ def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg
             raise FileNotFoundError(f"M1 is the teacher {task_key(key.tasks)} at p={key.p:g}, seed={seed}; "
                                     f"run 02_teachers.ipynb first ({source})")
         return evaluate_on_test(load_model(source, cfg, data, key.tasks), data, cfg, run,
-                                {**meta, "tau": None, "checkpoint": str(source / "checkpoint.pt")})
+                                {**meta, "tau": None, "checkpoint": (source / "checkpoint.pt").relative_to(experiment_dir).as_posix()})
     search = pd.DataFrame([train_student(experiment_dir, model_name, key.tasks, key.p, seed, tau, cfg, data)
                            for tau in cfg.tau_grid])
     write_csv(search, run / "tau_search.csv")

@@ -12,6 +12,7 @@ from . import presets
 from .config import FRACTIONS, Config
 from .data import FundusData, load_mask
 from .engine import setup_runtime
+from .io import current_experiment
 from .results import read_predictions
 from .splits import select_fraction
 
@@ -24,8 +25,11 @@ class Experiment(NamedTuple):
     device: torch.device     # where runs compute
 
 
-def experiment_path(path: str | Path) -> Path:
-    """Relative experiment folders live under the repo root, whether run from papermill or JupyterLab."""
+def experiment_path(path: str | Path | None) -> Path:
+    """Relative experiment folders live under the repo root, whether run from papermill or JupyterLab;
+    None is the experiment chosen for every notebook in outputs/experiment.json (io.current_experiment)."""
+    if path is None:
+        return current_experiment()
     path = Path(path)
     return path if path.is_absolute() else REPO / path
 

@@ -78,6 +78,8 @@ def run_notebook(name: str, out_dir: Path, **params) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     pm.execute_notebook(NOTEBOOKS / name, out, parameters=dict(experiment_dir=str(out_dir), preset="smoke", **params),
                         kernel_name="mtkd", cwd=str(REPO), progress_bar=False)
+    from test_progress import widget_debris
+    assert widget_debris(out) == [], f"{name}: progress bars left widgets or 0% lines in the executed copy"
     return out
 
 

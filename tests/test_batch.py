@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 from conftest import architecture_paths
 
@@ -23,12 +24,12 @@ if p == 70 and (exp / "FAIL").exists():
 '''
 
 
-def write_dummy_notebook(path: Path) -> Path:
+def write_dummy_notebook(path: Path, body: str = DUMMY_BODY) -> Path:
     """A notebook with a `parameters` cell taking every parameter the real notebooks take."""
     params = nbformat.v4.new_code_cell("experiment_dir = ''\npreset = ''\ntasks = None\np = None\nseed = None\n"
                                        "models = None\noverrides = None\nsource = None\nsource_path = None")
     params.metadata["tags"] = ["parameters"]
-    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(DUMMY_BODY)])
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
     nbformat.write(nb, path)
     return path
 
@@ -90,7 +91,10 @@ def test_dependencies_come_first_and_analyses_need_all_training(tmp_path):
 def test_cell_parameters_and_folders(tmp_path):
     cells = {c.name: c for c in batch.expand_grid("demo", tmp_path, overrides={"epochs": 3})}
     exp = str(tmp_path.resolve())
-    assert cells["data/all"].parameters == {"experiment_dir": exp, "preset": "demo"}
+    # --set reaches every notebook that builds a Config, data prep included (issue 18.1); the analyses rebuild
+    # each model from its run's config.json
+    assert cells["data/all"].parameters == {"experiment_dir": exp, "preset": "demo", "overrides": {"epochs": 3}}
+    assert "overrides" not in cells["gradcam/all"].parameters
     assert cells["teachers/p15_s0"].parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3",
                                                    "p": 15, "seed": 0, "overrides": {"epochs": 3}}
     student = cells["students/T1+T2+T3/p70_s0"]
@@ -100,6 +104,22 @@ def test_cell_parameters_and_folders(tmp_path):
     assert student.run_dir == tmp_path.resolve() / "runs" / "students" / "T1+T2+T3" / "p70_s0"
     assert student.output_notebook.name == "03_student_mtl_kd.ipynb"
     assert cells["results/all"].parameters == {"experiment_dir": exp, "preset": "demo"}
+
+
+def test_no_overrides_leave_the_data_parameters_as_before(tmp_path):
+    # experiments prepared before --set reached data prep keep their records valid
+    cells = {c.name: c for c in batch.expand_grid("demo", tmp_path)}
+    assert "overrides" not in cells["data/all"].parameters and "overrides" not in cells["results/all"].parameters
+
+
+def test_a_notebook_that_would_ignore_a_set_is_refused(tmp_path):
+    params = nbformat.v4.new_code_cell("experiment_dir = ''\npreset = ''")
+    params.metadata["tags"] = ["parameters"]
+    nbformat.write(nbformat.v4.new_notebook(cells=[params]), tmp_path / "no_overrides.ipynb")
+    notebooks = {"data": str(tmp_path / "no_overrides.ipynb")}
+    with pytest.raises(ValueError, match="split_seed.*no_overrides.ipynb \\(data\\) takes no `overrides`"):
+        batch.expand_grid("smoke", tmp_path, notebooks=notebooks, overrides={"split_seed": 1})
+    batch.expand_grid("smoke", tmp_path, notebooks=notebooks)   # nothing to pass: fine
 
 
 def test_tasks_p_and_seeds_replace_the_presets(tmp_path):
@@ -145,7 +165,7 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / "FAIL").touch()    # the dummy notebook raises at p = 70 while this file exists
-    argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL]
+    argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--workers", "2"]   # Dask
     cells = batch.expand_grid("smoke", exp, notebooks=dummy)
 
     assert batch.main(argv, dummy) == 1
@@ -165,6 +185,11 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     assert skipped["reason"] == "dependency failed: teachers/p70_s0"
     assert "RuntimeError: planted failure" in out and "dependency failed" in out
     assert (exp / "runs" / "summary.csv").exists()
+    # on Dask workers too, a run starts only once every run it needs has finished (data prep first)
+    records = {c.name: batch.read_record(c) for c in cells}
+    for name, record in records.items():
+        if record["status"] == "done":
+            assert all(record["started"] >= records[d]["finished"] for d in record["deps"]), name
 
     # a plain re-run runs nothing: finished cells are kept, the failed one is not retried
     assert batch.main(argv, dummy) == 1
@@ -183,7 +208,8 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
 
 def test_a_grown_grid_reruns_the_summaries_only(tmp_path, dummy, capsys):
     exp = tmp_path / "exp"
-    argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--p", "15"]
+    argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--p", "15",
+            "--scheduler", "sync"]   # the same plan as on Dask (test above), without starting a cluster each time
     assert batch.main(argv, dummy) == 0
     assert executions(exp) == 6               # data, teacher, students, three analyses
     assert batch.main(argv, dummy) == 0
@@ -203,7 +229,7 @@ def test_a_killed_cell_runs_again(tmp_path, dummy):
     cells = batch.expand_grid("smoke", exp, notebooks=dummy)[:2]   # data/all, teachers/p15_s0
     for cell in cells:   # as a kill leaves them: data finished, the teacher cell still 'running'
         status = "done" if cell.stage == "data" else "running"
-        batch.write_json(batch._new_record(cell, status), cell.record_path)
+        batch.write_json(batch.new_record(cell, status), cell.record_path)
     table = batch.run_grid(cells, kernel_name=TEST_KERNEL, progress=False)
     assert executions(exp) == 1
     assert list(table.status) == ["done", "done"]
@@ -214,7 +240,7 @@ def test_a_killed_cell_runs_again(tmp_path, dummy):
 def test_changed_parameters_are_refused(tmp_path, dummy):
     exp = tmp_path / "exp"
     cell = batch.expand_grid("smoke", exp, notebooks=dummy)[1]
-    batch.write_json(batch._new_record(cell, "done"), cell.record_path)
+    batch.write_json(batch.new_record(cell, "done"), cell.record_path)
     batch.check_finished_parameters([cell])   # same parameters: fine
     changed = batch.expand_grid("smoke", exp, notebooks=dummy, overrides={"epochs": 3})[1]
     with pytest.raises(ValueError, match="another --experiment-dir"):
@@ -231,3 +257,17 @@ def test_ensure_kernel_registers_this_python_once(tmp_path):
     mtime = (folder / "kernel.json").stat().st_mtime_ns
     assert batch.ensure_kernel("mtkd-test", prefix=tmp_path) == folder
     assert (folder / "kernel.json").stat().st_mtime_ns == mtime   # present: not installed again
+
+
+def test_the_readme_reports_the_span_of_overlapping_runs(tmp_path):
+    from mtkd_utils.readme import _timings
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # two runs side by side on two workers, 60 s each, then one of 30 s: 1.5 min of wall time, 2.5 of notebook time
+    pd.DataFrame({"cell": ["a", "b", "c"], "status": "done", "seconds": [60, 60, 30],
+                  "started": ["2026-01-01T10:00:00", "2026-01-01T10:00:00", "2026-01-01T10:01:00"],
+                  "finished": ["2026-01-01T10:01:00", "2026-01-01T10:01:00", "2026-01-01T10:01:30"]}
+                 ).to_csv(runs / "summary.csv", index=False)
+    assert _timings(tmp_path) == ("Wall time of the whole grid, first start to last end: 1.5 min "
+                                  "(3 notebook runs, 2.5 min of notebook time).")

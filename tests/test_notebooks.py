@@ -4,6 +4,7 @@
 every model from its run's own config.json.
 """
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -62,3 +63,17 @@ def test_a_bad_parameter_fails_before_training(experiment, tmp_path):
         run("02_teachers.ipynb", tmp_path, p=90)
     with pytest.raises(pm.PapermillExecutionError, match="tasks="):
         run("02_teachers.ipynb", tmp_path, tasks="T1+T4")
+
+
+def test_a_moved_experiment_reruns_04_to_06(experiment, tmp_path):
+    """Every path stored in an experiment is relative to it: moved away (the original gone), 04-06 run again on it."""
+    if not (experiment / "results" / "table1.csv").exists():
+        pytest.skip("needs the experiment of test_notebooks_run_in_order")
+    moved = Path(shutil.move(experiment, tmp_path / "archive" / "experiment"))
+    for folder in ("analysis", "gradcam", "results"):      # what 04-06 wrote: the re-run must write it again
+        shutil.rmtree(moved / folder)
+    run("04_error_analysis.ipynb", moved)
+    run("05_gradcam.ipynb", moved, n_per_disease=1)
+    run("06_results.ipynb", moved, n_boot=200)
+    assert (moved / "analysis" / "examples.png").exists() and (moved / "gradcam" / "localisation.csv").exists()
+    assert len(pd.read_csv(moved / "results" / "table1.csv")) == 3

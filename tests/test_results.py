@@ -90,6 +90,9 @@ def test_plot_vs_p(experiment, tmp_path):
     fig = results.plot_vs_p(df, ["T1_acc", "T3_bleu4"], baseline=pd.Series({"T1_acc": 0.4}))
     t1, t3 = ([t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes)
     assert "commonest class" in t1 and "commonest class" not in t3
+    fig.canvas.draw()
+    for ax in fig.axes:                                     # legends outside the data, below each panel
+        assert ax.get_legend().get_window_extent().y1 < ax.get_window_extent().y0
     assert 0.4 in [line.get_ydata()[0] for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]
     plt.close(fig)
 

@@ -1,0 +1,229 @@
+"""Where the grid runs: in this process one run after another (`sync`), or as a Dask task graph on the cores
+of this machine, its GPUs, a running Dask scheduler or a batch-queue cluster (Slurm, PBS, SGE, LSF).
+
+Each notebook run is one Dask task whose dependencies are the runs it needs: a run starts as soon as its
+parents finished, a failed run skips only its descendants. The tasks share nothing but the experiment
+folder (records, run folders), so every worker must see it at the same path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .grid import (DONE, FAILED, GPU_STAGES, KERNEL_NAME, REPO_ROOT, SKIPPED, NotebookRun, check_finished_parameters,
+                   counts, plan, record_crash, run_or_skip, skip, summary)
+
+SCHEDULERS = ("dask", "sync")
+JOBQUEUES = {   # --cluster -> dask-jobqueue class and the job directive that asks for n GPUs
+    "slurm": ("SLURMCluster", "--gres=gpu:{n}"),
+    "pbs": ("PBSCluster", "-l ngpus={n}"),
+    "sge": ("SGECluster", "-l gpu={n}"),
+    "lsf": ("LSFCluster", '-gpu "num={n}"'),
+}
+
+
+# ---------------------------------------------------------------- clusters
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process sees, as CUDA_VISIBLE_DEVICES entries."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    import torch   # lazy: only to count devices
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The BLAS/OpenMP thread count of a worker's kernels (torch's default when Config.threads is 0)."""
+    return {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
+def local_cluster(workers: int | None = None, gpus: list[str] | None = None):
+    """One single-threaded worker process per core; with GPUs, one per GPU, pinned with CUDA_VISIBLE_DEVICES
+    and offering the resource GPU=1 (a run that needs a GPU asks for it)."""
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
+    quiet = dict(silence_logs=logging.ERROR)
+    if gpus:
+        threads = max(1, usable_cores() // len(gpus))
+        spec = {f"gpu{g}": {"cls": Nanny, "options": dict(nthreads=1, memory_limit=0, resources={"GPU": 1},
+                                                         env={**thread_env(threads), "CUDA_VISIBLE_DEVICES": g})}
+                for g in gpus}
+        return SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}}, **quiet)
+    workers = workers or usable_cores()
+    if workers < 1:
+        raise ValueError(f"--workers {workers}: give at least 1")
+    # the notebooks run in kernels (subprocesses): the worker's own memory stays small, no limit needed
+    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
+                        dashboard_address=":0", env=thread_env(max(1, usable_cores() // workers)), **quiet)
+
+
+def jobqueue_cluster(kind: str, options: dict[str, Any] | None = None):
+    """A dask-jobqueue cluster: each batch job runs Dask workers; `gpus` (0 or 1 per job) adds the queue's GPU
+    directive and the worker resource GPU=1. Other options go to the class (queue, walltime, memory, cores,
+    processes, account, job_script_prologue, job_extra_directives, log_directory, ...)."""
+    import dask_jobqueue
+
+    if kind not in JOBQUEUES:
+        raise ValueError(f"--cluster {kind!r}: choose one of {sorted(JOBQUEUES)}")
+    cls_name, directive = JOBQUEUES[kind]
+    opts = dict(options or {})
+    gpus = opts.pop("gpus", 0)
+    if gpus not in (0, 1):
+        raise ValueError(f"--cluster-options gpus={gpus!r}: 0 or 1 GPU per job (one worker per GPU); "
+                         "ask for more jobs with --workers")
+    opts.setdefault("cores", 1)
+    opts.setdefault("memory", "8GB")
+    if gpus:
+        opts["processes"] = 1
+        opts["job_extra_directives"] = [*opts.get("job_extra_directives", []), directive.format(n=gpus)]
+        opts["worker_extra_args"] = [*opts.get("worker_extra_args", []), "--resources", "GPU=1"]
+    else:
+        opts.setdefault("processes", opts["cores"])   # one single-threaded worker per core, as on this machine
+    try:
+        return getattr(dask_jobqueue, cls_name)(**opts)
+    except (TypeError, ValueError) as err:   # dask-jobqueue names the unknown option
+        raise ValueError(f"--cluster-options {sorted(opts)}: {err}; see dask-jobqueue's {cls_name}") from err
+
+
+def connect(scheduler: str = "dask", *, workers: int | None = None, gpus: list[str] | None = None,
+            scheduler_address: str | None = None, cluster: str | None = None,
+            cluster_options: dict[str, Any] | None = None):
+    """A Dask client for the chosen place, and whether runs should ask for a GPU; (None, False) for sync."""
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"--scheduler {scheduler!r}: choose one of {SCHEDULERS}")
+    if scheduler == "sync":
+        return None, False
+    from distributed import Client
+
+    if scheduler_address:
+        client = Client(scheduler_address)
+        info = client.scheduler_info()["workers"].values()
+        return client, any("GPU" in w.get("resources", {}) for w in info)
+    if cluster:
+        jobs = jobqueue_cluster(cluster, cluster_options)
+        jobs.scale(jobs=workers or 1)
+        return Client(jobs), bool((cluster_options or {}).get("gpus"))
+    gpus = visible_gpus() if gpus is None else gpus   # None: every visible GPU
+    return Client(local_cluster(workers, gpus)), bool(gpus)
+
+
+def close(client) -> None:
+    """Close the client and the cluster it started (not a scheduler given by address)."""
+    if client is None:
+        return
+    cluster = client.cluster
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+# ---------------------------------------------------------------- running the graph
+
+def _task(run: NotebookRun, kernel_name: str, cwd: str, known: dict[str, str | None], *parents: tuple[str, str]):
+    """A Dask task: the run's dependencies arrive as (name, status) of the parent tasks."""
+    return run.name, run_or_skip(run, {**known, **dict(parents)}, kernel_name, cwd)
+
+
+def _submit(client, runs: list[NotebookRun], status: dict[str, str | None], kernel_name: str, cwd: str,
+            gpu: bool) -> dict:
+    """One task per run that executes this time, in grid order; returns {future: run}."""
+    futures, by_name = {}, {}
+    token = uuid.uuid4().hex[:8]   # a fresh key per runner: a long-lived scheduler remembers old keys
+    for i, run in enumerate(runs):
+        if status[run.name] is not None:
+            continue
+        parents = [by_name[d] for d in run.deps if d in by_name]
+        known = {d: status.get(d, DONE) for d in run.deps if d not in by_name}
+        future = client.submit(
+            _task, run, kernel_name, cwd, known, *parents, key=f"mtkd-{run.name}-{token}", pure=False,
+            priority=len(runs) - i,   # ties go to the grid's order: seed 0 completes first
+            resources={"GPU": 1} if gpu and run.stage in GPU_STAGES else None)
+        futures[future], by_name[run.name] = run, future
+    return futures
+
+
+def _task_error(future) -> BaseException:
+    """Why a task did not finish: the exception a dead worker left, or the state it ended in."""
+    return future.exception() if future.status == "error" else RuntimeError(f"Dask task {future.status}")
+
+
+def _settle_errors(errored: list[NotebookRun], futures: dict, status: dict[str, str | None]) -> None:
+    """Tasks that raised (a worker died): the first of a chain failed, the ones after it are skipped."""
+    by_run = {r.name: f for f, r in futures.items()}
+    for run in errored:   # in grid order: parents first
+        blocker = next((d for d in run.deps if status.get(d) in (FAILED, SKIPPED)), None)
+        status[run.name] = skip(run, blocker) if blocker else record_crash(run, _task_error(by_run[run.name]))
+
+
+def run_dask(runs: list[NotebookRun], status: dict[str, str | None], client, *, kernel_name: str, cwd: str,
+             gpu: bool, bar) -> None:
+    """Submit the runs as a task graph and follow them to the end, updating `status` and the progress bar."""
+    from distributed import as_completed
+
+    futures = _submit(client, runs, status, kernel_name, cwd, gpu)
+    bar.update(len(runs) - len(futures))
+    bar.set_postfix_str(counts(status))
+    errored = []
+    for future in as_completed(list(futures)):
+        run = futures[future]
+        if future.status == "finished":
+            status[run.name] = future.result()[1]
+            bar.set_description(run.name)
+        else:
+            errored.append(run)
+        bar.set_postfix_str(counts(status))
+        bar.update(1)
+    _settle_errors(sorted(errored, key=runs.index), futures, status)
+
+
+def run_sync(runs: list[NotebookRun], status: dict[str, str | None], *, kernel_name: str, cwd: str, bar) -> None:
+    """The runs one after another in this process, in grid order (for debugging: tracebacks stay local)."""
+    for run in runs:
+        if status[run.name] is None:
+            bar.set_description(run.name)
+            status[run.name] = run_or_skip(run, status, kernel_name, cwd)
+        bar.set_postfix_str(counts(status))
+        bar.update(1)
+
+
+def run_grid(runs: list[NotebookRun], *, client=None, gpu: bool = False, kernel_name: str = KERNEL_NAME,
+             retry_failed: bool = False, cwd: str | Path = REPO_ROOT, progress: bool = True) -> pd.DataFrame:
+    """Run every run not yet done (on `client`'s Dask cluster, or here one by one when None), on to the end
+    whatever fails; return the summary table."""
+    from tqdm import tqdm
+
+    check_finished_parameters(runs)
+    status = plan(runs, retry_failed)                    # None: runs this time, counted as left
+    with tqdm(total=len(runs), unit="run", disable=not progress, file=sys.stderr) as bar:
+        if client is None:
+            run_sync(runs, status, kernel_name=kernel_name, cwd=str(cwd), bar=bar)
+        else:
+            run_dask(runs, status, client, kernel_name=kernel_name, cwd=str(cwd), gpu=gpu, bar=bar)
+    return summary(runs)
+
+
+def parse_cluster_options(text: str | None) -> dict[str, Any]:
+    """--cluster-options as a JSON object; ValueError saying what to write otherwise."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--cluster-options {text!r}: not JSON ({err}); write e.g. "
+                         '\'{"queue": "gpu", "walltime": "04:00:00", "memory": "16GB", "gpus": 1}\'') from err
+    if not isinstance(options, dict):
+        raise ValueError(f"--cluster-options {text!r}: give a JSON object of dask-jobqueue options")
+    return options

@@ -1,0 +1,116 @@
+"""Where the grid runs: Dask workers pinned to (fake) GPUs, batch-queue job scripts, racing claims of a run."""
+import json
+import multiprocessing as mp
+
+import pytest
+
+from mtkd_utils import batch, executor, grid
+from mtkd_utils.presets import config as preset
+
+from test_batch import TEST_KERNEL, write_dummy_notebook
+
+GPU_BODY = '''
+import json, os, pathlib
+with open(pathlib.Path(experiment_dir) / "gpus.txt", "a") as f:   # which GPU each notebook was given
+    f.write(json.dumps({"tasks": tasks, "p": p, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
+'''
+
+
+def test_gpu_workers_are_pinned_and_training_asks_for_a_gpu(tmp_path):
+    from distributed import Client
+
+    nb = write_dummy_notebook(tmp_path / "dummy.ipynb", body=GPU_BODY)
+    runs = grid.expand_grid("smoke", tmp_path / "exp", notebooks={s: str(nb) for s in grid.STAGES})
+    # two fake GPUs: nothing touches CUDA, the workers only carry the pinning and the resource
+    with Client(executor.local_cluster(gpus=["0", "1"])) as client:
+        client.wait_for_workers(2, timeout=120)   # a loaded machine starts them one by one
+        pinned = client.run(lambda: __import__("os").environ["CUDA_VISIBLE_DEVICES"])
+        assert sorted(pinned.values()) == ["0", "1"]
+        info = client.scheduler_info()["workers"].values()
+        assert [w["resources"] for w in info] == [{"GPU": 1}, {"GPU": 1}]
+        futures = executor._submit(client, runs, grid.plan(runs), TEST_KERNEL, str(grid.REPO_ROOT), gpu=True)
+        client.gather(list(futures))   # the futures held: the scheduler still knows their tasks
+        asked = {r.stage: client.cluster.scheduler.tasks[f.key].resource_restrictions for f, r in futures.items()}
+        client.cluster.close()
+    assert asked["teachers"] == asked["students"] == asked["gradcam"] == {"GPU": 1}
+    assert asked["data"] is None and asked["results"] is None
+    seen = [json.loads(line) for line in (tmp_path / "exp" / "gpus.txt").read_text().splitlines()]
+    assert len(seen) == len(runs) and {s["gpu"] for s in seen} <= {"0", "1"}
+    assert {r.name: grid.read_record(r)["gpu"] for r in runs}["teachers/p15_s0"] in ("0", "1")
+
+
+def test_slurm_job_script_has_the_requested_options():
+    options = {"queue": "gpu", "walltime": "04:00:00", "memory": "16GB", "cores": 4, "gpus": 1,
+               "account": "eyes", "job_script_prologue": ["module load cuda/12.4", "source .venv/bin/activate"]}
+    cluster = executor.jobqueue_cluster("slurm", options)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p gpu", "#SBATCH -t 04:00:00", "#SBATCH --cpus-per-task=4", "#SBATCH -A eyes",
+                 "#SBATCH --gres=gpu:1", "module load cuda/12.4", "source .venv/bin/activate"):
+        assert line in script, line
+    assert "--mem=15G" in script or "--mem=16G" in script
+    assert "--resources GPU=1" in script and "--nworkers" not in script   # one worker per job: per GPU
+
+
+def test_cpu_jobs_run_one_single_threaded_worker_per_core():
+    cluster = executor.jobqueue_cluster("pbs", {"queue": "cpu", "cores": 8, "walltime": "01:00:00"})
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#PBS -q cpu" in script and "--nworkers 8" in script and "--nthreads 1" in script
+    assert "GPU" not in script
+
+
+@pytest.mark.parametrize("kind, options, message", [
+    ("condor", {}, "choose one of"), ("slurm", {"gpus": 2}, "0 or 1 GPU per job"),
+    ("slurm", {"queue": "gpu", "colour": "red"}, "cluster-options")])
+def test_bad_cluster_options_are_refused(kind, options, message):
+    with pytest.raises(ValueError, match=message):
+        executor.jobqueue_cluster(kind, options)
+
+
+def test_bad_places_are_refused_before_anything_runs(tmp_path, capsys):
+    base = ["--preset", "smoke", "--experiment-dir", str(tmp_path / "exp")]
+    for extra, message in ((["--cluster", "slurm", "--cluster-options", "{bad"], "not JSON"), (["--cluster-options", "{}"], "needs --cluster"),
+                           (["--scheduler", "sync", "--cluster", "slurm"], "runs here"), (["--workers", "0"], "at least 1"),
+                           (["--gpus", "0,1", "--workers", "2"], "one worker per GPU")):
+        with pytest.raises(SystemExit):
+            batch.main(base + extra)
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()
+
+
+# ---------------------------------------------------------------- claiming a run folder
+
+def _claim(folder: str, epochs: int, n: int, start, results) -> None:
+    from pathlib import Path
+
+    from mtkd_utils.runs import claim_run
+    cfg = preset("smoke", epochs=epochs)
+    for i in range(n):
+        start.wait()                      # both processes claim folder i at the same moment
+        try:
+            claim_run(Path(folder) / str(i), cfg, role="teacher", tasks=["T1"], p=15.0, seed=0)
+            results.put((i, epochs))
+        except FileExistsError:
+            results.put((i, None))
+
+
+def test_two_workers_racing_on_one_run_folder_cannot_both_claim_it(tmp_path):
+    n, ctx = 3, mp.get_context("spawn")
+    start, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(str(tmp_path), epochs, n, start, results)) for epochs in (2, 3)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in range(2 * n)]
+    for p in procs:
+        p.join()
+    for i in range(n):
+        winners = [e for j, e in outcomes if j == i and e is not None]
+        assert len(winners) == 1, f"folder {i}: claimed by {winners}"
+        # the folder records the settings of the one that claimed it
+        assert json.loads((tmp_path / str(i) / "config.json").read_text())["config"]["epochs"] == winners[0]
+    assert not list(tmp_path.glob("*/.config.json.*.tmp"))

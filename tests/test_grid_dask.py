@@ -1,0 +1,68 @@
+"""The smoke grid's training on 2 Dask workers against the sequential runner: the same numbers to the digit;
+and a --set that changes the split reaches data prep and is what every record says."""
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mtkd_utils import batch
+from mtkd_utils.manifest import LabelMap, validate_manifest
+from mtkd_utils.splits import make_splits
+
+# the smoke grid made lighter (one temperature), on the split of seed 1 instead of the preset's 0
+SETTINGS = ["--set", "split_seed=1", "--set", "tau_grid=[2]"]
+
+
+def run_batch(exp: Path, *extra: str) -> None:
+    argv = ["--preset", "smoke", "--experiment-dir", str(exp), *SETTINGS, *extra]
+    assert batch.main(argv) == 0, (exp / "runs" / "summary.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory) -> dict[str, Path]:
+    """The smoke grid's data prep, teachers and students: once in order here, once on 2 Dask workers."""
+    root = tmp_path_factory.mktemp("grids")
+    sync, dask = root / "sync", root / "dask"
+    run_batch(sync, "--scheduler", "sync", "--only-stage", "data", "teachers", "students")
+    # data prep is tested below; the Dask run starts from the same prepared data (its cost, not its numbers)
+    shutil.copytree(sync / "data", dask / "data")
+    run_batch(dask, "--scheduler", "dask", "--workers", "2", "--only-stage", "teachers", "students")
+    return {"sync": sync, "dask": dask}
+
+
+def test_two_dask_workers_give_the_sequential_numbers(experiments):
+    sync = sorted(experiments["sync"].glob("students/*/*/*/metrics.json"))
+    assert len(sync) == 6      # M1, M2, M3 at p = 15 and 70
+    for path in sync:
+        twin = experiments["dask"] / path.relative_to(experiments["sync"])
+        mine, theirs = json.loads(path.read_text()), json.loads(twin.read_text())
+        assert mine["test"] == theirs["test"] and mine["val"] == theirs["val"] and mine["tau"] == theirs["tau"]
+        assert (path.parent / "predictions.csv").read_bytes() == (twin.parent / "predictions.csv").read_bytes()
+
+
+def test_the_teachers_ran_side_by_side(experiments):
+    records = [json.loads(p.read_text()) for p in (experiments["dask"] / "runs" / "teachers").glob("*/cell.json")]
+    assert len(records) == 2 and len({r["pid"] for r in records}) == 2      # two worker processes
+    first, second = sorted(records, key=lambda r: r["started"])
+    assert second["started"] < first["finished"]                            # overlapping in time
+
+
+def test_split_seed_reaches_data_prep_and_every_record(experiments):
+    exp = experiments["sync"]
+    info = json.loads((exp / "data" / "dataset.json").read_text())
+    assert info["split_seed"] == 1
+    splits = pd.read_csv(exp / "data" / "splits.csv", dtype=str, keep_default_na=False)
+    source = Path(info["manifest"])
+    manifest = validate_manifest(source, LabelMap.load(source.parent / "label_map.json"))
+    seed1, seed0 = make_splits(manifest, 1), make_splits(manifest, 0)
+    assert list(splits.split) == list(seed1.split.astype(str)) != list(seed0.split.astype(str))
+    data_run = json.loads((exp / "runs" / "data" / "all" / "cell.json").read_text())
+    assert data_run["parameters"]["overrides"] == {"split_seed": 1, "tau_grid": [2]}
+    for config in exp.glob("*/**/config.json"):
+        assert json.loads(config.read_text())["config"]["split_seed"] == 1, config
+    # the split each run trained on is the split of seed 1
+    teacher_split = pd.read_csv(next(exp.glob("teachers/p15_s0/*/split.csv")), dtype=str, keep_default_na=False)
+    test_ids = set(seed1.image_id[seed1.split.astype(str) == "test"])
+    assert set(teacher_split.image_id[teacher_split.role == "test"]) == test_ids
