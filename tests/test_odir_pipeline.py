@@ -3,6 +3,8 @@ import json
 
 import pandas as pd
 
+from mtkd_utils.runs import manifest_path
+
 from conftest import ODIR_HEADER, ODIR_ROWS, odir_jpeg as _jpeg, run_notebook as run
 
 
@@ -24,7 +26,7 @@ def test_odir_fixture_runs_through_the_notebooks(tmp_path):
     exp = tmp_path / "exp"
     run("01_data_prep.ipynb", exp, source="odir", source_path=str(source))
     info = json.loads((exp / "data" / "dataset.json").read_text())
-    manifest = pd.read_csv(info["manifest"], dtype=str, keep_default_na=False)
+    manifest = pd.read_csv(manifest_path(exp), dtype=str, keep_default_na=False)
     # the 6 eyes with only 'low image quality' are left out; the 6 with lens dust beside 'normal fundus' are kept
     assert info["source"] == "odir" and len(manifest) == 72 - 6
     run("02_teachers.ipynb", exp, p=45, tasks="T1+T3")
