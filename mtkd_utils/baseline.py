@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .fundus import read_rgb8
 from .manifest import read_manifest
 
 
 def _load(root: Path, paths: list[str], size: int) -> torch.Tensor:
     """Images as a float tensor (N, 3, size, size) in [0, 1]."""
-    arr = np.stack([np.asarray(Image.open(root / p).convert("RGB").resize((size, size), Image.BOX)) for p in paths])
+    arr = np.stack([np.asarray(Image.fromarray(read_rgb8(root / p)).resize((size, size), Image.BOX)) for p in paths])
     # (N, H, W, C) -> (N, C, H, W); contiguous, or torch keeps a channels-last layout that is slow on CPU
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().float() / 255
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .config import MODELS, task_key
-from .io import atomic_path, read_json, save_figure
+from .io import atomic_path, read_json, save_figure, verify_file
 from .runs import student_dir, student_runs
 
 TABLE1_METRICS = ("T1_acc", "T2_acc", "T3_bleu4")   # what the paper's Table 1 reports per task
@@ -176,7 +176,7 @@ def save_table(table: pd.DataFrame, stem: str | Path) -> list[Path]:
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """predictions.csv with empty cells kept as '' (a task the model does not have)."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.read_csv(verify_file(path), dtype=str, keep_default_na=False)
 
 
 def _mean_stats(values: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:

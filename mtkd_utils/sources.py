@@ -6,6 +6,7 @@ See data/README.md for each source.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import Counter
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from .io import write_csv
-from .manifest import COLUMNS, LabelMap, validate_manifest, write_manifest
+from .manifest import COLUMNS, LabelMap, spelling_groups, validate_manifest, write_manifest
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 PAPER_COARSE = ["normal", "diabetic_retinopathy", "amd", "glaucoma", "melanoma"]
@@ -33,6 +34,17 @@ def _relpath(path: str | Path, out_dir: Path) -> str:
 def _image_id(rel: str) -> str:
     """A file-name-safe id from an image path: 'a/b/0_left.jpg' -> 'a_b_0_left'."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(PurePosixPath(rel).with_suffix(""))).strip("._")
+
+
+def _unique_ids(rels: list[str]) -> list[str]:
+    """_image_id of each path; where two different paths give one id ('a b.jpg', 'a_b.jpg'; 'é.jpg', 'ü.jpg')
+    or none, a short hash of the path is added to it: ids are unique by construction, readable otherwise."""
+    ids = [_image_id(r) for r in rels]
+    paths_of: dict[str, set[str]] = {}
+    for i, r in zip(ids, rels):
+        paths_of.setdefault(i, set()).add(r)
+    return [f"{i}-{hashlib.sha1(r.encode()).hexdigest()[:8]}".lstrip("-") if len(paths_of[i]) > 1 or not i else i
+            for i, r in zip(ids, rels)]
 
 
 def _eye_from_name(path: str) -> str | None:
@@ -374,13 +386,30 @@ def _label_text(coarse: str, fine: str) -> str:
 
 def _read_table(csv_path: Path, roles: dict[str, str | None]) -> pd.DataFrame:
     """The CSV as stripped strings; every column named in `roles` must exist."""
-    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{csv_path}: the file is empty; a CSV needs a header row and one row per image") from None
+    if table.empty:
+        raise ValueError(f"{csv_path}: a header but no rows; add one row per image")
     table.columns = [c.strip() for c in table.columns]
     for role, col in roles.items():
         if col is not None and col not in table.columns:
             raise ValueError(f"{csv_path}: no column {col!r} (passed as {role}); "
                              f"the CSV's columns are {list(table.columns)}")
     return table.apply(lambda s: s.str.strip())
+
+
+def _one_spelling(labels: pd.Series, kind: str, where: Path) -> pd.Series:
+    """Case or spacing variants of a label ('DR', 'dr ') become its commonest spelling, with a note."""
+    ranked = [name for name, _ in Counter(labels[labels != ""]).most_common()]
+    rename = {}
+    for variants in spelling_groups(ranked).values():
+        rename.update({v: variants[0] for v in variants[1:]})
+        if len(variants) > 1:
+            print(f"NOTE {where}: {kind} labels {variants} differ only in case or spacing: "
+                  f"all written {variants[0]!r} (the commonest)")
+    return labels.replace(rename)
 
 
 def _csv_problems(t: pd.DataFrame, image_col: str, coarse: pd.Series, fine: pd.Series, text: pd.Series,
@@ -408,6 +437,7 @@ def from_csv(csv_path: str | Path, out_dir: str | Path, *, image_col: str = "ima
                                "text_col": text_col, "patient_col": patient_col, "eye_col": eye_col})
     col = lambda name: t[name] if name else pd.Series("", index=t.index)  # noqa: E731  (absent column: empty)
     coarse, fine, text = col(coarse_col), col(fine_col), col(text_col)
+    coarse, fine = _one_spelling(coarse, "coarse", csv_path), _one_spelling(fine, "fine", csv_path)
     eyes = [_EYE_VALUES.get(e.lower()) if eye_col else _eye_from_name(p) for e, p in zip(col(eye_col), t[image_col])]
     problems = _csv_problems(t, image_col, coarse, fine, text, eye_col, eyes)
     if problems:
@@ -422,7 +452,7 @@ def from_csv(csv_path: str | Path, out_dir: str | Path, *, image_col: str = "ima
     fine = fine.where(fine != "", coarse)  # no fine label: the coarse class nested in itself
     generated = pd.Series([_label_text(c, f) for c, f in zip(coarse, fine)], index=t.index)
     rows = pd.DataFrame({
-        "image_id": [_image_id(_relpath(p, root)) for p in paths],
+        "image_id": _unique_ids([_relpath(p, root) for p in paths]),
         "image": [_relpath(p, out_dir) for p in paths],
         "patient_id": col(patient_col),
         "eye": _fill_eyes(eyes, str(csv_path)),
@@ -452,7 +482,7 @@ def from_folder(image_dir: str | Path, out_dir: str | Path, *, label_map: str | 
                    key=lambda p: p.relative_to(image_dir).as_posix())  # dot-files: macOS '._x.jpg' are not images
     if not files:
         raise ValueError(f"{image_dir}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below")
-    ids = [_image_id(p.relative_to(image_dir).as_posix()) for p in files]
+    ids = _unique_ids([p.relative_to(image_dir).as_posix() for p in files])
     rows = pd.DataFrame({"image_id": ids, "image": [_relpath(p, out_dir) for p in files], "patient_id": ids,
                          "eye": _fill_eyes([_eye_from_name(p.name) for p in files], str(image_dir)), "labeled": 0})
     if isinstance(label_map, LabelMap):

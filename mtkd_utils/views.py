@@ -13,6 +13,7 @@ from .config import FRACTIONS, Config
 from .data import FundusData, load_mask
 from .engine import setup_runtime
 from .io import current_experiment
+from .results import read_predictions
 from .splits import select_fraction
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +88,7 @@ def tau_frame(results: dict[str, dict]) -> pd.DataFrame:
 # ---------------------------------------------------------------- finished runs (04, 05)
 def student_predictions(finished: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Test predictions of each finished run (runs.finished_runs), keyed like 'M3 p=15'."""
-    return {r.key.name: pd.read_csv(r.run / "predictions.csv", dtype=str, keep_default_na=False)
+    return {r.key.name: read_predictions(r.run / "predictions.csv")
             .assign(bleu=lambda d: pd.to_numeric(d.bleu, errors="coerce")) for r in finished.itertuples()}
 
 
