@@ -37,17 +37,20 @@ class LabelMap:
     coarse: list[str]
     fine: list[str]
     fine_parent: dict[str, str] = field(default_factory=dict)
+    ordered: list[str] = field(default_factory=list)   # levels ('coarse', 'fine') whose order is a grade scale
+    benchmark: str = ""                                 # e.g. 'odir2019': the label set of a challenge (its score)
 
     @classmethod
-    def from_pairs(cls, coarse: list[str], fine_pairs: Iterable[tuple[str, str]]) -> "LabelMap":
+    def from_pairs(cls, coarse: list[str], fine_pairs: Iterable[tuple[str, str]], **options) -> "LabelMap":
         pairs = list(fine_pairs)
-        return cls(list(coarse), [f for f, _ in pairs], dict(pairs))
+        return cls(list(coarse), [f for f, _ in pairs], dict(pairs), **options)
 
     @classmethod
     def load(cls, path: str | Path) -> "LabelMap":
         raw = read_json(path)
         try:
-            lm = cls.from_pairs(raw["coarse"], [(f["name"], f["coarse"]) for f in raw["fine"]])
+            lm = cls.from_pairs(raw["coarse"], [(f["name"], f["coarse"]) for f in raw["fine"]],
+                                ordered=list(raw.get("ordered", [])), benchmark=raw.get("benchmark", ""))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path}: a label map needs 'coarse' (list of names) and 'fine' "
                              f"(list of {{'name', 'coarse'}}); missing {e}") from None
@@ -66,12 +69,18 @@ class LabelMap:
         bad = {f: c for f, c in self.fine_parent.items() if c not in self.coarse}
         if bad:
             raise ValueError(f"{where}: fine classes with an unknown coarse parent: {bad}")
+        if not set(self.ordered) <= {"coarse", "fine"}:
+            raise ValueError(f"{where}: 'ordered' is {self.ordered}; list 'coarse' and/or 'fine' (the levels whose "
+                             "class order is a grade scale), or leave it out")
 
     def save(self, path: str | Path) -> Path:
         return write_json(self.to_dict(), path)
 
     def to_dict(self) -> dict:
-        return {"coarse": self.coarse, "fine": [{"name": f, "coarse": self.fine_parent[f]} for f in self.fine]}
+        out = {"coarse": self.coarse, "fine": [{"name": f, "coarse": self.fine_parent[f]} for f in self.fine]}
+        # optional keys only when set: label maps without them keep their fingerprint (checkpoints stay valid)
+        return {**out, **({"ordered": self.ordered} if self.ordered else {}),
+                **({"benchmark": self.benchmark} if self.benchmark else {})}
 
     def fine_to_coarse_index(self) -> list[int]:
         """For each fine class index, the index of its coarse parent."""

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .io import write_csv
 from .manifest import COLUMNS, LabelMap, spelling_groups, validate_manifest, write_manifest
+from .metrics import ODIR2019
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 PAPER_COARSE = ["normal", "diabetic_retinopathy", "amd", "glaucoma", "melanoma"]
@@ -123,9 +124,13 @@ ODIR_COARSE_MAP: dict[str, str | None] = {
     r".": "other",                           # ODIR's 'O': every other finding (drusen, laser spot, ...)
 }
 
-# Keywords about the photograph, not the eye (after normalisation; see split_keywords).
+# Keywords about the photograph, not the eye (after normalisation; see split_keywords): never a label or text.
 ODIR_UNUSABLE = ("lens dust", "low image quality", "optic disc photographically invisible", "image offset",
                  "no fundus image", "anterior segment image")
+# Of those, the ones saying the photograph is not a usable fundus image: such an eye is always left out.
+# The others are quality flags: an eye with other keywords keeps them as its labels (in the V2 sheet 403
+# of the 405 lens-dust eyes also carry a diagnosis, 277 of them 'normal fundus').
+ODIR_NOT_FUNDUS = ("no fundus image", "anterior segment image")
 
 # Short fine names for the common keywords; others become a slug ('macular epiretinal membrane'
 # -> 'macular_epiretinal_membrane') and 'suspected X' becomes '<name of X>_suspected'.
@@ -229,14 +234,33 @@ def _odir_eyes(sheet: pd.DataFrame) -> pd.DataFrame:
     return eyes
 
 
+def _quality_reason(quality: list[str], findings: list[str], not_fundus: set[str], drop_quality_flags: bool) -> str:
+    """Why an eye with quality keywords is left out ('' when it is kept, labeled by its other keywords)."""
+    blocked = [k for k in quality if k in not_fundus]
+    if blocked:
+        return "not a fundus image: " + ", ".join(blocked)
+    if drop_quality_flags:
+        return "unusable: " + ", ".join(quality)
+    return "" if findings else "quality flags only: " + ", ".join(quality)
+
+
 def _label_eye(keywords: list[str], classes: Mapping[str, str | None], priority: list[str],
-               unusable: set[str], keep_unusable: bool) -> dict:
-    """coarse, fine, findings and why the eye is left out ('' when kept) for one eye's keywords."""
+               unusable: set[str], keep_unusable: bool, not_fundus: set[str] = frozenset(),
+               drop_quality_flags: bool = False) -> dict:
+    """coarse, fine, findings, quality flags and why the eye is left out ('' when kept) for one eye's keywords."""
     quality = [k for k in keywords if k in unusable]
     findings = [k for k in keywords if k not in unusable]
     labelling = [k for k in findings if classes[k] is not None]
-    if quality and not keep_unusable:
-        return {"coarse": "", "fine": "", "findings": findings, "reason": "unusable: " + ", ".join(quality)}
+    reason = _quality_reason(quality, findings, not_fundus, drop_quality_flags) if quality and not keep_unusable else ""
+    if reason:
+        return {"coarse": "", "fine": "", "findings": findings, "quality": quality, "reason": reason}
+    out = _label_findings(findings, labelling, classes, priority)
+    return {**out, "quality": quality}
+
+
+def _label_findings(findings: list[str], labelling: list[str], classes: Mapping[str, str | None],
+                    priority: list[str]) -> dict:
+    """coarse and fine from the keyword of the highest-priority class; '' when no finding names a class."""
     if findings and not labelling:
         return {"coarse": "", "fine": "", "findings": findings, "reason": "no coarse class: " + ", ".join(findings)}
     if not labelling:  # empty cell, or only a quality keyword kept: an image without a diagnosis
@@ -264,16 +288,24 @@ def _merge_rare_fine(rows: pd.DataFrame, min_count: int) -> dict[str, str]:
 
 def from_odir(annotations_xlsx: str | Path, image_dir: str | Path, out_dir: str | Path, *,
               coarse_map: Mapping[str, str | None] | None = None, keep_unusable: bool = False,
-              skip_missing: bool = False, min_fine_count: int = 1,
-              unusable: Iterable[str] = ODIR_UNUSABLE) -> Path:
-    """ODIR-5K sheet + image folder -> out_dir/manifest.csv (returned), label_map.json and excluded.csv."""
+              drop_quality_flags: bool = False, skip_missing: bool = False, min_fine_count: int = 1,
+              unusable: Iterable[str] = ODIR_UNUSABLE, not_fundus: Iterable[str] = ODIR_NOT_FUNDUS) -> Path:
+    """ODIR-5K sheet + image folder -> out_dir/manifest.csv (returned), label_map.json and excluded.csv.
+
+    Eyes with quality flags (lens dust, ...) are kept, labeled by their other keywords; left out are eyes
+    with only quality flags and photographs that are not fundus images (`not_fundus`).
+    drop_quality_flags=True leaves out every flagged eye; keep_unusable=True keeps every eye.
+    """
     sheet_path, image_dir, out_dir = Path(annotations_xlsx), Path(image_dir), Path(out_dir)
+    default_map = coarse_map is None
     coarse_map = ODIR_COARSE_MAP if coarse_map is None else dict(coarse_map)
     unusable = {kw for u in unusable for kw in split_keywords(u)}
+    not_fundus = {kw for u in not_fundus for kw in split_keywords(u)}
     eyes = _odir_eyes(read_odir_annotations(sheet_path))
     classes = _keyword_classes((k for kws in eyes.keywords for k in kws if k not in unusable), coarse_map)
     priority = _priority(coarse_map)
-    labels = [_label_eye(kws, classes, priority, unusable, keep_unusable) for kws in eyes.keywords]
+    labels = [_label_eye(kws, classes, priority, unusable, keep_unusable, not_fundus, drop_quality_flags)
+              for kws in eyes.keywords]
     eyes = pd.concat([eyes, pd.DataFrame(labels)], axis=1)
 
     index = _index_images(image_dir)
@@ -291,6 +323,8 @@ def from_odir(annotations_xlsx: str | Path, image_dir: str | Path, out_dir: str 
     rows = eyes[eyes.reason == ""].reset_index(drop=True)
     renames = _merge_rare_fine(rows, min_fine_count)
     label_map = _label_map(rows, PAPER_COARSE + priority)
+    if default_map:   # the challenge's classes (N, D, G, C, A, H, M, O): metrics adds its score
+        label_map.benchmark = ODIR2019
 
     out_dir.mkdir(parents=True, exist_ok=True)
     left_out = eyes[eyes.reason != ""].assign(keywords=lambda d: d.cell)
@@ -300,19 +334,30 @@ def from_odir(annotations_xlsx: str | Path, image_dir: str | Path, out_dir: str 
     return path
 
 
+_LEFT_OUT = {  # reason kind -> how the summary names it and what keeps those images
+    "unusable": ("images with quality flags (drop_quality_flags=True)", "drop_quality_flags=False keeps those "
+                 "with a diagnosis"),
+    "quality flags only": ("images whose keywords are only quality flags", "keep_unusable=True keeps them "
+                           "in the unlabeled pool"),
+    "not a fundus image": ("photographs that are not fundus images", "keep_unusable=True keeps them"),
+}
+
+
 def _print_odir_summary(eyes: pd.DataFrame, rows: pd.DataFrame, renames: dict[str, str],
                         keep_unusable: bool, out_dir: Path) -> None:
     """What was kept, what was left out and why: nothing disappears without a line here."""
     kind = eyes.reason.str.split(":").str[0]
-    quality = [k.strip() for r in eyes.reason[kind == "unusable"] for k in r.split(":", 1)[1].split(",")]
     lab = rows[rows.labeled == 1]
     print(f"ODIR-5K: {eyes.ID.nunique()} patients, {len(eyes)} images listed -> {out_dir / 'manifest.csv'}")
     print(f"  kept {len(rows)}: {len(lab)} labeled, {len(rows) - len(lab)} without a diagnosis (unlabeled pool)")
-    if (kind == "unusable").any():
-        print(f"  left out {(kind == 'unusable').sum()} unusable images ({_counts(quality)}); "
-              f"keep_unusable=True keeps them")
-    elif keep_unusable:
-        print("  unusable images kept (keep_unusable=True); their quality keywords are not in the labels")
+    flagged = rows[rows.quality.map(len) > 0]
+    if len(flagged):
+        print(f"  kept {len(flagged)} images with quality flags ({_counts(k for q in flagged.quality for k in q)}), "
+              "labeled by their other keywords; the flags are in no label or text")
+    for reason, (what, how) in _LEFT_OUT.items():
+        if (kind == reason).any():
+            words = [k.strip() for r in eyes.reason[kind == reason] for k in r.split(":", 1)[1].split(",")]
+            print(f"  left out {(kind == reason).sum()} {what} ({_counts(words)}); {how}")
     if (kind == "no coarse class").any():
         print(f"  left out {(kind == 'no coarse class').sum()} images whose findings all map to None in coarse_map")
     if (kind == "missing on disk").any():

@@ -20,7 +20,7 @@ from .data import FundusData, load_data
 from .distill import CachedTeachers, OnlineTeachers, build_soft_targets, read_soft_targets
 from .engine import eval_batch_size, fit, pick_device, predict
 from .io import file_sha1, fingerprint, read_json, write_csv, write_json
-from .metrics import confusion, per_disease, task_metrics
+from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
 from .model import MTLModel, build_model
 from .runs import RunKey
 from .seeds import derive_seed
@@ -190,13 +190,16 @@ def train_m1_at_budget(experiment_dir, key: RunKey, updates: int, cfg: Config, d
 
 
 def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
-    """The one read of the test split: predictions.csv, metrics.json, confusion.csv."""
+    """The one read of the test split: predictions.csv, probs_T1/T2.npy, metrics.json, confusion.csv."""
     device, batch = pick_device(cfg.device), eval_batch_size(cfg)
-    preds = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device)
+    preds, probs = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device, with_probs=True)
     val = task_metrics(predict(model, data, data.rows("val"), batch, cfg.max_len, cfg.beam_size, device), data.labels)
-    metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels), per_disease=per_disease(preds, data.labels),
-                   bleu_note=BLEU_NOTE)
+    metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels, probs),
+                   per_disease=per_disease(preds, data.labels), per_class_auroc=per_class_auroc(preds, data.labels, probs),
+                   disease_vs_normal=disease_vs_normal(preds, data.labels), bleu_note=BLEU_NOTE)
     write_csv(preds, run / "predictions.csv", checksum=True)
+    for task, p in probs.items():
+        np.save(run / f"probs_{task}.npy", p)
     if "T1" in model.tasks:
         confusion(preds, data.labels).to_csv(run / "confusion_T1.csv")
     write_json(metrics, run / "metrics.json", checksum=True)   # written last: marks the run done
