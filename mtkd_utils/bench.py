@@ -212,7 +212,7 @@ def timed_pass(mode: Mode, data: FundusData, cfg: Config, device: torch.device, 
         for x, y in batches:
             ceiling_step(mode.model, mode.optimizer, x, y, device)
     else:
-        loss_fn = MultiTaskLoss(data, cfg.task_weights, cfg.alpha, TAU, mode.teachers)
+        loss_fn = MultiTaskLoss(data, cfg.task_weights, cfg.alpha_grid[-1], TAU, mode.teachers)
         train_one_epoch(mode.model, TrainBatches(data, rows, cfg, epoch, device), mode.optimizer, mode.scheduler, loss_fn,
                         desc=mode.name)
     sync(device)

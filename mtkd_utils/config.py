@@ -6,7 +6,9 @@ from itertools import combinations
 from typing import Any
 
 TASKS = ("T1", "T2", "T3")          # coarse disease, fine disease, diagnosis sentence
-MODELS = ("M1", "M2", "M3")         # MTL baseline, MTL+KD (M1 teacher), MTL+KD (teacher ensemble)
+# MTL baseline, MTL+KD (M1 teacher), MTL+KD (teacher ensemble), M1 retrained for as many updates as the student
+MODELS = ("M1", "M2", "M3", "M1b")
+T3_KD = ("exact", "topk")           # T3 soft targets: full, or top-k + rest bucket | truncated top-k (ablation)
 FRACTIONS = (15, 30, 45, 60, 70)    # the paper's training fractions p, % of the labeled data
 SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2",   # torchvision names
                        "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
@@ -30,21 +32,26 @@ class Config:
     lstm_hidden: int = 256              # T3 LSTM size
     beam_size: int = 1                  # T3 decoding at test: 1 = greedy, >1 = beam search
     # optimisation
-    seed: int = 0                       # training seed (init, batch order, augmentation)
+    seed: int = 0                       # the run's seed; each model's own seed derives from it (diverse_seeds)
+    diverse_seeds: bool = True          # own init/data-order seed per teacher subset and student; False: all `seed`
     epochs: int = 12                    # teachers / M1
-    student_epochs: int = 6             # M2 / M3 (each epoch also walks the unlabeled pool)
+    student_passes: float = 3.0         # M2 / M3: the schedule in passes over the unlabeled pool
     batch_size: int = 64
     lr: float = 2e-3                    # AdamW, cosine schedule
     weight_decay: float = 1e-4
     patience: int = 4                   # early stopping on the validation score (epochs without gain)
     min_steps: int = 0                  # at least this many updates per model (epochs stretched for small fractions)
     task_weights: dict[str, float] = field(default_factory=lambda: {"T1": 1.0, "T2": 1.0, "T3": 1.0})
-    augment: bool = True                # random flips + small shifts on tensors
+    augment: bool = True                # teachers / M1: a small shift and brightness jitter per batch (no flips)
     # distillation
-    alpha: float = 0.95                 # weight of the KD term on labeled images (paper code: 0.95)
+    alpha_grid: tuple[float, ...] = (0.5, 0.9)  # α of α·mean_all(KD) + (1−α)·mean_labeled(CE); chosen on val. with τ
     tau_grid: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 20.0)  # chosen on validation per (tasks, p)
-    unlabeled_per_epoch: float = 1.0    # share of the unlabeled pool drawn anew for each student epoch
-    kd_mode: str = "cached"             # "cached": teacher outputs computed once; "online": per batch
+    unlabeled_per_epoch: float = 1.0    # passes over the unlabeled pool per student epoch (one validation each)
+    labeled_share: float = 0.25         # labeled rows per student batch (oversampled); 0: plain shuffle (ablation)
+    student_augment: bool = True        # noised student: per-image crop, rotation, colours (noise.py); False: `augment`
+    head_dropout: float = 0.5           # dropout before the students' T1/T2 heads (teachers, M1, M1b: 0.2)
+    kd_mode: str = "cached"             # "cached": teachers on clean images, once; "online": on each noised batch
+    t3_kd: str = "exact"                # "exact": full distribution or top-k + rest; "topk": truncated (ablation)
     t3_topk: int = 32                   # T3 soft targets kept per step (exact when >= vocabulary)
     # runtime
     device: str = "auto"                # "auto", "cpu" or "cuda"
@@ -52,14 +59,23 @@ class Config:
 
     def __post_init__(self) -> None:
         self.tau_grid = tuple(float(t) for t in self.tau_grid)
+        self.alpha_grid = tuple(float(a) for a in self.alpha_grid)
         self.check()
 
     def check(self) -> None:
         """Raise ValueError naming the bad parameter and what is allowed."""
         for f in fields(self):
             _check_type(f, getattr(self, f.name))
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha={self.alpha}: must lie in [0, 1]")
+        if not self.alpha_grid or any(not 0.0 <= a <= 1.0 for a in self.alpha_grid):
+            raise ValueError(f"alpha_grid={self.alpha_grid}: give KD weights in [0, 1], e.g. (0.5, 0.9)")
+        if not 0.0 <= self.labeled_share < 1.0 or not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"labeled_share={self.labeled_share}, head_dropout={self.head_dropout}: "
+                             "both must lie in [0, 1)")
+        if self.student_passes <= 0 or self.unlabeled_per_epoch <= 0:
+            raise ValueError(f"student_passes={self.student_passes}, unlabeled_per_epoch={self.unlabeled_per_epoch}: "
+                             "both must be > 0")
+        if self.t3_kd not in T3_KD:
+            raise ValueError(f"t3_kd={self.t3_kd!r}: use one of {T3_KD}")
         if not self.tau_grid or any(t <= 0 for t in self.tau_grid):
             raise ValueError(f"tau_grid={self.tau_grid}: temperatures must be > 0")
         if self.kd_mode not in ("cached", "online"):
@@ -68,7 +84,7 @@ class Config:
             raise ValueError(f"device={self.device!r}: use 'auto', 'cpu' or 'cuda'")
         if self.beam_size < 1 or self.max_len < 3:
             raise ValueError(f"beam_size={self.beam_size}, max_len={self.max_len}: need beam_size >= 1, max_len >= 3")
-        for name in ("image_size", "epochs", "student_epochs", "batch_size", "patience", "t3_topk", "min_word_freq",
+        for name in ("image_size", "epochs", "batch_size", "patience", "t3_topk", "min_word_freq",
                      "head_hidden", "embed_dim", "lstm_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be a positive integer")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,3 +189,34 @@ def augment(x: torch.Tensor, generator: torch.Generator, shift: int = 4, jitter:
     gain = 1 + jitter * (2 * torch.rand(B, 1, 1, 1, generator=generator) - 1)
     bias = jitter * (2 * torch.rand(B, 1, 1, 1, generator=generator) - 1) * 0.5
     return (x * gain.to(x.device) + bias.to(x.device)).clamp_(0, 1)
+
+
+def _cycle(rows: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
+    """n rows drawn as whole seeded permutations of `rows`, one after another (each row once per round)."""
+    rounds = -(-n // len(rows))
+    return np.concatenate([rows[torch.randperm(len(rows), generator=generator).numpy()] for _ in range(rounds)])[:n]
+
+
+def labeled_share_batches(labeled_rows: np.ndarray, unlabeled_rows: np.ndarray, batch_size: int, labeled_share: float,
+                          passes: float, generator: torch.Generator) -> list[np.ndarray]:
+    """A student's batches: each holds round(labeled_share * batch_size) labeled rows, the rest from the pool.
+
+    The labeled fraction is oversampled so its rows keep their weight (at p = 15 a plain shuffle gives a
+    batch ~9 % labeled rows): labeled rows are drawn as whole permutations, cycled. The schedule is
+    `passes` passes over the unlabeled pool (each pool row once per pass, the last batch topped up from
+    the next permutation), so every batch has exactly the same share. Seeded by `generator` alone.
+    """
+    if not 0 < labeled_share < 1:
+        raise ValueError(f"labeled_share={labeled_share}: give the share of labeled rows per batch in (0, 1), "
+                         "e.g. 0.25")
+    if passes <= 0:
+        raise ValueError(f"passes={passes}: give the number of passes over the unlabeled pool, > 0")
+    if len(labeled_rows) == 0 or len(unlabeled_rows) == 0:
+        raise ValueError(f"labeled_share_batches needs labeled and unlabeled rows (got {len(labeled_rows)} and "
+                         f"{len(unlabeled_rows)}); without an unlabeled pool use batch_rows")
+    n_labeled = min(batch_size - 1, max(1, round(labeled_share * batch_size)))
+    n_unlabeled = batch_size - n_labeled
+    n_batches = max(1, math.ceil(passes * len(unlabeled_rows) / n_unlabeled))
+    lab = _cycle(np.asarray(labeled_rows), n_batches * n_labeled, generator).reshape(n_batches, n_labeled)
+    unl = _cycle(np.asarray(unlabeled_rows), n_batches * n_unlabeled, generator).reshape(n_batches, n_unlabeled)
+    return list(np.concatenate([lab, unl], axis=1))

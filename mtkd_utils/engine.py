@@ -12,8 +12,9 @@ from .progress import progress
 
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import FundusData, augment, batch_rows, image_batch
+from .data import FundusData, augment, batch_rows, image_batch, labeled_share_batches
 from .metrics import rouge_l, task_metrics, train_baselines, val_score
+from .noise import student_noise
 from .text import sentence_bleu4, tokenize, trim
 
 
@@ -52,15 +53,17 @@ def caption_terms(decoder, feats: torch.Tensor, ref: torch.Tensor, labeled: torc
     hard = losses.caption_ce(logits, tokens) * labeled                           # unlabeled rows: no reference
     if "T3_val" not in soft:
         return hard, None
-    kd = losses.caption_kd(logits, soft["T3_val"][:, :, :L], soft["T3_idx"][:, :, :L], tokens, tau)  # (B, K)
+    rest = soft["T3_rest"][:, :, :L] if "T3_rest" in soft else None             # exact T3 KD: the rest bucket
+    kd = losses.caption_kd(logits, soft["T3_val"][:, :, :L], soft["T3_idx"][:, :, :L], tokens, tau, rest)  # (B, K)
     return hard, kd.mean(1)
 
 
 class MultiTaskLoss:
-    """Weighted sum over tasks of CE (labeled rows) and, with teachers, alpha*KD + (1-alpha)*CE.
+    """Weighted sum over tasks of mean_labeled(CE) and, with teachers, alpha*mean_all(KD) + (1-alpha)*mean_labeled(CE).
 
     `teachers` (distill.CachedTeachers / OnlineTeachers, or None) gives each task's soft targets from
-    the teachers trained on it; a task's KD term is the mean over them. Unlabeled rows get KD alone.
+    the teachers trained on it; a task's KD term is the mean over them. The CE is averaged over the
+    labeled rows only (losses.distill_objective), so alpha weighs the true labels whatever their share.
     """
 
     def __init__(self, data: FundusData, weights: dict[str, float], alpha: float = 1.0, tau: float = 1.0,
@@ -74,7 +77,7 @@ class MultiTaskLoss:
         ref = data.targets["T3"][rows].to(x.device)
         soft = self.teachers.targets(rows, x, ref, labeled) if self.teachers else {}
         feats = model.features(x)
-        total = torch.zeros(x.shape[0], device=x.device)
+        total = torch.zeros((), device=x.device)
         for task in model.tasks:
             if task == "T3":
                 hard, kd = caption_terms(model.decoder, feats, ref, labeled, soft, self.tau)
@@ -82,12 +85,12 @@ class MultiTaskLoss:
                 logits = model.heads[task](feats)
                 hard = losses.ce(logits, data.targets[task][rows].to(x.device))
                 kd = losses.kd(logits.unsqueeze(1), soft[task], self.tau).mean(1) if task in soft else None  # (B,)
-            term = hard if kd is None else torch.where(labeled, self.alpha * kd + (1 - self.alpha) * hard, kd)
-            if not torch.isfinite(term).all():
+            term = losses.distill_objective(hard, kd, labeled, self.alpha)
+            if not torch.isfinite(term):
                 raise FloatingPointError(f"non-finite {task} loss at step {self.step}: lower the learning rate "
                                          "or check the inputs")
             total = total + self.weights.get(task, 1.0) * term
-        return total.mean()
+        return total
 
 
 def epoch_rows(train_rows: np.ndarray, unlabeled_rows: np.ndarray | None, share: float,
@@ -104,15 +107,23 @@ class TrainBatches:
     """One epoch's training batches, (images (B, 3, H, W) on the device, manifest rows), in a seeded order.
 
     The order (labeled rows plus this epoch's unlabeled share) is drawn when built; augmentation draws from
-    the same generator as the batches are read.
+    the same generator as the batches are read. A student (`student=True`) gets the recipe's batches, each
+    with cfg.labeled_share labeled rows (data.labeled_share_batches; 0: a plain shuffle), and the noised
+    view of noise.student_noise when cfg.student_augment.
     """
 
     def __init__(self, data: FundusData, rows: np.ndarray, cfg, epoch: int, device: torch.device,
-                 unlabeled_rows: np.ndarray | None = None):
+                 unlabeled_rows: np.ndarray | None = None, student: bool = False):
         self.generator = epoch_generator(cfg.seed, epoch)
-        rows = epoch_rows(rows, unlabeled_rows, cfg.unlabeled_per_epoch, self.generator)
-        self.order = list(batch_rows(rows, cfg.batch_size, shuffle=True, generator=self.generator))
-        self.images, self.augment, self.device = data.images, cfg.augment, device
+        pool = unlabeled_rows is not None and len(unlabeled_rows) > 0
+        if student and pool and cfg.labeled_share > 0:
+            self.order = labeled_share_batches(rows, unlabeled_rows, cfg.batch_size, cfg.labeled_share,
+                                               cfg.unlabeled_per_epoch, self.generator)
+        else:
+            rows = epoch_rows(rows, unlabeled_rows, cfg.unlabeled_per_epoch, self.generator)
+            self.order = list(batch_rows(rows, cfg.batch_size, shuffle=True, generator=self.generator))
+        self.noise = student_noise if student and cfg.student_augment else augment if cfg.augment else None
+        self.images, self.device = data.images, device
 
     def __len__(self) -> int:
         return len(self.order)
@@ -120,8 +131,8 @@ class TrainBatches:
     def __iter__(self):
         for rows in self.order:
             x = image_batch(self.images, rows, self.device)
-            if self.augment:
-                x = augment(x, self.generator)
+            if self.noise is not None:
+                x = self.noise(x, self.generator)
             if self.device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, rows
@@ -197,22 +208,34 @@ def cosine_schedule(optimizer, total_steps: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def schedule(epochs: int, per_epoch: int, patience: int, min_steps: int,
+             updates: int | None = None) -> tuple[int, int]:
+    """(epochs, patience): `epochs` epochs of `per_epoch` updates stretched to at least min_steps updates, or as many
+    epochs as `updates` updates take (M1 at a student's budget); patience stretches with the epochs."""
+    if updates:
+        budget = -(-updates // per_epoch)                 # ceil: the last epoch may run a few updates over
+        return budget, math.ceil(patience * max(1.0, budget / epochs))
+    stretch = max(1.0, min_steps / (epochs * per_epoch))
+    return math.ceil(epochs * stretch), math.ceil(patience * stretch)
+
+
 def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Path, epochs: int,
         teachers=None, tau: float = 1.0, unlabeled_rows: np.ndarray | None = None,
-        signature: dict | None = None, desc: str = "train") -> pd.DataFrame:
+        signature: dict | None = None, desc: str = "train", alpha: float = 1.0, student: bool = False,
+        updates: int | None = None) -> pd.DataFrame:
     """Train with early stopping on the validation score; resume from run_dir/last.pt after a kill.
 
-    Leaves the best-validation weights in `model` and in run_dir/checkpoint.pt; returns the history.
+    A student (`student=True`) gets the recipe's batches and noise (TrainBatches). `updates` fixes the schedule's
+    length in updates instead of `epochs` (M1b). Leaves the best-validation weights in `model` and in
+    run_dir/checkpoint.pt; returns the history, with the updates made by the end of each epoch.
     """
     run_dir, device = Path(run_dir), pick_device(cfg.device)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    rows_per_epoch = len(epoch_rows(train_rows, unlabeled_rows, cfg.unlabeled_per_epoch, torch.Generator()))
-    per_epoch = math.ceil(rows_per_epoch / cfg.batch_size)
+    per_epoch = len(TrainBatches(data, train_rows, cfg, 0, device, unlabeled_rows, student))
     # A small fraction gets at least min_steps updates: otherwise p=15 is also an under-trained model.
-    stretch = max(1.0, cfg.min_steps / (epochs * per_epoch))
-    epochs, patience = math.ceil(epochs * stretch), math.ceil(cfg.patience * stretch)
+    epochs, patience = schedule(epochs, per_epoch, cfg.patience, cfg.min_steps, updates)
     steps = epochs * per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, steps, warmup=max(1, steps // 20))
@@ -225,15 +248,15 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
         scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["rng"])
         state = ck["progress"]
-    val_rows, loss_fn = data.rows("val"), MultiTaskLoss(data, cfg.task_weights, cfg.alpha, tau, teachers)
+    val_rows, loss_fn = data.rows("val"), MultiTaskLoss(data, cfg.task_weights, alpha, tau, teachers)
     baselines = train_baselines(data)              # the constant answers the validation score measures skill against
     for epoch in range(state["epoch"], epochs):
-        batches = TrainBatches(data, train_rows, cfg, epoch, device, unlabeled_rows)
+        batches = TrainBatches(data, train_rows, cfg, epoch, device, unlabeled_rows, student)
         loss = train_one_epoch(model, batches, optimizer, scheduler, loss_fn, f"{desc} epoch {epoch + 1}")
         val = task_metrics(predict(model, data, val_rows, eval_batch_size(cfg), cfg.max_len, 1, device), data.labels)
         score = val_score(val, model.tasks, baselines)
-        state["history"].append(dict(epoch=epoch + 1, train_loss=loss, val_score=score,
-                                     **{f"val_{k}": v for k, v in val.items()}))
+        state["history"].append(dict(epoch=epoch + 1, updates=(epoch + 1) * per_epoch, train_loss=loss,
+                                     val_score=score, **{f"val_{k}": v for k, v in val.items()}))
         if score > state["best"]:
             state["best"], state["bad_epochs"] = score, 0
             save_checkpoint(run_dir / "checkpoint.pt", dict(model=model.state_dict(), signature=signature or {},

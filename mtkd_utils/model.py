@@ -21,6 +21,7 @@ _FAMILIES = {
     "mobilenet": dict(attr="features", cam_layer="-1"),   # features | avgpool classifier
     "efficientnet": dict(attr="features", cam_layer="-1"),
 }
+TEACHER_HEAD_DROPOUT = 0.2       # the heads' dropout for teachers, M1 and M1b (students: Config.head_dropout)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -155,7 +156,8 @@ class MTLModel(nn.Module):
 
     def __init__(self, tasks: tuple[str, ...], n_coarse: int, n_fine: int, vocab_size: int,
                  backbone: str = "resnet50", pretrained: str | None = None,
-                 head_hidden: int = 256, embed_dim: int = 128, lstm_hidden: int = 256, output_stride: int = 32):
+                 head_hidden: int = 256, embed_dim: int = 128, lstm_hidden: int = 256, output_stride: int = 32,
+                 head_dropout: float = TEACHER_HEAD_DROPOUT):
         super().__init__()
         self.tasks = tuple(tasks)
         self.encoder, feat_dim, self.cam_layer_name, self.init_note = build_encoder(backbone, pretrained, output_stride)
@@ -163,9 +165,9 @@ class MTLModel(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.heads = nn.ModuleDict()
         if "T1" in tasks:
-            self.heads["T1"] = ClassHead(feat_dim, head_hidden, n_coarse)
+            self.heads["T1"] = ClassHead(feat_dim, head_hidden, n_coarse, head_dropout)
         if "T2" in tasks:
-            self.heads["T2"] = ClassHead(feat_dim, head_hidden, n_fine)
+            self.heads["T2"] = ClassHead(feat_dim, head_hidden, n_fine, head_dropout)
         self.decoder = CaptionDecoder(feat_dim, vocab_size, embed_dim, lstm_hidden) if "T3" in tasks else None
 
     @property
@@ -193,8 +195,10 @@ class MTLModel(nn.Module):
         return self.decoder.generate(self.features(images), max_len, beam_size)
 
 
-def build_model(cfg, tasks: tuple[str, ...], n_coarse: int, n_fine: int, vocab_size: int) -> MTLModel:
-    """The model a config describes (seeded by the caller)."""
+def build_model(cfg, tasks: tuple[str, ...], n_coarse: int, n_fine: int, vocab_size: int,
+                student: bool = False) -> MTLModel:
+    """The model a config describes (seeded by the caller); a student's heads get cfg.head_dropout (its noise)."""
     return MTLModel(tasks, n_coarse, n_fine, vocab_size, backbone=cfg.backbone, pretrained=cfg.pretrained,
                     head_hidden=cfg.head_hidden, embed_dim=cfg.embed_dim, lstm_hidden=cfg.lstm_hidden,
-                    output_stride=cfg.output_stride)
+                    output_stride=cfg.output_stride,
+                    head_dropout=cfg.head_dropout if student else TEACHER_HEAD_DROPOUT)

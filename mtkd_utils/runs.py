@@ -2,7 +2,7 @@
 
     <experiment>/data/                                  01: dataset.json, splits.csv, label_map.json, cache/
     <experiment>/teachers/p<P>_s<seed>/<tasks>/         02: one teacher per task subset
-    <experiment>/students/<tasks>/p<P>_s<seed>/<model>/ 03: M1 / M2 / M3, tau_<τ>/ per temperature
+    <experiment>/students/<tasks>/p<P>_s<seed>/<model>/ 03: M1 / M2 / M3 / M1b; M2, M3: tau_<τ>_alpha_<α>/ per setting
     <experiment>/analysis/, gradcam/, results/          04, 05, 06
 
 Every other module and notebook spells and parses these paths through here (docs/ARCHITECTURE.md).
@@ -20,7 +20,8 @@ from .config import MODELS, Config, check_fraction, parse_tasks, task_key
 from .io import create_json, environment, fingerprint, read_json
 
 RUNTIME_FIELDS = ("device", "threads")                   # change how fast, not what is computed
-DISTILL_FIELDS = ("alpha", "tau_grid", "student_epochs", "unlabeled_per_epoch", "kd_mode")  # students only
+DISTILL_FIELDS = ("alpha_grid", "tau_grid", "student_passes", "unlabeled_per_epoch", "kd_mode", "labeled_share",
+                  "student_augment", "head_dropout", "t3_kd")           # students only: teachers and M1 ignore them
 ANALYSES = ("analysis", "gradcam", "results")            # the folders of notebooks 04, 05, 06
 _FOLDER = re.compile(r"p(?P<p>[0-9.]+)_s(?P<seed>[0-9]+)")
 
@@ -106,13 +107,13 @@ def teachers_root(experiment_dir: str | Path, p: float, seed: int) -> Path:
 def student_dir(experiment_dir: str | Path, key: RunKey) -> Path:
     """students/<tasks>/p<P>_s<seed>/<model>."""
     if key.model is None:
-        raise ValueError(f"{key}: a student run needs a model (M1, M2 or M3)")
+        raise ValueError(f"{key}: a student run needs a model, one of {MODELS}")
     return Path(experiment_dir) / "students" / task_key(key.tasks) / key.folder / key.model
 
 
-def tau_dir(student_run: Path, tau: float) -> Path:
-    """One student per temperature, inside its run folder."""
-    return Path(student_run) / f"tau_{tau:g}"
+def setting_dir(student_run: Path, tau: float, alpha: float) -> Path:
+    """One student per (temperature, KD weight) of the validation grid, inside its run folder."""
+    return Path(student_run) / f"tau_{tau:g}_alpha_{alpha:g}"
 
 
 def soft_targets_path(student_run: Path) -> Path:
@@ -128,11 +129,15 @@ def analysis_dir(experiment_dir: str | Path, which: str) -> Path:
 
 
 def trained_model_dir(experiment_dir: str | Path, key: RunKey) -> Path:
-    """Where a finished run's weights are: M1 is its teacher; M2/M3 the student at the tau chosen on validation."""
+    """Where a finished run's weights are: M1 is its teacher; M1b its own folder; M2/M3 the student at the (tau, alpha)
+    chosen on validation."""
     if key.model == "M1":
         return teacher_dir(experiment_dir, key.with_model(None))
     run = student_dir(experiment_dir, key)
-    return tau_dir(run, read_json(run / "metrics.json")["tau"])
+    if key.model == "M1b":
+        return run
+    chosen = read_json(run / "metrics.json")
+    return setting_dir(run, chosen["tau"], chosen["alpha"])
 
 
 # ---------------------------------------------------------------- claiming a run folder

@@ -5,6 +5,8 @@ so any notebook can be re-run alone and a killed run resumes.
 """
 from __future__ import annotations
 
+import math
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from .io import file_sha1, fingerprint, read_json, write_csv, write_json
 from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
 from .model import MTLModel, build_model
 from .runs import RunKey
+from .seeds import derive_seed
 
 BLEU_NOTE = ("T3_bleu1..4: nltk corpus BLEU, no smoothing; "
              "T3_sentence_bleu: mean nltk sentence BLEU-4, smoothing method1")
@@ -31,9 +34,19 @@ def write_split(run: Path, data: FundusData) -> None:
     write_csv(data.roles[["image_id", "patient_id", "role"]], run / "split.csv")
 
 
-def new_model(cfg: Config, data: FundusData, tasks: tuple[str, ...], seed: int) -> MTLModel:
+def new_model(cfg: Config, data: FundusData, tasks: tuple[str, ...], seed: int, student: bool = False) -> MTLModel:
     torch.manual_seed(seed)
-    return build_model(cfg, tasks, len(data.labels.coarse), len(data.labels.fine), len(data.vocab))
+    return build_model(cfg, tasks, len(data.labels.coarse), len(data.labels.fine), len(data.vocab), student)
+
+
+def model_seed(cfg: Config, role: str, tasks: tuple[str, ...]) -> int:
+    """The seed of one model of the run (init and data order): its own with diverse_seeds, else the run's."""
+    return derive_seed(cfg.seed, role, tasks) if cfg.diverse_seeds else cfg.seed
+
+
+def student_epochs(cfg: Config) -> int:
+    """Student epochs: student_passes over the unlabeled pool, unlabeled_per_epoch of a pass per epoch."""
+    return max(1, math.ceil(round(cfg.student_passes / cfg.unlabeled_per_epoch, 9)))
 
 
 def load_model(run: Path, cfg: Config, data: FundusData, tasks: tuple[str, ...]) -> MTLModel:
@@ -45,8 +58,10 @@ def load_model(run: Path, cfg: Config, data: FundusData, tasks: tuple[str, ...])
     return model.to(pick_device(cfg.device)).eval()
 
 
-def _best(history: pd.DataFrame) -> pd.Series:
-    return history.loc[history.val_score.idxmax()]
+def _progress(history: pd.DataFrame) -> dict:
+    """Best epoch and score, and the updates made in all (the budget M1b matches)."""
+    best = history.loc[history.val_score.idxmax()]
+    return dict(best_epoch=int(best.epoch), val_score=float(best.val_score), updates=int(history.updates.iloc[-1]))
 
 
 # ---------------------------------------------------------------- teachers (02)
@@ -54,18 +69,17 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
     """An MTL model on the labeled fraction (M1 when tasks is the full set)."""
     key = RunKey(tasks, p, seed)
     run, cfg = runs.teacher_dir(experiment_dir, key), cfg.updated(seed=seed)
-    runs.claim_run(run, cfg, runs.DISTILL_FIELDS, **teacher_meta(key))
+    own_seed = model_seed(cfg, "teacher", key.tasks)
+    runs.claim_run(run, cfg, runs.DISTILL_FIELDS, **teacher_meta(key, cfg))
     if (run / "metrics.json").exists():
         return run
     write_split(run, data)
-    model = new_model(cfg, data, key.tasks, seed)
-    history = fit(model, data, data.rows("train"), cfg, run, cfg.epochs,
+    model = new_model(cfg, data, key.tasks, own_seed)
+    history = fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), run, cfg.epochs,
                   signature=runs.signature(data, cfg, key.tasks), desc=f"teacher {task_key(key.tasks)}")
     write_csv(history, run / "history.csv")
-    best = _best(history)
-    write_json(dict(tasks=list(key.tasks), p=key.p, seed=seed, best_epoch=int(best.epoch),
-                    val_score=float(best.val_score), init=model.init_note),
-               run / "metrics.json", checksum=True)  # last: marks done
+    write_json(dict(tasks=list(key.tasks), p=key.p, seed=seed, model_seed=own_seed, **_progress(history),
+                    init=model.init_note), run / "metrics.json", checksum=True)  # last: marks done
     return run
 
 
@@ -75,7 +89,7 @@ def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config) -> p
     for subset in task_subsets(key.tasks):   # refuse other settings before load_data writes an image cache of a new size
         sub = RunKey(subset, key.p, seed)
         runs.refuse_other_settings(runs.teacher_dir(experiment_dir, sub), cfg.updated(seed=seed), runs.DISTILL_FIELDS,
-                                   **teacher_meta(sub))
+                                   **teacher_meta(sub, cfg))
     data = load_data(experiment_dir, key.p, cfg)
     rows = []
     for subset in task_subsets(key.tasks):
@@ -84,8 +98,10 @@ def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config) -> p
     return pd.DataFrame(rows).round(4)       # for people: nltk's zero-BLEU floor (~5e-232) shows as 0
 
 
-def teacher_meta(key: RunKey) -> dict:
-    return dict(role="teacher", tasks=list(key.tasks), p=key.p, seed=key.seed)
+def teacher_meta(key: RunKey, cfg: Config) -> dict:
+    """What a teacher's config.json records beside its Config, its own seed included."""
+    own_seed = model_seed(cfg.updated(seed=key.seed), "teacher", key.tasks)
+    return dict(role="teacher", tasks=list(key.tasks), p=key.p, seed=key.seed, model_seed=own_seed)
 
 
 # ---------------------------------------------------------------- students (03)
@@ -98,9 +114,12 @@ def _distil_rows(data: FundusData) -> np.ndarray:
     return np.sort(np.concatenate([data.rows("train"), data.rows("unlabeled")]))
 
 
-def student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data) -> CachedTeachers | OnlineTeachers:
-    """The student's teachers: their soft targets, computed once into the student's folder and reused by
-    every tau (kd_mode="cached"), or the models themselves, run on every batch (kd_mode="online")."""
+def student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data,
+                     tau: float | None = None) -> CachedTeachers | OnlineTeachers:
+    """The student's teachers: their soft targets on clean images, computed once into the student's folder and
+    reused by every (tau, alpha) (kd_mode="cached"), or the models themselves, run on every noised batch
+    (kd_mode="online"). With t3_kd="exact" they also give the T3 rest bucket at `tau`."""
+    exact_tau = tau if cfg.t3_kd == "exact" else None
     key = RunKey(tasks, p, seed, model_name)
     found = {s: runs.teacher_dir(experiment_dir, RunKey(s, p, seed)) for s in teachers_for(model_name, key.tasks)}
     for subset, run in found.items():
@@ -108,40 +127,66 @@ def student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data) -> C
             raise FileNotFoundError(f"teacher {task_key(subset)} at p={key.p:g}, seed={seed} is missing ({run}); "
                                     "run 02_teachers.ipynb first")
     if cfg.kd_mode == "online":
-        return OnlineTeachers([load_model(run, cfg, data, s) for s, run in found.items()], cfg.max_len, cfg.t3_topk)
+        return OnlineTeachers([load_model(run, cfg, data, s) for s, run in found.items()], cfg.max_len, cfg.t3_topk,
+                              exact_tau)
+    rest_taus = cfg.tau_grid if cfg.t3_kd == "exact" else ()
     path = runs.soft_targets_path(runs.student_dir(experiment_dir, key))
     rows, device = _distil_rows(data), pick_device(cfg.device)
     # What the cache was computed from: it is derived data, rebuilt when any of this changed.
     meta = dict(teachers={task_key(s): file_sha1(r / "checkpoint.pt") for s, r in found.items()},
                 data=fingerprint(runs.signature(data, cfg, key.tasks)), max_len=cfg.max_len, t3_topk=cfg.t3_topk,
-                rows=fingerprint(rows.tolist()))
+                rows=fingerprint(rows.tolist()), rest_taus=list(rest_taus))
     store = read_soft_targets(path)
     if not runs.json_equal(store.get("meta"), meta):
         models = [load_model(run, cfg, data, s) for s, run in found.items()]
         store = load_checkpoint(build_soft_targets(models, data, rows, path, cfg.max_len, cfg.t3_topk,
-                                                   eval_batch_size(cfg), device, meta))
-    return CachedTeachers(store, len(data.manifest), device)
+                                                   eval_batch_size(cfg), device, meta, rest_taus))
+    return CachedTeachers(store, len(data.manifest), device, exact_tau)
 
 
-def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, cfg: Config, data: FundusData) -> dict:
-    """One M2/M3 student at temperature tau; returns its validation metrics (never touches test)."""
+def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, alpha: float, cfg: Config,
+                  data: FundusData) -> dict:
+    """One M2/M3 student at temperature tau and KD weight alpha; returns its validation metrics (never touches test)."""
     key = RunKey(tasks, p, seed, model_name)
-    run, cfg = runs.tau_dir(runs.student_dir(experiment_dir, key), tau), cfg.updated(seed=seed)
-    runs.claim_run(run, cfg, ("tau_grid",), model=model_name, tasks=list(key.tasks), p=key.p, seed=seed, tau=tau,
+    run, cfg = runs.setting_dir(runs.student_dir(experiment_dir, key), tau, alpha), cfg.updated(seed=seed)
+    own_seed = model_seed(cfg, "student", key.tasks)
+    runs.claim_run(run, cfg, ("tau_grid", "alpha_grid"), model=model_name, tasks=list(key.tasks), p=key.p, seed=seed,
+                   tau=tau, alpha=alpha, model_seed=own_seed,
                    teachers=[task_key(t) for t in teachers_for(model_name, key.tasks)])
     if (run / "val.json").exists():
         return read_json(run / "val.json")
     write_split(run, data)
-    teachers = student_teachers(experiment_dir, model_name, key.tasks, p, seed, cfg, data)
-    model = new_model(cfg, data, key.tasks, seed)
-    history = fit(model, data, data.rows("train"), cfg, run, cfg.student_epochs, teachers=teachers, tau=tau,
-                  unlabeled_rows=data.rows("unlabeled"), signature=runs.signature(data, cfg, key.tasks),
-                  desc=f"{model_name} tau={tau:g}")
+    teachers = student_teachers(experiment_dir, model_name, key.tasks, p, seed, cfg, data, tau)
+    model = new_model(cfg, data, key.tasks, own_seed, student=True)
+    history = fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), run, student_epochs(cfg),
+                  teachers=teachers, tau=tau, unlabeled_rows=data.rows("unlabeled"),
+                  signature=runs.signature(data, cfg, key.tasks), desc=f"{model_name} tau={tau:g} alpha={alpha:g}",
+                  alpha=alpha, student=True)
     write_csv(history, run / "history.csv")
-    best = _best(history)
-    val = dict(tau=tau, val_score=float(best.val_score), best_epoch=int(best.epoch))
+    val = dict(tau=tau, alpha=alpha, **_progress(history))
     write_json(val, run / "val.json", checksum=True)
     return val
+
+
+def student_budget(experiment_dir, key: RunKey) -> tuple[int, str]:
+    """The most updates a finished M2/M3 run of this (tasks, p, seed) took at its chosen setting, and which run."""
+    done = {m: runs.student_dir(experiment_dir, key.with_model(m)) / "metrics.json" for m in ("M2", "M3")}
+    budgets = {m: read_json(path)["updates"] for m, path in done.items() if path.exists()}
+    if not budgets:
+        raise FileNotFoundError(f"M1b is M1 retrained for as many updates as the student: train M2 or M3 at "
+                                f"p={key.p:g}, seed={key.seed} first (03_student_mtl_kd.ipynb, models before M1b)")
+    model = max(budgets, key=budgets.get)
+    return budgets[model], model
+
+
+def train_m1_at_budget(experiment_dir, key: RunKey, updates: int, cfg: Config, data: FundusData) -> MTLModel:
+    """M1b: M1's recipe and seed (labeled rows, CE), trained for `updates` updates in the M1b run folder."""
+    run, own_seed = runs.student_dir(experiment_dir, key), model_seed(cfg, "teacher", key.tasks)
+    model = new_model(cfg, data, key.tasks, own_seed)
+    history = fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), run, cfg.epochs,
+                  signature=runs.signature(data, cfg, key.tasks), desc=f"M1b ({updates} updates)", updates=updates)
+    write_csv(history, run / "history.csv")
+    return model
 
 
 def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
@@ -163,10 +208,13 @@ def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, 
 
 def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg: Config,
                 data: FundusData | None = None) -> dict:
-    """M1 (the teacher on the full task set), or M2/M3 with tau chosen on validation; then the test split."""
+    """M1 (the teacher on the full task set), M2/M3 with (tau, alpha) chosen on validation, or M1b (M1 retrained for
+    as many updates as the M2/M3 student took); then the test split."""
     key = RunKey(tasks, p, seed, model_name)
     run, cfg = runs.student_dir(experiment_dir, key), cfg.updated(seed=seed)
     meta = dict(model=model_name, tasks=list(key.tasks), p=key.p, seed=seed)
+    if model_name == "M1b":
+        meta["updates"], meta["budget_of"] = student_budget(experiment_dir, key)
     runs.claim_run(run, cfg, runs.DISTILL_FIELDS if model_name == "M1" else (), **meta)
     if (run / "metrics.json").exists():
         return read_json(run / "metrics.json")
@@ -177,22 +225,32 @@ def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg
         if not (source / "metrics.json").exists():
             raise FileNotFoundError(f"M1 is the teacher {task_key(key.tasks)} at p={key.p:g}, seed={seed}; "
                                     f"run 02_teachers.ipynb first ({source})")
+        teacher = read_json(source / "metrics.json")
         return evaluate_on_test(load_model(source, cfg, data, key.tasks), data, cfg, run,
-                                {**meta, "tau": None, "checkpoint": (source / "checkpoint.pt").relative_to(experiment_dir).as_posix()})
-    search = pd.DataFrame([train_student(experiment_dir, model_name, key.tasks, key.p, seed, tau, cfg, data)
-                           for tau in cfg.tau_grid])
+                                {**meta, "tau": None, "alpha": None, "updates": teacher.get("updates"),
+                                 "model_seed": teacher.get("model_seed"),
+                                 "checkpoint": (source / "checkpoint.pt").relative_to(experiment_dir).as_posix()})
+    if model_name == "M1b":
+        model = train_m1_at_budget(experiment_dir, key, meta["updates"], cfg, data)
+        return evaluate_on_test(model, data, cfg, run, {**meta, "tau": None, "alpha": None,
+                                                        "model_seed": model_seed(cfg, "teacher", key.tasks)})
+    search = pd.DataFrame([train_student(experiment_dir, model_name, key.tasks, key.p, seed, tau, alpha, cfg, data)
+                           for tau, alpha in product(cfg.tau_grid, cfg.alpha_grid)])
     write_csv(search, run / "tau_search.csv")
-    tau = float(search.loc[search.val_score.idxmax(), "tau"])      # ties: the first (smallest) tau in the grid
-    model = load_model(runs.tau_dir(run, tau), cfg, data, key.tasks)
-    return evaluate_on_test(model, data, cfg, run, {**meta, "tau": tau, "tau_search": search.to_dict("records")})
+    best = search.loc[search.val_score.idxmax()]       # ties: the first setting in the grid (smallest tau, then alpha)
+    tau, alpha = float(best.tau), float(best.alpha)
+    model = load_model(runs.setting_dir(run, tau, alpha), cfg, data, key.tasks)
+    return evaluate_on_test(model, data, cfg, run, {**meta, "tau": tau, "alpha": alpha, "updates": int(best.updates),
+                                                    "model_seed": model_seed(cfg, "student", key.tasks),
+                                                    "tau_search": search.to_dict("records")})
 
 
 # ---------------------------------------------------------------- trained models back (04, 05)
 def load_student(experiment_dir, key: RunKey, device: str | None = None) -> tuple[MTLModel, FundusData]:
     """The trained model behind a finished run, built from the run's own saved config, with its data.
 
-    M1 is its teacher; M2/M3 the student at the tau chosen on validation. Any --set used for training
-    (image_size, backbone, head_hidden, ...) is therefore the one the model is rebuilt with.
+    M1 is its teacher; M1b its own folder; M2/M3 the student at the (tau, alpha) chosen on validation. Any --set
+    used for training (image_size, backbone, head_hidden, ...) is therefore the one the model is rebuilt with.
     """
     run = runs.trained_model_dir(experiment_dir, key)
     cfg = runs.run_config(run)

@@ -90,15 +90,18 @@ def load_samples(manifest_path: str | Path, rows: pd.DataFrame, size: int) -> tu
 
 # ---------------------------------------------------------------- students (03)
 def results_frame(results: dict[str, dict]) -> pd.DataFrame:
-    """Test metrics of several models side by side, with the chosen tau."""
-    rows = {m: {"tau": r["tau"], **r["test"]} for m, r in results.items()}
+    """Test metrics of several models side by side, with the chosen tau and alpha and the updates each took."""
+    rows = {m: {"tau": r["tau"], "alpha": r.get("alpha"), "updates": r.get("updates"), **r["test"]}
+            for m, r in results.items()}
     return pd.DataFrame(rows).T.drop(columns=["n"], errors="ignore").round(4)
 
 
 def tau_frame(results: dict[str, dict]) -> pd.DataFrame:
-    """Validation score per tau for each distilled model (the test split plays no part)."""
+    """Validation score per (tau, alpha) for each distilled model (the test split plays no part)."""
     rows = [{"model": m, **t} for m, r in results.items() for t in r.get("tau_search", [])]
-    return pd.DataFrame(rows).pivot(index="tau", columns="model", values="val_score") if rows else pd.DataFrame()
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).pivot(index=["tau", "alpha"], columns="model", values="val_score")
 
 
 # ---------------------------------------------------------------- finished runs (04, 05)

@@ -75,7 +75,7 @@ def test_paper_grid_shares_teachers(tmp_path):
     for c in students:
         prm = c.parameters
         assert f"teachers/p{prm['p']}_s{prm['seed']}" in c.deps and "data/all" in c.deps
-        assert prm["models"] == ["M1", "M2", "M3"]
+        assert prm["models"] == ["M1", "M2", "M3", "M1b"]   # M1b after the students whose budget it matches
     assert {c.parameters["tasks"] for c in students} == {"T1+T2", "T1+T3", "T2+T3", "T1+T2+T3"}
 
 
@@ -99,7 +99,7 @@ def test_cell_parameters_and_folders(tmp_path):
                                                    "p": 15, "seed": 0, "overrides": {"epochs": 3}}
     student = cells["students/T1+T2+T3/p70_s0"]
     assert student.parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3", "p": 70, "seed": 0,
-                                  "models": ["M1", "M2", "M3"], "overrides": {"epochs": 3}}
+                                  "models": ["M1", "M2", "M3", "M1b"], "overrides": {"epochs": 3}}
     assert student.notebook == "notebooks/03_student_mtl_kd.ipynb"
     assert student.run_dir == tmp_path.resolve() / "runs" / "students" / "T1+T2+T3" / "p70_s0"
     assert student.output_notebook.name == "03_student_mtl_kd.ipynb"

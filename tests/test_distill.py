@@ -119,7 +119,7 @@ def test_the_paper_preset_distils_a_step_on_cpu():
     rows = np.arange(4)
     x = batch(data, rows)
     teachers = OnlineTeachers([teacher.eval()], cfg.max_len, cfg.t3_topk)
-    loss = MultiTaskLoss(data, {}, alpha=cfg.alpha, tau=2.0, teachers=teachers)(student, x, rows)
+    loss = MultiTaskLoss(data, {}, alpha=cfg.alpha_grid[-1], tau=2.0, teachers=teachers)(student, x, rows)
     loss.backward()
     assert torch.isfinite(loss) and student.encoder[0].weight.grad.abs().sum() > 0
     sentences = student.eval().generate(x, cfg.max_len, cfg.beam_size)

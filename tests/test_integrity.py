@@ -158,7 +158,7 @@ def test_no_validation_or_test_image_reaches_training(prepared):
 
 def test_tau_and_early_stopping_never_read_test_labels(prepared, tmp_path):
     """Scrambling every test label changes nothing that training, early stopping or the tau choice saw."""
-    cfg = preset("smoke", epochs=2, student_epochs=2)
+    cfg = preset("smoke", epochs=2, student_passes=2.0)
     searches = []
     for name, scramble in (("clean", False), ("scrambled", True)):
         exp = copy_experiment(prepared, tmp_path / name)
@@ -173,6 +173,6 @@ def test_tau_and_early_stopping_never_read_test_labels(prepared, tmp_path):
             for col in ("coarse", "fine", "text"):                 # the truth that metrics read
                 data.manifest.loc[rows, col] = data.manifest.loc[rows[::-1], col].to_numpy()
         training.train_teacher(exp, ("T1", "T2", "T3"), 15, 0, cfg, data)
-        searches.append([training.train_student(exp, "M2", ("T1", "T2", "T3"), 15, 0, tau, cfg, data)
-                         for tau in cfg.tau_grid])
+        searches.append([training.train_student(exp, "M2", ("T1", "T2", "T3"), 15, 0, tau, alpha, cfg, data)
+                         for tau in cfg.tau_grid for alpha in cfg.alpha_grid])
     assert searches[0] == searches[1]

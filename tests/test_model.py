@@ -88,7 +88,9 @@ def test_unknown_backbone_lists_the_choices():
 
 
 def test_config_rejects_bad_parameters():
-    for bad, msg in [(dict(alpha=1.2), "alpha"), (dict(tau_grid=(0.0,)), "tau_grid"), (dict(epochs="5"), "epochs"),
-                     (dict(kd_mode="sometimes"), "kd_mode")]:
+    for bad, msg in [(dict(alpha_grid=(0.5, 1.2)), "alpha_grid"), (dict(tau_grid=(0.0,)), "tau_grid"),
+                     (dict(epochs="5"), "epochs"), (dict(kd_mode="sometimes"), "kd_mode"),
+                     (dict(t3_kd="full"), "t3_kd"),
+                     (dict(labeled_share=1.0), "labeled_share"), (dict(student_passes=0), "student_passes")]:
         with pytest.raises(ValueError, match=msg):
             preset("smoke", **bad)

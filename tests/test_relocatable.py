@@ -63,7 +63,7 @@ def test_refused_runs_leave_nothing_behind(tmp_path):
     key = runs.RunKey(("T1",), 15, 0)
     run = runs.teacher_dir(exp, key)
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({**training.teacher_meta(key),
+    (run / "config.json").write_text(json.dumps({**training.teacher_meta(key, CFG),
                                                  "config": CFG.updated(seed=0).to_dict()}))
     before = files_under(exp)
     with pytest.raises(FileExistsError, match="image_size"):        # a preset of another size: no new image cache
