@@ -6,16 +6,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
 
+from .fundus import read_rgb8
 from .manifest import read_manifest
+from .splits import select_fraction
 
 
 def _load(root: Path, paths: list[str], size: int) -> torch.Tensor:
     """Images as a float tensor (N, 3, size, size) in [0, 1]."""
-    arr = np.stack([np.asarray(Image.open(root / p).convert("RGB").resize((size, size), Image.BOX)) for p in paths])
+    arr = np.stack([np.asarray(Image.fromarray(read_rgb8(root / p)).resize((size, size), Image.BOX)) for p in paths])
     # (N, H, W, C) -> (N, C, H, W); contiguous, or torch keeps a channels-last layout that is slow on CPU
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().float() / 255
 
@@ -46,9 +49,7 @@ def quick_baseline(data: str | Path, train_fraction: float, seed: int = 0, *, im
     Training runs a fixed number of steps, so a small fraction is not also an under-trained one.
     One thread by default: on a busy 2-core machine a model this small runs 2-10x slower on two.
     """
-    if steps < 10:
-        raise ValueError(f"steps must be at least 10 (the learning-rate schedule warms up over 20 % of them); "
-                         f"got {steps}")
+    _check_steps(steps)
     manifest = Path(data) / "manifest.csv" if Path(data).is_dir() else Path(data)
     df = read_manifest(manifest)
     df = df[df.labeled == "1"].reset_index(drop=True)
@@ -60,19 +61,63 @@ def quick_baseline(data: str | Path, train_fraction: float, seed: int = 0, *, im
     if not 0 < n_train <= len(patients) - n_test:
         raise ValueError(f"train_fraction must be in (0, 0.7] (the other 30 % of patients is the test set); "
                          f"got {train_fraction}")
-    test_ids, train_ids = set(patients[:n_test]), set(patients[n_test:n_test + n_train])
+    train = df.patient_id.isin(set(patients[n_test:n_test + n_train])).to_numpy()
+    test = df.patient_id.isin(set(patients[:n_test])).to_numpy()
+    result = _train_and_score(manifest, df[train | test].reset_index(drop=True), train[train | test], seed,
+                              image_size, steps, batch_size, threads)
+    return {"train_fraction": train_fraction, "seed": seed, **result}
+
+
+def split_baseline(manifest_path: str | Path, splits: pd.DataFrame, p: float, seed: int = 0, *,
+                   evaluate_on: str = "val", image_size: int = 32, steps: int = 300, batch_size: int = 64,
+                   threads: int = 1) -> dict:
+    """The tiny CNN on the experiment's own split: trained on the images of fraction p, scored on `evaluate_on`.
+
+    `splits` is the experiment's splits.csv (splits.load_splits). Validation by default: the data-prep
+    notebook reads no test label; every p is scored on the same images. Beside the accuracy, the commonest
+    class of the training images (coarse and fine) scored on the same images: the no-skill lines.
+    """
+    _check_steps(steps)
+    if evaluate_on not in ("val", "test"):
+        raise ValueError(f"evaluate_on={evaluate_on!r}: choose 'val' or 'test'")
+    df = read_manifest(manifest_path)
+    if df.image_id.tolist() != splits.image_id.tolist():
+        raise ValueError(f"splits do not match {manifest_path} row for row: pass the experiment's own splits.csv")
+    roles = select_fraction(splits, p).role.to_numpy()
+    keep = (roles == "train") | (roles == evaluate_on)
+    if not (roles == evaluate_on).any():
+        raise ValueError(f"evaluate_on={evaluate_on!r}: the split has no {evaluate_on} image")
+    result = _train_and_score(manifest_path, df[keep].reset_index(drop=True), roles[keep] == "train", seed,
+                              image_size, steps, batch_size, threads)
+    return {"p": p, "evaluated_on": evaluate_on, "seed": seed, **result}
+
+
+def _check_steps(steps: int) -> None:
+    if steps < 10:
+        raise ValueError(f"steps must be at least 10 (the learning-rate schedule warms up over 20 % of them); "
+                         f"got {steps}")
+
+
+def _commonest_rate(train_labels: pd.Series, test_labels: pd.Series) -> float:
+    """Accuracy on the test labels of always answering the commonest training label."""
+    return float((test_labels == train_labels.value_counts().idxmax()).mean())
+
+
+def _train_and_score(manifest: str | Path, df: pd.DataFrame, is_train: np.ndarray, seed: int, image_size: int,
+                     steps: int, batch_size: int, threads: int) -> dict:
+    """Fit the tiny CNN on the rows `is_train` of `df` (labeled manifest rows), score it on the others."""
+    tr, te = np.flatnonzero(is_train), np.flatnonzero(~is_train)
     classes = sorted(df.coarse.unique())
     y_all = torch.tensor([classes.index(c) for c in df.coarse])
-    tr = np.flatnonzero(df.patient_id.isin(train_ids).to_numpy())
-    te = np.flatnonzero(df.patient_id.isin(test_ids).to_numpy())
-    x_all = _load(manifest.parent, list(df.image), image_size)
+    x_all = _load(Path(manifest).parent, list(df.image), image_size)
     mean, std = x_all[tr].mean((0, 2, 3), keepdim=True), x_all[tr].std((0, 2, 3), keepdim=True)
     x_all = (x_all - mean) / std
     with _torch_threads(threads):
         acc = _fit_and_score(x_all, y_all, tr, te, len(classes), seed, steps, batch_size)
-    majority = np.bincount(y_all[tr].numpy(), minlength=len(classes)).argmax()
-    return {"train_fraction": train_fraction, "seed": seed, "n_train_images": len(tr), "n_test_images": len(te),
-            "coarse_acc": acc, "majority_acc": float((y_all[te] == int(majority)).float().mean())}
+    train, test = df.iloc[tr], df.iloc[te]
+    return {"n_train_images": len(tr), "n_test_images": len(te), "coarse_acc": acc,
+            "majority_acc": _commonest_rate(train.coarse, test.coarse),
+            "fine_majority_acc": _commonest_rate(train.fine, test.fine)}
 
 
 def _fit_and_score(x_all: torch.Tensor, y_all: torch.Tensor, tr: np.ndarray, te: np.ndarray, n_classes: int,

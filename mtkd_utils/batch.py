@@ -22,11 +22,12 @@ import pandas as pd
 
 from .executor import JOBQUEUES, SCHEDULERS, close, connect, parse_cluster_options, run_grid, visible_gpus
 from .grid import (ANALYSES, CONFIG_STAGES, DONE, FAILED, KERNEL_NAME, NOTEBOOKS, RUNNING, SKIPPED,
-                   STAGES, NotebookRun, check_finished_parameters, describe_grid, expand_grid, new_record, plan,
-                   read_record, recorded_status, select_stages, summary)
+                   STAGES, NotebookRun, check_finished_parameters, default_experiment_dir, describe_grid, expand_grid,
+                   new_record, plan, read_record, recorded_status, select_stages, summary)
 from .io import write_csv, write_json
 from .presets import PRESETS
 from .lock import ExperimentBusy, acquire, release
+from .plan_checks import check_command_line
 
 # the grid's names stay importable from here, where they lived before the split
 __all__ = ["ANALYSES", "CONFIG_STAGES", "DONE", "FAILED", "NOTEBOOKS", "RUNNING", "SKIPPED", "STAGES",
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None, notebooks: dict[str, str] | None = None)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_command_line(args, default_experiment_dir(args.preset))
         grid = expand_grid(args.preset, args.experiment_dir, notebooks=notebooks, overrides=parse_overrides(args.overrides),
                            data_parameters=_data_parameters(args), dims=dict(tasks=args.tasks, p=args.p, seeds=args.seeds))
         check_finished_parameters(grid)

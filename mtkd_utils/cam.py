@@ -1,4 +1,4 @@
-"""Grad-CAM on one head of the multi-task model, localisation scores against lesion masks, and the figure.
+"""Grad-CAM on one head of the multi-task model, the sanity-check copy and the figure (scores: localisation).
 
 Supplement section 4 shows Grad-CAM overlays beside the ophthalmologist's annotation; here the overlap is
 also measured (pointing game, energy inside the mask), and the model-randomisation check of Adebayo et
@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from pytorch_grad_cam import (EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM,
@@ -26,17 +25,20 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from .io import save_figure
+from .localisation import as_mask
 
 # CAM methods of pytorch-grad-cam that take (model, target_layers) and class-index targets. Left out:
 # AblationCAM (swaps a layer inside the model), FullGrad (ignores the target layer), FinerCAM (other
 # targets), RandomCAM (draws from numpy's global, unseeded stream: not reproducible). The chance level
-# for the scores is the mask's area share (localisation_table's mask_share); the sanity check is randomized_copy.
+# for the scores is the mask's share of the field of view (localisation's mask_share); the sanity check is
+# randomized_copy.
 METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "xgradcam": XGradCAM,
     "layercam": LayerCAM, "gradcam-elementwise": GradCAMElementWise, "eigencam": EigenCAM,
     "eigengradcam": EigenGradCAM, "scorecam": ScoreCAM, "kpcacam": KPCA_CAM,
 }
 CORRECT_COLOR, WRONG_COLOR = "#1a7f37", "#c0172b"   # green / red captions, as in the supplement's figures
+NEUTRAL_COLOR = "black"                              # a true-class CAM: no prediction to judge
 
 
 class CamError(RuntimeError):
@@ -189,124 +191,14 @@ def randomized_copy(model: nn.Module, seed: int = 0, prefixes: Sequence[str] | N
     return twin.to(device)
 
 
-# ---------------------------------------------------------------- localisation scores
-
-def _mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A boolean (H, W) lesion mask (>0 = lesion) at `shape`, resized by nearest neighbour when needed."""
-    m = np.asarray(mask)
-    if m.ndim == 3 and m.shape[-1] == 1:
-        m = m[..., 0]
-    if m.ndim != 2:
-        raise ValueError(f"mask: expected a single-channel (H, W) array, got shape {m.shape}")
-    m = m > 0
-    if m.shape != tuple(shape):
-        # nearest neighbour: a resized mask stays a mask (no blended edge values)
-        m = cv2.resize(m.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
-    return m
-
-
-def _cam(cam: np.ndarray) -> np.ndarray:
-    c = np.asarray(cam, dtype=np.float64)
-    if c.ndim != 2 or not np.isfinite(c).all() or c.min() < 0:
-        raise ValueError(f"cam: expected a finite, non-negative (H, W) map, got shape {c.shape}")
-    return c
-
-
-TIES = ("majority", "all", "any")
-
-
-def pointing_game(cam: np.ndarray, mask: np.ndarray, ties: str = "majority", tol: float = 1e-6) -> bool:
-    """Whether the CAM's maximum falls inside the mask (resized to the CAM's size by nearest neighbour).
-
-    Upsampled CAMs have plateaus of equal maxima, so a tie rule is needed: every pixel within `tol`
-    of the maximum counts as a maximum; 'majority' (default) scores a hit when more than half of
-    them lie inside the mask, 'all' when all do, 'any' when one does. A constant CAM is all ties:
-    under 'majority' it hits only when the mask covers most of the image, so it earns no free hits.
-    An empty mask has no inside: ValueError.
-    """
-    if ties not in TIES:
-        raise ValueError(f"ties={ties!r}: choose one of {TIES}")
-    c = _cam(cam)
-    m = _mask(mask, c.shape)
-    if not m.any():
-        raise ValueError("pointing_game: the mask is empty (no lesion pixel); skip this image")
-    inside = m[c >= c.max() - tol]                  # the mask at every maximal pixel
-    return bool({"majority": inside.mean() > 0.5, "all": inside.all(), "any": inside.any()}[ties])
-
-
-def energy_inside(cam: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the CAM's mass inside the mask (resized as in pointing_game); a constant CAM scores the mask's
-    area share.
-
-    An all-zero CAM (no evidence anywhere) counts as uniform, like any constant map: it scores chance,
-    not NaN, so a randomised model's empty maps are not silently dropped from a mean.
-    """
-    c = _cam(cam)
-    m = _mask(mask, c.shape)
-    total = c.sum()
-    return float(c[m].sum() / total) if total > 0 else float(m.mean())
-
-
-def localisation_scores(cams: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray | None],
-                        ties: str = "majority") -> pd.DataFrame:
-    """Per image: pointing hit, energy inside, mask area share (chance level), flat (constant CAM); NaN without
-    a lesion mask."""
-    if len(cams) != len(masks):
-        raise ValueError(f"{len(cams)} CAMs but {len(masks)} masks: give one mask (or None) per CAM")
-    rows = []
-    for cam, mask in zip(cams, masks):
-        m = None if mask is None else _mask(mask, np.shape(cam))
-        if m is None or not m.any():                # no annotation (e.g. a normal eye): nothing to score
-            rows.append(dict(has_mask=False, pointing=np.nan, energy=np.nan, mask_share=np.nan, flat=np.nan))
-            continue
-        rows.append(dict(has_mask=True, pointing=float(pointing_game(cam, m, ties)), energy=energy_inside(cam, m),
-                         mask_share=float(m.mean()), flat=float(np.ptp(np.asarray(cam)) < 1e-6)))
-    return pd.DataFrame(rows, columns=["has_mask", "pointing", "energy", "mask_share", "flat"])
-
-
-def _se(values: pd.Series) -> float:
-    """Standard error of the mean (NaN below two values)."""
-    v = values.dropna()
-    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-
-
-def _summary(scores: pd.DataFrame) -> dict:
-    s = scores[scores["has_mask"]]
-    return {"n_images": len(scores), "n_scored": len(s),
-            "pointing": s["pointing"].mean(), "pointing_se": _se(s["pointing"]),
-            "energy": s["energy"].mean(), "energy_se": _se(s["energy"]),
-            "mask_share": s["mask_share"].mean(), "n_flat": int(s["flat"].sum())}
-
-
-def localisation_table(cams: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray | None],
-                       groups: Mapping[str, Sequence] | None = None, ties: str = "majority") -> pd.DataFrame:
-    """Pointing-game rate and mean energy inside the mask (± standard errors) per group and overall ('all', last).
-
-    mask_share is the mean lesion area share: what a uniform CAM scores for energy (chance level);
-    n_flat counts constant CAMs among the scored images. Images without a mask count in n_images only.
-    """
-    scores = localisation_scores(cams, masks, ties)
-    keys = list(groups or {})
-    for k in keys:
-        if len(groups[k]) != len(scores):
-            raise ValueError(f"groups[{k!r}] has {len(groups[k])} values for {len(scores)} CAMs")
-        scores[k] = np.asarray(groups[k]).astype(str)
-    parts = {g if len(keys) > 1 else g[0]: _summary(s) for g, s in scores.groupby(keys, sort=True)} if keys else {}
-    parts[("all",) * len(keys) if len(keys) > 1 else "all"] = _summary(scores)
-    if len(keys) > 1:
-        index = pd.MultiIndex.from_tuples(list(parts), names=keys)
-    else:
-        index = pd.Index(list(parts), name=keys[0] if keys else None)
-    return pd.DataFrame(list(parts.values()), index=index)
-
-
 # ---------------------------------------------------------------- figure
 
 class Panel(NamedTuple):
-    """One CAM column of a figure row: the map, its caption (the predicted label), whether it is right."""
+    """One CAM column of a figure row: the map, its caption, whether the prediction is right (None: a CAM of the
+    true class, captioned in black)."""
     cam: np.ndarray
     caption: str
-    correct: bool
+    correct: bool | None
 
 
 class Row(NamedTuple):
@@ -345,8 +237,20 @@ def _bare(ax) -> None:
         spine.set_visible(False)
 
 
+def _caption(panel: Panel) -> str:
+    """The caption with a tick or a cross besides the colour, for colour-blind readers."""
+    if panel.correct is None:
+        return panel.caption
+    mark = "\u2713" if panel.correct else "\u2717"
+    return f"{mark} {panel.caption}"
+
+
+def _caption_color(correct: bool | None) -> str:
+    return NEUTRAL_COLOR if correct is None else CORRECT_COLOR if correct else WRONG_COLOR
+
+
 def _draw_outline(ax, mask: np.ndarray | None, shape: tuple[int, int], color: str) -> None:
-    if mask is not None and (m := _mask(mask, shape)).any():
+    if mask is not None and (m := as_mask(mask, shape)).any():
         ax.contour(m.astype(float), levels=[0.5], colors=color, linewidths=1.0)
 
 
@@ -385,8 +289,7 @@ def gradcam_figure(rows: Sequence[Row | tuple], path_stem: str | Path, column_ti
             ax.imshow(cam_overlay(img, panel.cam))
             if outline_on_cams:
                 _draw_outline(ax, row.mask, img.shape[:2], mask_color)
-            mark = "\u2713" if panel.correct else "\u2717"   # a mark besides the colour, for colour-blind readers
-            ax.set_xlabel(f"{mark} {panel.caption}", color=CORRECT_COLOR if panel.correct else WRONG_COLOR, fontsize=8)
+            ax.set_xlabel(_caption(panel), color=_caption_color(panel.correct), fontsize=8)
         _bare(axes[r, 0])
     for c, title in enumerate(titles):
         axes[0, c].set_title(title, fontsize=9)
@@ -395,8 +298,15 @@ def gradcam_figure(rows: Sequence[Row | tuple], path_stem: str | Path, column_ti
 
 
 def figure_rows(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], cams: Mapping[str, np.ndarray],
-                predicted: Mapping[str, Sequence[str]], truth: Sequence[str], picks: Sequence[int]) -> list[Row]:
-    """Rows for gradcam_figure: for each picked image, one panel per run, captioned with its prediction."""
+                predicted: Mapping[str, Sequence[str]], truth: Sequence[str], picks: Sequence[int],
+                true_class_cams: Mapping[str, np.ndarray] | None = None) -> list[Row]:
+    """Rows for gradcam_figure: for each picked image, one panel per run captioned with its prediction (green/red),
+    then, per run of `true_class_cams`, its CAM of the true class (captioned 'true: <label>' in black)."""
     def panel(run: str, i: int) -> Panel:
         return Panel(cams[run][i], predicted[run][i].replace("_", " "), predicted[run][i] == truth[i])
-    return [Row(images[i], masks[i], [panel(run, i) for run in cams]) for i in picks]
+
+    def true_panel(run: str, i: int) -> Panel:
+        return Panel(true_class_cams[run][i], f"true: {truth[i].replace('_', ' ')}", None)
+    extra = list(true_class_cams or {})
+    return [Row(images[i], masks[i], [panel(run, i) for run in cams] + [true_panel(run, i) for run in extra])
+            for i in picks]

@@ -10,6 +10,9 @@ TASKS = ("T1", "T2", "T3")          # coarse disease, fine disease, diagnosis se
 MODELS = ("M1", "M2", "M3", "M1b")
 T3_KD = ("exact", "topk")           # T3 soft targets: full, or top-k + rest bucket | truncated top-k (ablation)
 FRACTIONS = (15, 30, 45, 60, 70)    # the paper's training fractions p, % of the labeled data
+SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2",   # torchvision names
+                       "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+                       "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "efficientnet_b0")
 
 
 @dataclass
@@ -81,11 +84,32 @@ class Config:
             raise ValueError(f"device={self.device!r}: use 'auto', 'cpu' or 'cuda'")
         if self.beam_size < 1 or self.max_len < 3:
             raise ValueError(f"beam_size={self.beam_size}, max_len={self.max_len}: need beam_size >= 1, max_len >= 3")
-        for name in ("image_size", "epochs", "batch_size", "patience", "t3_topk"):
+        for name in ("image_size", "epochs", "batch_size", "patience", "t3_topk", "min_word_freq",
+                     "head_hidden", "embed_dim", "lstm_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be a positive integer")
+        for name in ("threads", "min_steps", "seed", "split_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be an integer >= 0")
+        self._check_optimisation()
+        if self.backbone not in SUPPORTED_BACKBONES:
+            raise ValueError(f"backbone={self.backbone!r}: choose one of {SUPPORTED_BACKBONES}")
+
+    def _check_optimisation(self) -> None:
+        """Values that train without error and learn nothing (lr=0) or the wrong thing (a negative weight)."""
+        if not self.lr > 0:
+            raise ValueError(f"lr={self.lr}: the learning rate must be > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay}: must be >= 0")
+        if not self.unlabeled_per_epoch > 0:
+            raise ValueError(f"unlabeled_per_epoch={self.unlabeled_per_epoch}: the share of the unlabeled pool "
+                             "drawn per student epoch must be > 0 (1.0: all of it)")
         if set(self.task_weights) - set(TASKS):
             raise ValueError(f"task_weights={self.task_weights}: keys must be among {TASKS}")
+        bad = {k: w for k, w in self.task_weights.items()
+               if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0}
+        if bad:
+            raise ValueError(f"task_weights={self.task_weights}: weights must be numbers >= 0, not {bad}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +159,8 @@ def task_subsets(tasks: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def check_fraction(p: float) -> float:
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 < p <= 70:
+    if not isinstance(p, (int, float)) or isinstance(p, bool):
+        raise ValueError(f"p={p!r} ({type(p).__name__}): the training fraction must be a number, e.g. 15 (not '15')")
+    if not 0 < p <= 70:
         raise ValueError(f"p={p!r}: the training fraction is a percentage of the labeled data in (0, 70]")
     return float(p)

@@ -13,7 +13,7 @@ from PIL import Image
 from .progress import progress
 
 from . import runs
-from .io import REPO_ROOT, atomic_path, read_json, write_json
+from .io import REPO_ROOT, DamagedFileError, atomic_path, checksum_path, read_json, verify_file, write_json
 from .manifest import LabelMap, read_manifest
 from .splits import load_splits, select_fraction
 from .text import PAD_ID, Vocab
@@ -37,28 +37,38 @@ def build_image_cache(manifest_path: str | Path, cache_dir: str | Path, size: in
     manifest = read_manifest(manifest_path)
     key = _cache_key(manifest, manifest_path.parent, size, crop_fov)
     arr_path, meta_path = cache_dir / f"images_{size}.npy", cache_dir / f"images_{size}.json"
-    if meta_path.exists() and arr_path.exists() and read_json(meta_path).get("key") == key:
+    if meta_path.exists() and arr_path.exists() and read_json(meta_path).get("key") == key and _cache_intact(arr_path):
         return np.load(arr_path, mmap_mode="r")
     images = np.zeros((len(manifest), size, size, 3), dtype=np.uint8)
     for i, rel in enumerate(progress(manifest.image, f"image cache {size}px")):
         images[i] = prepare_image(manifest_path.parent / rel, size, crop_fov=crop_fov)
-    with atomic_path(arr_path) as tmp:
+    with atomic_path(arr_path, checksum=True) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, images)
     write_json({"key": key, "size": size, "crop_fov": crop_fov, "image_ids": manifest.image_id.tolist()}, meta_path)
     return np.load(arr_path, mmap_mode="r")
 
 
+def _cache_intact(arr_path: Path) -> bool:
+    """Whether the cache is the one written (checksum; hashed once per load); if not, say so: it is rebuilt,
+    as is a cache from before checksums (once)."""
+    try:
+        verify_file(arr_path)
+    except DamagedFileError as err:
+        print(f"WARNING {arr_path}: {err.problem}; rebuilding it from the source images")
+        return False
+    return checksum_path(arr_path).is_file()
+
+
 def load_mask(manifest_path: str | Path, image_rel: str, mask_rel: str, size: int,
               crop_fov: bool = True) -> np.ndarray | None:
     """A lesion mask as bool (size, size), cropped exactly like its image; None when the row has none."""
-    from .fundus import fov_bbox, pad_square
+    from .fundus import fov_bbox, pad_square, read_rgb8
 
     if not mask_rel:
         return None
     root = Path(manifest_path).parent
-    with Image.open(root / image_rel) as im:
-        img = np.asarray(im.convert("RGB"))
+    img = read_rgb8(root / image_rel)
     with Image.open(root / mask_rel) as im:
         mask = np.asarray(im.convert("L"))
     top, bottom, left, right = fov_bbox(img) if crop_fov else (0, img.shape[0], 0, img.shape[1])

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .progress import progress
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .io import DamagedFileError
 from .data import FundusData, batch_rows, image_batch
 from .losses import rest_log_prob
 from .text import EOS_ID, PAD_ID, SOS_ID, trim
@@ -146,6 +147,18 @@ def build_soft_targets(teachers: list, data: FundusData, rows: np.ndarray, path:
             store[k] = store[k].to(torch.int16)
     store.update(rows=torch.from_numpy(np.asarray(rows)).long(), meta=meta or {}, rest_taus=[float(t) for t in taus])
     return save_checkpoint(path, store)
+
+
+def read_soft_targets(path: str | Path) -> dict:
+    """The cached soft targets, or {} when absent or damaged: the caller then rebuilds them (derived data)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        return load_checkpoint(path)
+    except DamagedFileError as err:
+        print(f"WARNING {path}: {err.problem}; rebuilding the soft targets")
+        return {}
 
 
 def load_soft_targets(path: str | Path, n_rows: int, device: torch.device, tau: float | None = None) -> CachedTeachers:

@@ -13,7 +13,7 @@ from .progress import progress
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import FundusData, augment, batch_rows, image_batch, labeled_share_batches
-from .metrics import task_metrics, val_score
+from .metrics import rouge_l, task_metrics, train_baselines, val_score
 from .noise import student_noise
 from .text import sentence_bleu4, tokenize, trim
 
@@ -157,19 +157,28 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, desc: str = "
 
 @torch.no_grad()
 def predict(model, data: FundusData, rows: np.ndarray, batch_size: int, max_len: int, beam_size: int,
-            device: torch.device) -> pd.DataFrame:
-    """One row per image: truths, predictions, top-5 fine labels, sentences and sentence BLEU."""
+            device: torch.device, with_probs: bool = False
+            ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """One row per image: truths, predictions, top-5 fine labels, sentences, sentence BLEU and ROUGE-L.
+
+    with_probs: also {'T1': (N, C), 'T2': (N, F)} softmax probabilities (float32, label-map order, rows as preds).
+    """
     model.eval()
     m = data.manifest.iloc[rows]
     cols = {c: [] for c in ("coarse_pred", "fine_pred", "fine_top5", "text_pred")}
+    probs = {"T1": [], "T2": []}
     for b in batch_rows(rows, batch_size, shuffle=False):
         x = image_batch(data.images, b, device)
         with autocast(device):
             feats = model.features(x)
             if "T1" in model.heads:
-                cols["coarse_pred"] += [data.labels.coarse[i] for i in model.heads["T1"](feats).argmax(1).tolist()]
+                logits = model.heads["T1"](feats)
+                probs["T1"].append(logits.float().softmax(1).cpu().numpy())
+                cols["coarse_pred"] += [data.labels.coarse[i] for i in logits.argmax(1).tolist()]
             if "T2" in model.heads:
-                top = model.heads["T2"](feats).topk(min(5, len(data.labels.fine)), dim=1).indices.tolist()
+                logits = model.heads["T2"](feats)
+                probs["T2"].append(logits.float().softmax(1).cpu().numpy())
+                top = logits.topk(min(5, len(data.labels.fine)), dim=1).indices.tolist()
                 cols["fine_pred"] += [data.labels.fine[t[0]] for t in top]
                 cols["fine_top5"] += ["|".join(data.labels.fine[i] for i in t) for t in top]
             if model.decoder is not None:
@@ -182,9 +191,12 @@ def predict(model, data: FundusData, rows: np.ndarray, batch_size: int, max_len:
     # BLEU against the true sentence as written (words outside the vocabulary count as misses).
     pairs = zip(preds.text_true, preds.text_pred)
     preds["bleu"] = [sentence_bleu4(tokenize(r), tokenize(h)) for r, h in pairs] if cols["text_pred"] else ""
+    preds["rougeL"] = rouge_l(preds.text_true, preds.text_pred) if cols["text_pred"] else ""
     order = ["image_id", "coarse_true", "coarse_pred", "fine_true", "fine_pred", "fine_top5", "text_true", "text_pred",
-             "bleu"]
-    return preds[order]
+             "bleu", "rougeL"]
+    if not with_probs:
+        return preds[order]
+    return preds[order], {t: np.concatenate(p).astype(np.float32) for t, p in probs.items() if p}
 
 
 def cosine_schedule(optimizer, total_steps: int, warmup: int):
@@ -237,11 +249,12 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
         torch.set_rng_state(ck["rng"])
         state = ck["progress"]
     val_rows, loss_fn = data.rows("val"), MultiTaskLoss(data, cfg.task_weights, alpha, tau, teachers)
+    baselines = train_baselines(data)              # the constant answers the validation score measures skill against
     for epoch in range(state["epoch"], epochs):
         batches = TrainBatches(data, train_rows, cfg, epoch, device, unlabeled_rows, student)
         loss = train_one_epoch(model, batches, optimizer, scheduler, loss_fn, f"{desc} epoch {epoch + 1}")
         val = task_metrics(predict(model, data, val_rows, eval_batch_size(cfg), cfg.max_len, 1, device), data.labels)
-        score = val_score(val, model.tasks)
+        score = val_score(val, model.tasks, baselines)
         state["history"].append(dict(epoch=epoch + 1, updates=(epoch + 1) * per_epoch, train_loss=loss,
                                      val_score=score, **{f"val_{k}": v for k, v in val.items()}))
         if score > state["best"]:

@@ -43,11 +43,33 @@ def crop_to_fov(img: np.ndarray, threshold: int = FOV_THRESHOLD) -> np.ndarray:
     return pad_square(img[top:bottom, left:right])
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")   # PIL opens 16-bit grey PNG/TIFF as one of these
+
+
+def to_rgb8(im: Image.Image) -> np.ndarray:
+    """Any PIL mode -> (H, W, 3) uint8 RGB. 16-bit grey is scaled by its range (0..65535 -> 0..255), not clipped
+    as PIL's convert("RGB") does; transparent pixels (RGBA, LA, PA, palette transparency) become black, the
+    background of a fundus photograph; palette, CMYK and the rest through PIL's own conversion."""
+    if im.mode in SIXTEEN_BIT_MODES:
+        grey = np.clip(np.rint(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint16)
+        return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)   # composited on black
+    return np.asarray(im.convert("RGB"))
+
+
+def read_rgb8(path: str | Path, draft_size: int | None = None) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB, whatever its mode (to_rgb8)."""
+    with Image.open(path) as im:
+        if draft_size:
+            # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free; 2x the target keeps detail for the crop.
+            im.draft("RGB", (draft_size, draft_size))
+        return to_rgb8(im)
+
+
 def prepare_image(path: str | Path, size: int, crop_fov: bool = True) -> np.ndarray:
     """(size, size, 3) uint8 RGB: cropped to the field of view (or only padded square), resized with antialiasing."""
-    with Image.open(path) as im:
-        # JPEG decodes at 1/2, 1/4 or 1/8 scale almost for free; 2x the target keeps detail for the crop.
-        im.draft("RGB", (2 * size, 2 * size))
-        rgb = np.asarray(im.convert("RGB"))
+    rgb = read_rgb8(path, draft_size=2 * size)
     square = crop_to_fov(rgb) if crop_fov else pad_square(rgb)
     return np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.LANCZOS))

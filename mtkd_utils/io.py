@@ -23,8 +23,11 @@ DEFAULT_EXPERIMENT = "outputs/demo"          # what `make demo` builds
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+def atomic_path(path: str | Path, checksum: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    checksum=True also writes `<path>.sha256` (sha256sum format) for derived files: verify_file checks it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -33,7 +36,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_UMASK)      # mkstemp makes 0600; results should read like any other file
     try:
         yield tmp
+        digest = sha256_of(tmp) if checksum else None
+        # The old checksum goes first: a kill before the new one leaves a file unverified, never wrongly refused.
+        checksum_path(path).unlink(missing_ok=True)
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+        if digest:
+            with atomic_path(checksum_path(path)) as side:
+                side.write_text(f"{digest}  {path.name}\n")
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -61,8 +70,59 @@ def save_figure(fig, stem: str | Path, dpi: int = 300, tight: bool = True) -> li
     return paths
 
 
-def write_json(obj: Any, path: str | Path) -> Path:
-    with atomic_path(path) as tmp:
+# ---------------------------------------------------------------- integrity of derived files
+class DamagedFileError(ValueError):
+    """A derived file (checkpoint, cache, result) that is not what was written: names the path and the fix."""
+
+    def __init__(self, path: str | Path, problem: str, fix: str | None = None):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}. {fix or repair_hint(path)}")
+
+
+def checksum_path(path: str | Path) -> Path:
+    """The sidecar `<file>.sha256` written with a derived file (`sha256sum -c` reads it too)."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def sha256_of(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_file(path: str | Path, fix: str | None = None) -> Path:
+    """Raise DamagedFileError unless `path` matches the checksum written with it (a file without one,
+    from an older run, passes unverified). Reads the whole file once: call it per load, never per batch."""
+    path, side = Path(path), checksum_path(path)
+    if not side.is_file():
+        return path
+    if not path.is_file():
+        raise DamagedFileError(path, "missing, though its checksum file is there", fix)
+    expected = side.read_text().split()[:1]
+    if expected != [sha256_of(path)]:
+        raise DamagedFileError(path, f"damaged: its content ({path.stat().st_size} bytes) does not match the "
+                               f"SHA-256 written with it in {side.name} (truncated, overwritten or zeroed since)", fix)
+    return path
+
+
+def repair_hint(path: str | Path) -> str:
+    """What to do about a damaged derived file: delete the run that wrote it and run that step again."""
+    path = Path(path).resolve()
+    exp = next((a for a in path.parents if (a / "data" / "dataset.json").is_file()), None)
+    # the run folder is the outermost folder under the experiment holding a config.json (a student, not its tau)
+    runs = [a for a in path.parents if exp in a.parents and (a / "config.json").is_file()] if exp else []
+    if not runs:
+        return (f"It cannot be rebuilt in place: delete {path.parent} and run the step that wrote it again "
+                "(the batch command with --retry-failed)")
+    run = runs[-1]
+    record = exp / "runs" / run.relative_to(exp).parent      # the batch cell that trains this run, if any
+    also = f" and its batch record {record}" if (record / "cell.json").is_file() else ""
+    return (f"It cannot be rebuilt: delete the run folder {run}{also}, then run the same batch command again "
+            "with --retry-failed (or re-run the notebook that trained it)")
+
+
+def write_json(obj: Any, path: str | Path, checksum: bool = False) -> Path:
+    with atomic_path(path, checksum) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
     return Path(path)
 
@@ -87,11 +147,16 @@ def create_json(obj: Any, path: str | Path) -> bool:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file, verified against its checksum when it was written with one."""
+    text = verify_file(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); correct the file, or delete it if a step wrote it") from None
 
 
-def write_csv(df, path: str | Path) -> Path:
-    with atomic_path(path) as tmp:
+def write_csv(df, path: str | Path, checksum: bool = False) -> Path:
+    with atomic_path(path, checksum) as tmp:
         df.to_csv(tmp, index=False)
     return Path(path)
 

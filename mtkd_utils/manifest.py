@@ -1,6 +1,7 @@
 """The one dataset format: manifest.csv + label_map.json, and the validator that guards it."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from .io import atomic_path, read_json, write_json
 COLUMNS = ["image_id", "image", "patient_id", "eye", "labeled", "coarse", "fine", "text", "mask"]
 REQUIRED = ["image_id", "image", "patient_id", "eye", "labeled"]
 EYES = ("left", "right")
+MIN_LABELED_PATIENTS = 3   # one each for train, validation and test: the least a split can hold
+MIN_IMAGE_SIDE = 32   # pixels: a smaller photograph holds too little to show a lesion; warned by name
 
 
 class ManifestError(ValueError):
@@ -34,17 +37,20 @@ class LabelMap:
     coarse: list[str]
     fine: list[str]
     fine_parent: dict[str, str] = field(default_factory=dict)
+    ordered: list[str] = field(default_factory=list)   # levels ('coarse', 'fine') whose order is a grade scale
+    benchmark: str = ""                                 # e.g. 'odir2019': the label set of a challenge (its score)
 
     @classmethod
-    def from_pairs(cls, coarse: list[str], fine_pairs: Iterable[tuple[str, str]]) -> "LabelMap":
+    def from_pairs(cls, coarse: list[str], fine_pairs: Iterable[tuple[str, str]], **options) -> "LabelMap":
         pairs = list(fine_pairs)
-        return cls(list(coarse), [f for f, _ in pairs], dict(pairs))
+        return cls(list(coarse), [f for f, _ in pairs], dict(pairs), **options)
 
     @classmethod
     def load(cls, path: str | Path) -> "LabelMap":
         raw = read_json(path)
         try:
-            lm = cls.from_pairs(raw["coarse"], [(f["name"], f["coarse"]) for f in raw["fine"]])
+            lm = cls.from_pairs(raw["coarse"], [(f["name"], f["coarse"]) for f in raw["fine"]],
+                                ordered=list(raw.get("ordered", [])), benchmark=raw.get("benchmark", ""))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path}: a label map needs 'coarse' (list of names) and 'fine' "
                              f"(list of {{'name', 'coarse'}}); missing {e}") from None
@@ -56,19 +62,50 @@ class LabelMap:
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise ValueError(f"{where}: duplicate {kind} class names {dup}")
+            variants = [sorted(g) for g in spelling_groups(names).values() if len(g) > 1]
+            if variants:
+                raise ValueError(f"{where}: {kind} class names {variants} differ only in case or spacing; "
+                                 "labels are compared ignoring both, so keep one spelling of each")
         bad = {f: c for f, c in self.fine_parent.items() if c not in self.coarse}
         if bad:
             raise ValueError(f"{where}: fine classes with an unknown coarse parent: {bad}")
+        if not set(self.ordered) <= {"coarse", "fine"}:
+            raise ValueError(f"{where}: 'ordered' is {self.ordered}; list 'coarse' and/or 'fine' (the levels whose "
+                             "class order is a grade scale), or leave it out")
 
     def save(self, path: str | Path) -> Path:
         return write_json(self.to_dict(), path)
 
     def to_dict(self) -> dict:
-        return {"coarse": self.coarse, "fine": [{"name": f, "coarse": self.fine_parent[f]} for f in self.fine]}
+        out = {"coarse": self.coarse, "fine": [{"name": f, "coarse": self.fine_parent[f]} for f in self.fine]}
+        # optional keys only when set: label maps without them keep their fingerprint (checkpoints stay valid)
+        return {**out, **({"ordered": self.ordered} if self.ordered else {}),
+                **({"benchmark": self.benchmark} if self.benchmark else {})}
 
     def fine_to_coarse_index(self) -> list[int]:
         """For each fine class index, the index of its coarse parent."""
         return [self.coarse.index(self.fine_parent[f]) for f in self.fine]
+
+
+def label_key(name: str) -> str:
+    """How labels are compared: ignoring case and spacing ('DR', ' dr', 'Dr' are one label)."""
+    return " ".join(name.split()).casefold()
+
+
+def spelling_groups(names: Iterable[str]) -> dict[str, list[str]]:
+    """Distinct spellings of each label, by label_key, in order of first appearance."""
+    groups: dict[str, list[str]] = {}
+    for name in dict.fromkeys(names):
+        groups.setdefault(label_key(name), []).append(name)
+    return groups
+
+
+def _spelling_hint(value: str, names: Iterable[str]) -> str:
+    """'; the label map writes it 'dr'' when value is a case or spacing variant of a known name, else ''."""
+    known = {label_key(n): n for n in names}
+    match = known.get(label_key(value)) if value else None
+    return f"; the label map writes it {match!r} (labels differ only in case or spacing): use that spelling" \
+        if match else ""
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:
@@ -76,7 +113,11 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no manifest here. Build one with 01_data_prep.ipynb or see data/README.md.")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        problem = f"the file is empty; a manifest has the header {COLUMNS} (data/README.md)"
+        raise ManifestError(path, [problem]) from None
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise ManifestError(path, [f"missing column(s) {missing}; the schema is {COLUMNS} (data/README.md)"])
@@ -105,6 +146,23 @@ def _image_problem(path: Path) -> str | None:
     return None
 
 
+def warn_tiny_images(df: pd.DataFrame, root: Path, min_side: int = MIN_IMAGE_SIDE) -> list[str]:
+    """Warn, by name, about images smaller than min_side pixels (headers only: cheap); returns their paths."""
+    tiny = []
+    for rel in df.image[df.image != ""]:
+        try:
+            with Image.open(root / rel) as im:
+                if min(im.size) < min_side:
+                    tiny.append(f"{rel} ({im.size[0]}x{im.size[1]})")
+        except Exception:  # noqa: BLE001  unreadable images are reported by the row checks
+            continue
+    if tiny:
+        warnings.warn(f"{root}: {len(tiny)} image(s) smaller than {min_side} px on a side, too small to show "
+                      f"a lesion; they are upscaled. Check them: {', '.join(tiny[:10])}"
+                      + (" ..." if len(tiny) > 10 else ""), stacklevel=2)
+    return tiny
+
+
 def _row_problems(row: pd.Series, labels: LabelMap, root: Path, check_images: bool) -> list[str]:
     out = []
     if row.eye not in EYES:
@@ -119,9 +177,11 @@ def _row_problems(row: pd.Series, labels: LabelMap, root: Path, check_images: bo
         out.append(f"mask {row['mask']}: {why}")
     if row.labeled == "1":
         if row.coarse not in labels.coarse:
-            out.append(f"unknown coarse label {row.coarse!r}; known: {labels.coarse}")
+            hint = _spelling_hint(row.coarse, labels.coarse) or f"; known: {labels.coarse}"
+            out.append(f"unknown coarse label {row.coarse!r}{hint}")
         if row.fine not in labels.fine_parent:
-            out.append(f"unknown fine label {row.fine!r}; add it to label_map.json or correct the row")
+            hint = _spelling_hint(row.fine, labels.fine) or "; add it to label_map.json or correct the row"
+            out.append(f"unknown fine label {row.fine!r}{hint}")
         elif row.coarse in labels.coarse and labels.fine_parent[row.fine] != row.coarse:
             out.append(f"fine label {row.fine!r} belongs under {labels.fine_parent[row.fine]!r}, not {row.coarse!r}")
         if not row.text:
@@ -137,7 +197,11 @@ def _table_problems(df: pd.DataFrame) -> list[str]:
         dup = df[df[col].duplicated(keep=False) & (df[col] != "")]
         for value, rows in dup.groupby(col).groups.items():
             lines = ", ".join(str(i + 2) for i in rows)
-            out.append(f"lines {lines}: duplicate {col} {value!r}; each image must appear once")
+            files = sorted(set(df.image[rows]))
+            if col == "image_id" and len(files) > 1:   # one id for different files: a naming clash, not a repeat
+                out.append(f"lines {lines}: image_id {value!r} names different files {files}; give each its own id")
+            else:
+                out.append(f"lines {lines}: duplicate {col} {value!r}; each image must appear once")
     # Two photographs of one eye may differ in quality, but not in diagnosis.
     labeled = df[df.labeled == "1"]
     for (pid, eye), g in labeled.groupby(["patient_id", "eye"]):
@@ -164,5 +228,20 @@ def validate_manifest(path: str | Path, labels: LabelMap, check_images: bool = T
         problems.append("the manifest has no rows")
     if problems:
         raise ManifestError(path, problems)
+    if check_images:
+        warn_tiny_images(df, path.parent)
     df["labeled"] = df.labeled.astype(int)
     return df
+
+
+def check_trainable(df: pd.DataFrame, path: str | Path) -> None:
+    """Refuse, before any split, a manifest too small to train on: unlabeled only, or labeled patients < 3."""
+    labeled = df[df.labeled.astype(int) == 1]
+    patients = labeled.patient_id.nunique()
+    if patients < MIN_LABELED_PATIENTS:
+        raise ValueError(
+            f"{path}: {len(labeled)} labeled image(s) of {patients} patient(s) beside {len(df) - len(labeled)} "
+            f"unlabeled: training needs labeled images (labeled=1 with coarse, fine and text) of at least "
+            f"{MIN_LABELED_PATIENTS} patients, one each for train, validation and test, and far more to learn "
+            "anything. Add labeled rows (for a CSV: pass coarse_col=), or add these images to a labeled dataset "
+            "as its unlabeled pool (data/README.md).")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from .config import SUPPORTED_BACKBONES   # the list lives with the config checks (refused at plan time)
 from .text import EOS_ID, PAD_ID, SOS_ID
 
 # How to cut each torchvision family into an encoder (image -> feature map) and where its last
@@ -20,9 +21,6 @@ _FAMILIES = {
     "mobilenet": dict(attr="features", cam_layer="-1"),   # features | avgpool classifier
     "efficientnet": dict(attr="features", cam_layer="-1"),
 }
-SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2",
-                       "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-                       "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "efficientnet_b0")
 TEACHER_HEAD_DROPOUT = 0.2       # the heads' dropout for teachers, M1 and M1b (students: Config.head_dropout)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

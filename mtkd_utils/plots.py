@@ -55,7 +55,7 @@ def training_curves(histories: dict[str, pd.DataFrame], stem: str | Path):
         a.plot(h.epoch, h.train_loss, marker=".", label=name)
         b.plot(h.epoch, h.val_score, marker=".", label=name)
     a.set(xlabel="epoch", ylabel="training loss", title="training loss")
-    b.set(xlabel="epoch", ylabel="validation score", title="validation score (mean of task metrics)")
+    b.set(xlabel="epoch", ylabel="validation score", title="validation score (mean skill above the baselines)")
     b.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, stem)
@@ -103,3 +103,109 @@ def example_grid(examples: pd.DataFrame, manifest_path: str | Path, stem: str | 
     fig.tight_layout()
     save_figure(fig, stem)
     return fig
+
+
+# ---------------------------------------------------------------- metric figures (06): ROC, reliability, confusion
+
+def _class_indices(preds: pd.DataFrame, labels, level: str) -> np.ndarray:
+    from .metrics import class_indices
+    return class_indices(preds[f"{level}_true"], getattr(labels, level), f"{level}_true")
+
+
+def roc_curves(runs: dict[str, tuple[pd.DataFrame, np.ndarray]], labels, stem: str | Path, task: str = "T1",
+               classes: list[str] | None = None):
+    """One-vs-rest ROC curves, one panel per class (default: every class but 'normal'), one line per run.
+
+    `runs`: {'M1 p=15': (predictions, probs (N, C) of the task)}; line style by p, colour by model.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    level = {"T1": "coarse", "T2": "fine"}[task]
+    names = getattr(labels, level)
+    classes = classes or [c for c in names if c != "normal"]
+    fig, axes = plt.subplots(1, len(classes), figsize=(3.3 * len(classes), 3.4), squeeze=False)
+    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(name.split()[0] for name in runs))}
+    styles = {p: s for p, s in zip(dict.fromkeys(name.split(" ", 1)[-1] for name in runs), ("--", "-", ":", "-."))}
+    for ax, cls in zip(axes[0], classes):
+        k = names.index(cls)
+        for name, (preds, probs) in runs.items():
+            positive = _class_indices(preds, labels, level) == k
+            if 0 < positive.sum() < len(positive):   # a class needs positives and negatives for a curve
+                fpr, tpr, _ = roc_curve(positive, probs[:, k])
+                ax.plot(fpr, tpr, styles[name.split(" ", 1)[-1]], color=colours[name.split()[0]], linewidth=1.2,
+                        label=f"{name} ({roc_auc_score(positive, probs[:, k]):.2f})")
+        ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle=":")
+        ax.set(xlabel="1 − specificity", ylabel="sensitivity", title=f"{cls.replace('_', ' ')} vs rest",
+               xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+        ax.legend(fontsize=6, title="run (AUROC)", title_fontsize=6, loc="lower right")
+    fig.tight_layout()
+    save_figure(fig, stem)
+    return fig
+
+
+def reliability_diagram(runs: dict[str, tuple[np.ndarray, np.ndarray]], stem: str | Path, title: str = "T1",
+                        n_bins: int = 15):
+    """Accuracy against confidence of the top class, one line per run, with its ECE; the diagonal is perfect.
+
+    `runs`: {'M1 p=70': (true class indices, probs (N, C))}. Below the diagonal: over-confident.
+    """
+    from .metrics import expected_calibration_error, reliability_bins
+
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.4, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle=":", label="perfectly calibrated")
+    for name, (y, probs) in runs.items():
+        bins = reliability_bins(y, probs, n_bins).dropna()
+        ece = expected_calibration_error(y, probs, n_bins)
+        line, = ax.plot(bins.confidence, bins.accuracy, marker="o", markersize=3, label=f"{name} (ECE {ece:.3f})")
+        hist.plot((bins.lo + bins.hi) / 2, bins["count"] / bins["count"].sum(), marker=".", color=line.get_color())
+    ax.set(ylabel="accuracy", title=f"Reliability, {title} ({n_bins} bins)", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=7)
+    hist.set(xlabel="confidence of the predicted class", ylabel="share of images")
+    fig.tight_layout()
+    save_figure(fig, stem)
+    return fig
+
+
+def confusion_heatmap(matrix: pd.DataFrame, title: str, stem: str | Path, groups: dict[str, str] | None = None):
+    """Row-normalised confusion matrix (rows true, columns predicted) as a heatmap; empty rows stay blank.
+
+    `groups` ({class: group}, e.g. fine -> coarse parent): classes sorted by group, with lines between groups
+    and the group names on the axes. Counts are printed when the matrix is small enough to read them.
+    """
+    if groups:
+        order = sorted(matrix.index, key=lambda c: (list(dict.fromkeys(groups.values())).index(groups[c]),
+                                                    list(matrix.index).index(c)))
+        matrix = matrix.loc[order, order]
+    counts = matrix.to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = counts / counts.sum(1, keepdims=True)
+    n = len(matrix)
+    size = min(14.0, 3.0 + 0.22 * n)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(np.ma.masked_invalid(share), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    font = 7 if n <= 12 else max(3, 7 - n // 12)
+    ax.set_xticks(range(n), [str(c) for c in matrix.columns], rotation=90, fontsize=font)
+    ax.set_yticks(range(n), [str(c) for c in matrix.index], fontsize=font)
+    if n <= 12:
+        for (i, j), v in np.ndenumerate(counts):
+            ax.text(j, i, int(v), ha="center", va="center", fontsize=7,
+                    color="white" if np.nan_to_num(share[i, j]) > 0.5 else "black")
+    if groups:
+        _group_lines(ax, [groups[c] for c in matrix.index])
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(title, pad=40 if groups else 6)
+    fig.tight_layout()
+    save_figure(fig, stem)
+    return fig
+
+
+def _group_lines(ax, group_of_row: list[str]) -> None:
+    """Lines between consecutive groups of classes, the group's name beside its block."""
+    starts = [i for i, g in enumerate(group_of_row) if i == 0 or g != group_of_row[i - 1]] + [len(group_of_row)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        if a > 0:
+            ax.axhline(a - 0.5, color="0.3", linewidth=0.6)
+            ax.axvline(a - 0.5, color="0.3", linewidth=0.6)
+        ax.text((a + b - 1) / 2, -0.7, group_of_row[a].replace("_", " "), fontsize=7, rotation=30,
+                va="bottom", ha="left", fontweight="bold")   # above the columns of the block

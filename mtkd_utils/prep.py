@@ -7,8 +7,8 @@ from . import presets, runs
 from .config import Config
 from .data import build_image_cache, manifest_location, manifest_record
 from .io import file_sha1, read_json, write_json
-from .manifest import LabelMap, validate_manifest
-from .splits import load_evaluation_only, load_user_splits, make_splits, save_splits
+from .manifest import LabelMap, check_trainable, validate_manifest
+from .splits import load_evaluation_only, load_user_splits, make_splits, save_splits, warn_single_image_classes
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("synthetic", "manifest", "odir", "csv", "folder")
@@ -51,6 +51,8 @@ def prepare_data(experiment_dir: str | Path, cfg: Config, source: str = "synthet
     manifest_path = resolve_source(source, source_path, source_options, cfg, exp).resolve()
     labels = LabelMap.load(manifest_path.parent / "label_map.json")
     manifest = validate_manifest(manifest_path, labels)
+    check_trainable(manifest, manifest_path)
+    warn_single_image_classes(manifest)
     info = dict(**manifest_record(manifest_path, exp), manifest_sha1=file_sha1(manifest_path), **settings)
     refuse_other_data(data_dir, {**settings, "manifest": manifest_path, "manifest_sha1": info["manifest_sha1"]})
     splits = (load_user_splits(split_file, manifest) if split_file else

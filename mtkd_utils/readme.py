@@ -13,7 +13,7 @@ from PIL import Image
 
 from .io import atomic_path, read_json
 from .runs import analysis_dir, student_runs
-from .results import baseline_note, collect_metrics, constant_baseline, table1, to_markdown
+from .results import baseline_note, ci_table, collect_metrics, constant_baseline, table1, to_markdown
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
@@ -22,7 +22,11 @@ FIGURES = {  # experiment file -> name under docs/figures
     "results/metrics_vs_p.png": "metrics_vs_p.png",
     "gradcam/gradcam_M3.png": "gradcam_M3.jpg",
     "analysis/examples.png": "error_examples.jpg",
+    "results/roc_T1.png": "roc_T1.png",
+    "results/reliability_T1.png": "reliability_T1.png",
 }
+README_TABLE1 = ("T1_acc", "T2_acc", "T2_balanced_acc", "T2_macro_f1", "T3_bleu4")   # T2: what accuracy hides
+README_CI_METRICS = ("T1_auroc", "T1_kappa", "T1_ece", "T2_balanced_acc", "T3_rougeL")   # beside Table 1, with CIs
 
 
 def _web_copy(src: Path, dst: Path, width: int = 1000) -> None:
@@ -65,6 +69,20 @@ def _timings(exp: Path) -> str:
     return f"Wall time of the whole grid: {s[col].sum() / 60:.1f} min ({len(s)} cells)."
 
 
+def _metric_cis(exp: Path, rel: Path) -> list[str]:
+    """AUROC, kappa, ECE ... with their bootstrap CIs (06's metric_cis.csv), and the ROC / reliability figures."""
+    path = analysis_dir(exp, "results") / "metric_cis.csv"
+    if not path.exists():
+        return []
+    cis = pd.read_csv(path)
+    cis = cis[cis.metric.isin(README_CI_METRICS)]
+    parts = ["", "**More metrics, with 95 % bootstrap CIs over the test images** (README \"Metrics\"; "
+             "`outputs/<experiment>/results/metric_cis.csv` has every metric):", "", to_markdown(ci_table(cis))]
+    parts += [f"\n![{name}]({rel}/{name}.png)" for name in ("roc_T1", "reliability_T1")
+              if (analysis_dir(exp, "results") / f"{name}.png").exists()]
+    return parts
+
+
 def section(exp: Path, figures_dir: Path) -> str:
     """The markdown of the results section, figures copied beside it."""
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -80,12 +98,15 @@ def section(exp: Path, figures_dir: Path) -> str:
              f"from the experiment's files (torch {env.get('torch', '?')}, {env.get('device', '?')}, "
              f"commit {str(env.get('git_commit', '?'))[:12]}). {_timings(exp)}_",
              "", "**Table 1 on the synthetic demo** (test split, mean over seeds; τ chosen on validation):", "",
-             to_markdown(table1(runs)) if runs.size else "_(no finished runs)_", "",
+             to_markdown(table1(runs, [m for m in README_TABLE1 if m in runs])) if runs.size
+             else "_(no finished runs)_", "",
              baseline_note(constant_baseline(exp)), "",
              f"![metrics against p]({rel}/metrics_vs_p.png)", "",
-             "**Grad-CAM localisation against the lesion masks** (all annotated test images; pointing game and "
-             "energy inside the mask; `mask_share` is chance; the randomised row is the sanity check):", "",
+             "**Grad-CAM localisation against the lesion masks** (the true class's CAM on every abnormal annotated "
+             "test image; pointing game and energy inside the mask, within the field of view; `mask_share` is "
+             "chance; the randomised row is the sanity check):", "",
              _localisation(exp), "", f"![Grad-CAM figure]({rel}/gradcam_M3.jpg)"]
+    parts += _metric_cis(exp, rel)
     comparison = analysis_dir(exp, "results") / "m3_vs_m1.csv"
     if comparison.exists():
         table = pd.read_csv(comparison).set_index(["tasks", "p", "seed", "metric"])

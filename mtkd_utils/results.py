@@ -6,6 +6,7 @@ The paper reports single numbers; here every cell says how many seeds it average
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,12 +14,19 @@ import numpy as np
 import pandas as pd
 
 from .config import MODELS, task_key
-from .io import atomic_path, read_json, save_figure
-from .runs import student_dir, student_runs
+from .io import atomic_path, read_json, save_figure, verify_file
+from .metrics import LEVEL, class_indices, has_text, rouge_l
+from .runs import data_dir, manifest_path, student_dir, student_runs
 
 TABLE1_METRICS = ("T1_acc", "T2_acc", "T3_bleu4")   # what the paper's Table 1 reports per task
 KD_MODELS = ("M2", "M3")                            # the models with a temperature τ chosen on validation
 BOOTSTRAP_METRICS = ("T1_acc", "T2_acc", "T3_bleu", "T3_bleu4")   # T3_bleu: mean sentence BLEU; T3_bleu4: corpus
+# Fast bootstrap (sums of per-image statistics); every other T1_/T2_ metric of metrics.classification_task is
+# recomputed by scikit-learn on each resample
+SUM_METRICS = BOOTSTRAP_METRICS + ("T3_sentence_bleu", "T3_bleu1", "T3_bleu2", "T3_bleu3", "T3_rougeL")
+HEADLINE_METRICS = ("T1_acc", "T1_balanced_acc", "T1_macro_f1", "T1_kappa", "T1_auroc", "T1_aupr", "T1_ece", "T1_nll",
+                    "T2_acc", "T2_balanced_acc", "T2_macro_f1", "T2_top5", "T2_kappa", "T2_auroc", "T2_ece",
+                    "T3_bleu4", "T3_rougeL")   # what 06 reports with CIs (README "Metrics")
 STD_DDOF = 1                                        # sample standard deviation over seeds
 
 
@@ -102,19 +110,75 @@ def table1(df: pd.DataFrame, metrics: Sequence[str] = TABLE1_METRICS, digits: in
 
 
 def constant_baseline(experiment_dir: str | Path) -> pd.Series:
-    """T1_acc / T2_acc of always answering the test split's commonest class: the bar a classifier must clear.
+    """Accuracy, balanced accuracy and macro-F1 (T1, T2) of always answering the test split's commonest class.
 
+    The bar a classifier must clear (balanced accuracy 1/classes, macro-F1 near 0 show what accuracy hides).
     Read from any run's predictions.csv (every run shares the test split). Empty without runs.
     """
     baseline = {}
     for _, run in student_runs(experiment_dir, "predictions.csv"):
         preds = read_predictions(run / "predictions.csv")
-        for metric, col in (("T1_acc", "coarse_true"), ("T2_acc", "fine_true")):
-            if metric not in baseline and (preds[col] != "").any():
-                baseline[metric] = float(preds[col].value_counts(normalize=True).iloc[0])
-        if len(baseline) == 2:
+        for task, col in (("T1", "coarse_true"), ("T2", "fine_true")):
+            if f"{task}_acc" not in baseline and (preds[col] != "").any():
+                baseline.update(_constant_scores(preds[col], task))
+        if "T1_acc" in baseline and "T2_acc" in baseline:
             break
     return pd.Series(baseline, name="commonest class", dtype=float)
+
+
+def _constant_scores(truth: pd.Series, task: str) -> dict[str, float]:
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+    said = np.full(len(truth), truth.value_counts().index[0], dtype=object)
+    return {f"{task}_acc": float(np.mean(said == truth.to_numpy())),
+            f"{task}_balanced_acc": float(balanced_accuracy_score(truth, said)),
+            f"{task}_macro_f1": float(f1_score(truth, said, labels=sorted(set(truth)), average="macro",
+                                               zero_division=0))}
+
+
+def read_probs(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """probs_T1.npy / probs_T2.npy of a run folder (rows as predictions.csv); {} for runs without them."""
+    return {task: np.load(path) for task in LEVEL if (path := Path(run_dir) / f"probs_{task}.npy").exists()}
+
+
+def load_labels(experiment_dir: str | Path):
+    """The experiment's label map (data/label_map.json, written by 01_data_prep)."""
+    from .manifest import LabelMap
+    return LabelMap.load(data_dir(experiment_dir) / "label_map.json")
+
+
+def run_cis(experiment_dir: str | Path, metrics: Sequence[str] = HEADLINE_METRICS, n_boot: int = 1000,
+            seed: int = 0) -> pd.DataFrame:
+    """Every finished run: each metric with its 95 % bootstrap CI over the test images (one row per run, metric)."""
+    labels, frames = load_labels(experiment_dir), []
+    for run in collect_metrics(experiment_dir).itertuples():
+        ci = bootstrap_table(read_predictions(Path(run.run_dir) / "predictions.csv"), metrics, labels,
+                             read_probs(run.run_dir), n_boot=n_boot, seed=seed)
+        frames.append(ci.assign(tasks=run.tasks, model=run.model, p=run.p, seed=run.seed))
+    cols = ["tasks", "model", "p", "seed", "metric", "value", "lo", "hi", "n"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def ci_table(cis: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """run_cis as rows (tasks, model, p, seed), columns metric: 'value [lo, hi]'."""
+    text = cis.assign(text=[f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+                            for v, lo, hi in zip(cis.value, cis.lo, cis.hi)])
+    order = list(dict.fromkeys(cis.metric))
+    table = text.pivot(index=["tasks", "model", "p", "seed"], columns="metric", values="text")
+    return table.reindex(columns=order).fillna("")
+
+
+def t3_baselines(experiment_dir: str | Path, p: float) -> pd.DataFrame:
+    """T3 constant-sentence baselines (metrics.text_baselines): chosen on the training sentences of fraction p,
+    scored on the test split."""
+    from .manifest import read_manifest
+    from .metrics import text_baselines
+    from .splits import load_splits, select_fraction
+
+    manifest = read_manifest(manifest_path(experiment_dir))
+    roles = select_fraction(load_splits(data_dir(experiment_dir) / "splits.csv"), float(p)).set_index("image_id").role
+    labeled = manifest[(manifest.labeled == "1") & (manifest.text != "")]
+    role = labeled.image_id.map(roles)
+    return text_baselines(labeled[role == "train"], labeled[role == "test"])
 
 
 def baseline_note(baseline: pd.Series) -> str:
@@ -176,7 +240,7 @@ def save_table(table: pd.DataFrame, stem: str | Path) -> list[Path]:
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """predictions.csv with empty cells kept as '' (a task the model does not have)."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.read_csv(verify_file(path), dtype=str, keep_default_na=False)
 
 
 def _mean_stats(values: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
@@ -216,12 +280,17 @@ def image_stats(preds: pd.DataFrame, metric: str) -> tuple[np.ndarray, Callable[
         if not (preds[f"{col}_pred"] != "").any():
             raise ValueError(f"metric={metric!r}: these predictions have no {col}_pred (the model lacks the task)")
         return _mean_stats((preds[f"{col}_pred"] == preds[f"{col}_true"]).to_numpy(float))
-    if metric not in ("T3_bleu", "T3_sentence_bleu", "T3_bleu4"):
-        raise ValueError(f"metric={metric!r}: choose one of {BOOTSTRAP_METRICS}")
-    if not (preds["text_pred"] != "").any():
+    if metric not in SUM_METRICS:
+        raise ValueError(f"metric={metric!r}: choose one of {SUM_METRICS}, or a T1_/T2_ metric of "
+                         "metrics.task_metrics (pass labels=, and probs= for AUROC, AUPR, ECE, NLL)")
+    if not _has_task(preds, metric):
         raise ValueError(f"metric={metric!r}: these predictions have no text_pred (the model lacks T3)")
-    if metric == "T3_bleu4":
-        return _bleu_stats(preds)
+    if metric.startswith("T3_bleu") and metric[-1].isdigit():
+        return _bleu_stats(preds, int(metric[-1]))
+    if metric == "T3_rougeL":
+        col = preds["rougeL"] if "rougeL" in preds and (preds["rougeL"] != "").all() else \
+            rouge_l(preds["text_true"], preds["text_pred"])   # predictions.csv written before ROUGE-L was
+        return _mean_stats(np.asarray(col, dtype=float))
     return _mean_stats(preds["bleu"].astype(float).to_numpy())
 
 
@@ -231,41 +300,232 @@ def _resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
     return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
 
 
-def bootstrap_ci(preds: pd.DataFrame, metric: str, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """The metric and its percentile bootstrap CI over test images: dict(value, lo, hi, n)."""
-    stats, fn = image_stats(preds, metric)
-    boot = fn(_resample_weights(len(stats), n_boot, seed) @ stats)
-    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    return {"value": float(fn(stats.sum(axis=0))), "lo": float(lo), "hi": float(hi), "n": len(stats)}
+# Label metrics as functions of per-image sums (confusion counts, calibration residuals): the bootstrap then costs
+# one matrix product for any number of resamples. Their values equal scikit-learn's (tests/test_results.py).
+CONFUSION_METRICS = ("balanced_acc", "macro_f1", "kappa")
+RESAMPLED_METRICS = ("auroc", "aupr", "odir_kappa", "odir_f1", "odir_auc", "odir_score")   # recomputed per resample
+
+
+def _balanced_acc(cm: np.ndarray) -> np.ndarray:
+    """Mean recall over the classes present, from (..., C, C) confusion counts (rows true)."""
+    support = cm.sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.diagonal(cm, axis1=-2, axis2=-1) / support
+    return np.nanmean(np.where(support > 0, recall, np.nan), axis=-1)
+
+
+def _macro_f1(cm: np.ndarray) -> np.ndarray:
+    """Mean F1 over the classes present in the truth (0 for a class never predicted right)."""
+    tp, support, called = np.diagonal(cm, axis1=-2, axis2=-1), cm.sum(-1), cm.sum(-2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(support + called > 0, 2 * tp / (support + called), 0.0)
+    return (f1 * (support > 0)).sum(-1) / (support > 0).sum(-1)
+
+
+def _kappa(cm: np.ndarray, quadratic: bool) -> np.ndarray:
+    """Cohen's kappa, 1 − Σ w·observed / Σ w·expected, with 0/1 or squared-distance weights."""
+    c = cm.shape[-1]
+    i, j = np.indices((c, c))
+    weights = (i - j) ** 2 if quadratic else (i != j).astype(float)
+    expected = cm.sum(-1)[..., :, None] * cm.sum(-2)[..., None, :] / cm.sum((-2, -1))[..., None, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1 - (weights * cm).sum((-2, -1)) / (weights * expected).sum((-2, -1))
+
+
+def _label_stats(preds: pd.DataFrame, metric: str, labels, probs) -> tuple[np.ndarray, Callable] | None:
+    """Per-image statistics of a T1_/T2_ metric and the function of their sums; None when it has none."""
+    from .metrics import ECE_BINS
+
+    task, name = metric[:2], metric[3:]
+    level = LEVEL[task]
+    classes = getattr(labels, level)
+    y = class_indices(preds[f"{level}_true"], classes, f"{level}_true")
+    if name in CONFUSION_METRICS:
+        pred = class_indices(preds[f"{level}_pred"], classes, f"{level}_pred")
+        stats = np.zeros((len(y), len(classes) ** 2))
+        stats[np.arange(len(y)), y * len(classes) + pred] = 1                   # one confusion cell per image
+        score = {"balanced_acc": _balanced_acc, "macro_f1": _macro_f1,
+                 "kappa": lambda cm: _kappa(cm, level in labels.ordered)}[name]
+        return stats, lambda sums: score(sums.reshape(*sums.shape[:-1], len(classes), len(classes)))
+    if name.startswith("top") and task == "T2":
+        k = int(name[3:])
+        return _mean_stats(np.array([t in tk.split("|")[:k] for t, tk in zip(preds.fine_true, preds.fine_top5)], float))
+    p = probs[task].astype(np.float64)
+    p = p / p.sum(1, keepdims=True)
+    if name == "nll":
+        return _mean_stats(-np.log(np.clip(p[np.arange(len(y)), y], 1e-15, None)))
+    if name == "ece":   # Σ_bins |Σ (right − confidence)| / N
+        conf = p.max(1)
+        bins = np.clip(np.searchsorted(np.linspace(0, 1, ECE_BINS + 1), conf, side="left") - 1, 0, ECE_BINS - 1)
+        stats = np.zeros((len(y), ECE_BINS + 1))
+        stats[np.arange(len(y)), bins] = (p.argmax(1) == y) - conf
+        stats[:, -1] = 1
+        return stats, lambda sums: np.abs(sums[..., :-1]).sum(-1) / sums[..., -1]
+    return None
+
+
+def _ranked_scores(positive: np.ndarray, score: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest AUROC and average precision of one class under image weights w (B, n), ties as scikit-learn.
+
+    AUROC: weighted share of (positive, negative) pairs ordered right, a tie counting one half; AP: Σ over
+    score thresholds of (recall step) × precision. Equal to roc_auc_score / average_precision_score with
+    sample_weight=w, for all B weightings in a few array operations.
+    """
+    order = np.argsort(-score, kind="stable")                      # descending: thresholds from the top
+    s, pos = score[order], positive[order]
+    wp, wn = w[:, order] * pos, w[:, order] * ~pos                 # (B, n)
+    last = np.append(s[1:] != s[:-1], True)                        # the last image of each run of tied scores
+    group = np.cumsum(np.append(True, last[:-1])) - 1              # each image's tie group, 0..G-1
+    tp, fp = np.cumsum(wp, 1)[:, last], np.cumsum(wn, 1)[:, last]  # (B, G) at each threshold
+    total_p, total_n = tp[:, -1:], fp[:, -1:]
+    fp_before = np.concatenate([np.zeros_like(fp[:, :1]), fp[:, :-1]], 1)
+    # a positive in group g outranks the negatives below g, ties with those in g
+    below = total_n - fp[:, group] + 0.5 * (fp - fp_before)[:, group]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auroc = (wp * below).sum(1) / (total_p * total_n)[:, 0]
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)   # 0/0 only above every weighted image
+        ap = (wp * precision[:, group]).sum(1) / total_p[:, 0]
+    return auroc, ap
+
+
+def _resampled(y: np.ndarray, probs: np.ndarray, name: str) -> tuple[np.ndarray, Callable] | Callable:
+    """Macro one-vs-rest AUROC / AUPR as a function of the weights (in _rank_stats form), or the ODIR score term
+    of the rows idx by scikit-learn."""
+    if name.startswith("odir_"):
+        from .metrics import odir_score
+        return lambda idx: odir_score(y[idx], probs[idx])[name[5:]]
+    return _WeightedMacro(y, probs, 0 if name == "auroc" else 1)
+
+
+class _WeightedMacro:
+    """Macro over classes (with positives and negatives in the sample) of _ranked_scores[which], for weights w."""
+
+    def __init__(self, y: np.ndarray, probs: np.ndarray, which: int):
+        self.y, self.probs, self.which = y, probs, which
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        per_class = []
+        for k in range(self.probs.shape[1]):
+            positive = self.y == k
+            if positive.any() and not positive.all():
+                values = _ranked_scores(positive, self.probs[:, k], w)[self.which]
+                present = ((w * positive).sum(1) > 0) & ((w * ~positive).sum(1) > 0)
+                per_class.append(np.where(present, values, np.nan))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # a resample with no class left: nan
+            return np.nanmean(per_class, axis=0) if per_class else np.full(len(w), np.nan)
+
+
+def _label_metric(preds: pd.DataFrame, metric: str, labels, probs) -> tuple[np.ndarray, Callable] | Callable:
+    """(stats, fn of sums) for a T1_/T2_ metric, or fn(rows) that scikit-learn recomputes on each resample."""
+    task = metric[:2]
+    if task not in LEVEL:
+        raise ValueError(f"metric={metric!r}: choose one of {SUM_METRICS}, or a T1_/T2_ metric of metrics.task_metrics")
+    if not _has_task(preds, metric):
+        raise ValueError(f"metric={metric!r}: these predictions have no {LEVEL[task]}_pred (the model lacks {task})")
+    if labels is None:
+        raise ValueError(f"metric={metric!r}: pass labels= (the experiment's label map: results.load_labels)")
+    if _needs_probs(metric) and task not in (probs or {}):
+        raise ValueError(f"metric={metric!r}: AUROC, AUPR, ECE, NLL and the ODIR score need probs= "
+                         f"(probs_{task}.npy of the run: results.read_probs)")
+    name = metric[3:]
+    if name in RESAMPLED_METRICS:
+        return _resampled(class_indices(preds[f"{LEVEL[task]}_true"], getattr(labels, LEVEL[task]), metric),
+                          probs[task], name)
+    found = _label_stats(preds, metric, labels, probs)
+    if found is None:
+        raise ValueError(f"metric={metric!r}: not a metric of metrics.classification_task")
+    return found
+
+
+def _indices(weights: np.ndarray) -> np.ndarray:
+    """The image rows of one bootstrap sample from its counts (the same draws as the sums path)."""
+    return np.repeat(np.arange(len(weights)), weights.astype(int))
+
+
+def _metric_draws(preds: pd.DataFrame, metric: str, w: np.ndarray, labels=None, probs=None) -> tuple[float, np.ndarray]:
+    """The metric on all images and on each of the bootstrap samples w (n_boot, n)."""
+    found = image_stats(preds, metric) if metric in SUM_METRICS else _label_metric(preds, metric, labels, probs)
+    if isinstance(found, _WeightedMacro):
+        return float(found(np.ones((1, len(preds))))[0]), found(w)
+    if isinstance(found, tuple):
+        stats, fn = found
+        return float(fn(stats.sum(axis=0))), fn(w @ stats)
+    return float(found(np.arange(len(preds)))), np.array([found(_indices(row)) for row in w])
+
+
+def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2])   # nan: a resample without a class's negatives
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(preds: pd.DataFrame, metric: str, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                 labels=None, probs: dict[str, np.ndarray] | None = None) -> dict:
+    """The metric and its percentile bootstrap CI over test images: dict(value, lo, hi, n).
+
+    Any metric of metrics.task_metrics: accuracy and T3 from per-image sums, the others (kappa, AUROC,
+    ECE, ...) recomputed on each resample; those need `labels` (LabelMap) and, for the probability
+    metrics, `probs` ({'T1': (N, C), ...} in the rows' order).
+    """
+    value, boot = _metric_draws(preds, metric, _resample_weights(len(preds), n_boot, seed), labels, probs)
+    lo, hi = _interval(boot, level)
+    return {"value": value, "lo": lo, "hi": hi, "n": len(preds)}
+
+
+def bootstrap_table(preds: pd.DataFrame, metrics: Sequence[str], labels=None, probs=None, n_boot: int = 1000,
+                    seed: int = 0, level: float = 0.95) -> pd.DataFrame:
+    """bootstrap_ci of each metric the predictions can give (a task the model lacks is skipped).
+
+    Columns: metric, value, lo, hi, n.
+    """
+    rows = [{"metric": m, **bootstrap_ci(preds, m, n_boot, seed, level, labels, probs)} for m in metrics
+            if _has_task(preds, m) and (m[:2] not in LEVEL or m[:2] in (probs or {}) or not _needs_probs(m))]
+    return pd.DataFrame(rows, columns=["metric", "value", "lo", "hi", "n"])
+
+
+def _needs_probs(metric: str) -> bool:
+    return metric.split("_", 1)[1].split("_")[0] in ("auroc", "aupr", "ece", "nll", "odir")
+
+
+def _aligned(preds_a: pd.DataFrame, preds_b: pd.DataFrame, probs_a, probs_b):
+    """b's rows (and probabilities) in a's image order."""
+    ids_a, ids_b = set(preds_a["image_id"]), set(preds_b["image_id"])
+    if ids_a != ids_b:
+        raise ValueError(f"preds_a and preds_b must cover the same test images: {len(ids_a - ids_b)} only in a, "
+                         f"{len(ids_b - ids_a)} only in b")
+    order_a = np.argsort(preds_a["image_id"].to_numpy(), kind="stable")
+    pos_b = pd.Series(np.arange(len(preds_b)), index=preds_b["image_id"].to_numpy())
+    order_b = pos_b.loc[preds_a["image_id"].to_numpy()[order_a]].to_numpy()
+    take = lambda probs, order: {t: v[order] for t, v in (probs or {}).items()}  # noqa: E731
+    return (preds_a.iloc[order_a].reset_index(drop=True), preds_b.iloc[order_b].reset_index(drop=True),
+            take(probs_a, order_a), take(probs_b, order_b))
 
 
 def paired_bootstrap(preds_a: pd.DataFrame, preds_b: pd.DataFrame, metric: str, n_boot: int = 2000,
-                     seed: int = 0, level: float = 0.95) -> dict:
+                     seed: int = 0, level: float = 0.95, labels=None, probs_a=None, probs_b=None) -> dict:
     """b − a on the same test images: the difference, its percentile bootstrap CI and a two-sided p-value.
 
     Both models are scored on the same resampled images in each replicate (a paired bootstrap), so
     the image-to-image variation they share cancels. p_value: twice the smaller share of replicates
     on either side of 0 (add-one smoothed), i.e. the smallest level at which the CI excludes 0.
+    Any metric of metrics.task_metrics (labels= and probs_a/probs_b= as bootstrap_ci needs them).
     """
-    ids_a, ids_b = set(preds_a["image_id"]), set(preds_b["image_id"])
-    if ids_a != ids_b:
-        raise ValueError(f"preds_a and preds_b must cover the same test images: {len(ids_a - ids_b)} only in a, "
-                         f"{len(ids_b - ids_a)} only in b")
-    a = preds_a.set_index("image_id").sort_index()
-    b = preds_b.set_index("image_id").loc[a.index]   # align b's rows on a's images
-    (stats_a, fn), (stats_b, _) = image_stats(a, metric), image_stats(b, metric)
+    a, b, probs_a, probs_b = _aligned(preds_a, preds_b, probs_a, probs_b)
     w = _resample_weights(len(a), n_boot, seed)
-    boot = fn(w @ stats_b) - fn(w @ stats_a)
-    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    value_a, value_b = float(fn(stats_a.sum(axis=0))), float(fn(stats_b.sum(axis=0)))
+    value_a, boot_a = _metric_draws(a, metric, w, labels, probs_a)
+    value_b, boot_b = _metric_draws(b, metric, w, labels, probs_b)
+    boot = boot_b - boot_a
+    lo, hi = _interval(boot, level)
     tail = min((boot <= 0).sum(), (boot >= 0).sum())
-    return {"metric": metric, "a": value_a, "b": value_b, "diff": value_b - value_a, "lo": float(lo),
-            "hi": float(hi), "p_value": float(min(1.0, 2 * (tail + 1) / (n_boot + 1))), "n": len(a),
+    return {"metric": metric, "a": value_a, "b": value_b, "diff": value_b - value_a, "lo": lo,
+            "hi": hi, "p_value": float(min(1.0, 2 * (tail + 1) / (n_boot + 1))), "n": len(a),
             "n_boot": n_boot}
 
 
 def _has_task(preds: pd.DataFrame, metric: str) -> bool:
-    col = {"T1": "coarse_pred", "T2": "fine_pred", "T3": "text_pred"}[metric[:2]]
+    if metric[:2] == "T3":   # decoded, even where every sentence came out empty (metrics.has_text)
+        return has_text(preds)
+    col = {"T1": "coarse_pred", "T2": "fine_pred"}[metric[:2]]
     return col in preds and (preds[col] != "").any()
 
 
@@ -278,9 +538,14 @@ def compare_models(experiment_dir: str | Path, a: str = "M1", b: str = "M3", met
         if key.model != b or not path_a.exists():
             continue   # the grid is not finished there yet
         preds_a, preds_b = read_predictions(path_a), read_predictions(run_b / "predictions.csv")
+        probs_a, probs_b = read_probs(path_a.parent), read_probs(run_b)
         for metric in metrics:
             if _has_task(preds_a, metric) and _has_task(preds_b, metric):
-                res = paired_bootstrap(preds_a, preds_b, metric, n_boot=n_boot, seed=seed)
+                if _needs_probs(metric) and not (metric[:2] in probs_a and metric[:2] in probs_b):
+                    continue   # runs from before probabilities were saved
+                labels = None if metric in SUM_METRICS else load_labels(experiment_dir)
+                res = paired_bootstrap(preds_a, preds_b, metric, n_boot=n_boot, seed=seed, probs_a=probs_a,
+                                       probs_b=probs_b, labels=labels)
                 rows.append({"tasks": task_key(key.tasks), "p": key.p_label, "seed": key.seed, **res})
     cols = ["tasks", "p", "seed", "metric", "a", "b", "diff", "lo", "hi", "p_value", "n", "n_boot"]
     out = pd.DataFrame(rows, columns=cols).rename(columns={"a": a, "b": b, "diff": f"{b}-{a}"})
@@ -356,3 +621,62 @@ def _bar_note(kinds: set[str]) -> str:
     notes = {"std": "± std over seeds", "ci": "95 % bootstrap CI over test images (one seed)",
              "none": "none (one seed, no predictions)"}
     return "; ".join(notes[k] for k in ("std", "ci", "none") if k in kinds) or "none"
+
+
+# ---------------------------------------------------------------- metric figures and tables (06)
+
+def named_runs(experiment_dir: str | Path, tasks: str | None = None, seed: int = 0, models: Sequence[str] = MODELS,
+               ps: Sequence[float] | None = None) -> dict[str, tuple[pd.DataFrame, dict[str, np.ndarray]]]:
+    """{'M1 p=15': (predictions, probabilities)} of one task combination (default: the largest) and seed."""
+    df = collect_metrics(experiment_dir)
+    _check_metrics(df, [])
+    tasks = tasks or _combo_order(df["tasks"])[-1]
+    pick = (df["tasks"] == tasks) & (df["seed"] == seed) & df["model"].isin(models)
+    if ps is not None:
+        pick &= df["p"].astype(float).isin([float(p) for p in ps])
+    return {f"{r.model} p={r.p:g}": (read_predictions(Path(r.run_dir) / "predictions.csv"), read_probs(r.run_dir))
+            for r in df[pick].sort_values(["p", "model"]).itertuples()}
+
+
+def metric_figures(experiment_dir: str | Path, out_dir: str | Path, ps: Sequence[float] = (15, 70), seed: int = 0,
+                   calibration_models: Sequence[str] = ("M1", "M3")) -> list:
+    """ROC curves per disease (M1/M2/M3 at each p), the reliability diagram (M1 vs M3) and confusion heatmaps
+    (T1, and T2 grouped by coarse class, for each model at the largest p); PNG (300 dpi) + PDF under out_dir.
+
+    p values absent from the experiment are skipped (all present p when none of `ps` is). Runs saved before
+    probabilities were (no probs_T1.npy) get confusion heatmaps only.
+    """
+    from . import plots
+    from .metrics import class_indices, confusion
+
+    present = {float(p) for p in collect_metrics(experiment_dir)["p"]}
+    ps = [float(p) for p in ps if float(p) in present] or sorted(present)
+    labels, runs, figs = load_labels(experiment_dir), named_runs(experiment_dir, seed=seed, ps=ps), []
+    t1 = {name: (preds, probs["T1"]) for name, (preds, probs) in runs.items() if "T1" in probs}
+    if t1:
+        figs.append(plots.roc_curves(t1, labels, Path(out_dir) / "roc_T1"))
+        calib = {name: (class_indices(preds["coarse_true"], labels.coarse, name), probs)
+                 for name, (preds, probs) in t1.items() if name.split()[0] in calibration_models}
+        figs.append(plots.reliability_diagram(calib, Path(out_dir) / "reliability_T1"))
+    for name, (preds, _) in runs.items():
+        if not name.endswith(f"p={max(ps):g}"):
+            continue
+        model = name.split()[0]
+        if _has_task(preds, "T1"):
+            figs.append(plots.confusion_heatmap(confusion(preds, labels), f"T1, {name}",
+                                                Path(out_dir) / f"confusion_T1_{model}"))
+        if _has_task(preds, "T2"):
+            figs.append(plots.confusion_heatmap(confusion(preds, labels, "fine"), f"T2, {name}",
+                                                Path(out_dir) / f"confusion_T2_{model}", groups=labels.fine_parent))
+    return figs
+
+
+def screening_table(experiment_dir: str | Path) -> pd.DataFrame:
+    """T1 disease vs normal (metrics.json 'disease_vs_normal') of every run: sensitivity, specificity, n."""
+    rows = []
+    for run in collect_metrics(experiment_dir).itertuples():
+        found = read_json(Path(run.run_dir) / "metrics.json").get("disease_vs_normal", {})
+        rows += [{"tasks": run.tasks, "model": run.model, "p": run.p, "seed": run.seed, "disease": d, **v}
+                 for d, v in found.items()]
+    cols = ["tasks", "model", "p", "seed", "disease", "sensitivity", "specificity", "n_disease", "n_normal"]
+    return pd.DataFrame(rows, columns=cols)

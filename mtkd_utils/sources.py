@@ -6,6 +6,7 @@ See data/README.md for each source.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import Counter
@@ -15,7 +16,8 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from .io import write_csv
-from .manifest import COLUMNS, LabelMap, validate_manifest, write_manifest
+from .manifest import COLUMNS, LabelMap, spelling_groups, validate_manifest, write_manifest
+from .metrics import ODIR2019
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 PAPER_COARSE = ["normal", "diabetic_retinopathy", "amd", "glaucoma", "melanoma"]
@@ -33,6 +35,17 @@ def _relpath(path: str | Path, out_dir: Path) -> str:
 def _image_id(rel: str) -> str:
     """A file-name-safe id from an image path: 'a/b/0_left.jpg' -> 'a_b_0_left'."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(PurePosixPath(rel).with_suffix(""))).strip("._")
+
+
+def _unique_ids(rels: list[str]) -> list[str]:
+    """_image_id of each path; where two different paths give one id ('a b.jpg', 'a_b.jpg'; 'é.jpg', 'ü.jpg')
+    or none, a short hash of the path is added to it: ids are unique by construction, readable otherwise."""
+    ids = [_image_id(r) for r in rels]
+    paths_of: dict[str, set[str]] = {}
+    for i, r in zip(ids, rels):
+        paths_of.setdefault(i, set()).add(r)
+    return [f"{i}-{hashlib.sha1(r.encode()).hexdigest()[:8]}".lstrip("-") if len(paths_of[i]) > 1 or not i else i
+            for i, r in zip(ids, rels)]
 
 
 def _eye_from_name(path: str) -> str | None:
@@ -111,9 +124,13 @@ ODIR_COARSE_MAP: dict[str, str | None] = {
     r".": "other",                           # ODIR's 'O': every other finding (drusen, laser spot, ...)
 }
 
-# Keywords about the photograph, not the eye (after normalisation; see split_keywords).
+# Keywords about the photograph, not the eye (after normalisation; see split_keywords): never a label or text.
 ODIR_UNUSABLE = ("lens dust", "low image quality", "optic disc photographically invisible", "image offset",
                  "no fundus image", "anterior segment image")
+# Of those, the ones saying the photograph is not a usable fundus image: such an eye is always left out.
+# The others are quality flags: an eye with other keywords keeps them as its labels (in the V2 sheet 403
+# of the 405 lens-dust eyes also carry a diagnosis, 277 of them 'normal fundus').
+ODIR_NOT_FUNDUS = ("no fundus image", "anterior segment image")
 
 # Short fine names for the common keywords; others become a slug ('macular epiretinal membrane'
 # -> 'macular_epiretinal_membrane') and 'suspected X' becomes '<name of X>_suspected'.
@@ -217,14 +234,33 @@ def _odir_eyes(sheet: pd.DataFrame) -> pd.DataFrame:
     return eyes
 
 
+def _quality_reason(quality: list[str], findings: list[str], not_fundus: set[str], drop_quality_flags: bool) -> str:
+    """Why an eye with quality keywords is left out ('' when it is kept, labeled by its other keywords)."""
+    blocked = [k for k in quality if k in not_fundus]
+    if blocked:
+        return "not a fundus image: " + ", ".join(blocked)
+    if drop_quality_flags:
+        return "unusable: " + ", ".join(quality)
+    return "" if findings else "quality flags only: " + ", ".join(quality)
+
+
 def _label_eye(keywords: list[str], classes: Mapping[str, str | None], priority: list[str],
-               unusable: set[str], keep_unusable: bool) -> dict:
-    """coarse, fine, findings and why the eye is left out ('' when kept) for one eye's keywords."""
+               unusable: set[str], keep_unusable: bool, not_fundus: set[str] = frozenset(),
+               drop_quality_flags: bool = False) -> dict:
+    """coarse, fine, findings, quality flags and why the eye is left out ('' when kept) for one eye's keywords."""
     quality = [k for k in keywords if k in unusable]
     findings = [k for k in keywords if k not in unusable]
     labelling = [k for k in findings if classes[k] is not None]
-    if quality and not keep_unusable:
-        return {"coarse": "", "fine": "", "findings": findings, "reason": "unusable: " + ", ".join(quality)}
+    reason = _quality_reason(quality, findings, not_fundus, drop_quality_flags) if quality and not keep_unusable else ""
+    if reason:
+        return {"coarse": "", "fine": "", "findings": findings, "quality": quality, "reason": reason}
+    out = _label_findings(findings, labelling, classes, priority)
+    return {**out, "quality": quality}
+
+
+def _label_findings(findings: list[str], labelling: list[str], classes: Mapping[str, str | None],
+                    priority: list[str]) -> dict:
+    """coarse and fine from the keyword of the highest-priority class; '' when no finding names a class."""
     if findings and not labelling:
         return {"coarse": "", "fine": "", "findings": findings, "reason": "no coarse class: " + ", ".join(findings)}
     if not labelling:  # empty cell, or only a quality keyword kept: an image without a diagnosis
@@ -252,16 +288,24 @@ def _merge_rare_fine(rows: pd.DataFrame, min_count: int) -> dict[str, str]:
 
 def from_odir(annotations_xlsx: str | Path, image_dir: str | Path, out_dir: str | Path, *,
               coarse_map: Mapping[str, str | None] | None = None, keep_unusable: bool = False,
-              skip_missing: bool = False, min_fine_count: int = 1,
-              unusable: Iterable[str] = ODIR_UNUSABLE) -> Path:
-    """ODIR-5K sheet + image folder -> out_dir/manifest.csv (returned), label_map.json and excluded.csv."""
+              drop_quality_flags: bool = False, skip_missing: bool = False, min_fine_count: int = 1,
+              unusable: Iterable[str] = ODIR_UNUSABLE, not_fundus: Iterable[str] = ODIR_NOT_FUNDUS) -> Path:
+    """ODIR-5K sheet + image folder -> out_dir/manifest.csv (returned), label_map.json and excluded.csv.
+
+    Eyes with quality flags (lens dust, ...) are kept, labeled by their other keywords; left out are eyes
+    with only quality flags and photographs that are not fundus images (`not_fundus`).
+    drop_quality_flags=True leaves out every flagged eye; keep_unusable=True keeps every eye.
+    """
     sheet_path, image_dir, out_dir = Path(annotations_xlsx), Path(image_dir), Path(out_dir)
+    default_map = coarse_map is None
     coarse_map = ODIR_COARSE_MAP if coarse_map is None else dict(coarse_map)
     unusable = {kw for u in unusable for kw in split_keywords(u)}
+    not_fundus = {kw for u in not_fundus for kw in split_keywords(u)}
     eyes = _odir_eyes(read_odir_annotations(sheet_path))
     classes = _keyword_classes((k for kws in eyes.keywords for k in kws if k not in unusable), coarse_map)
     priority = _priority(coarse_map)
-    labels = [_label_eye(kws, classes, priority, unusable, keep_unusable) for kws in eyes.keywords]
+    labels = [_label_eye(kws, classes, priority, unusable, keep_unusable, not_fundus, drop_quality_flags)
+              for kws in eyes.keywords]
     eyes = pd.concat([eyes, pd.DataFrame(labels)], axis=1)
 
     index = _index_images(image_dir)
@@ -279,6 +323,8 @@ def from_odir(annotations_xlsx: str | Path, image_dir: str | Path, out_dir: str 
     rows = eyes[eyes.reason == ""].reset_index(drop=True)
     renames = _merge_rare_fine(rows, min_fine_count)
     label_map = _label_map(rows, PAPER_COARSE + priority)
+    if default_map:   # the challenge's classes (N, D, G, C, A, H, M, O): metrics adds its score
+        label_map.benchmark = ODIR2019
 
     out_dir.mkdir(parents=True, exist_ok=True)
     left_out = eyes[eyes.reason != ""].assign(keywords=lambda d: d.cell)
@@ -288,19 +334,30 @@ def from_odir(annotations_xlsx: str | Path, image_dir: str | Path, out_dir: str 
     return path
 
 
+_LEFT_OUT = {  # reason kind -> how the summary names it and what keeps those images
+    "unusable": ("images with quality flags (drop_quality_flags=True)", "drop_quality_flags=False keeps those "
+                 "with a diagnosis"),
+    "quality flags only": ("images whose keywords are only quality flags", "keep_unusable=True keeps them "
+                           "in the unlabeled pool"),
+    "not a fundus image": ("photographs that are not fundus images", "keep_unusable=True keeps them"),
+}
+
+
 def _print_odir_summary(eyes: pd.DataFrame, rows: pd.DataFrame, renames: dict[str, str],
                         keep_unusable: bool, out_dir: Path) -> None:
     """What was kept, what was left out and why: nothing disappears without a line here."""
     kind = eyes.reason.str.split(":").str[0]
-    quality = [k.strip() for r in eyes.reason[kind == "unusable"] for k in r.split(":", 1)[1].split(",")]
     lab = rows[rows.labeled == 1]
     print(f"ODIR-5K: {eyes.ID.nunique()} patients, {len(eyes)} images listed -> {out_dir / 'manifest.csv'}")
     print(f"  kept {len(rows)}: {len(lab)} labeled, {len(rows) - len(lab)} without a diagnosis (unlabeled pool)")
-    if (kind == "unusable").any():
-        print(f"  left out {(kind == 'unusable').sum()} unusable images ({_counts(quality)}); "
-              f"keep_unusable=True keeps them")
-    elif keep_unusable:
-        print("  unusable images kept (keep_unusable=True); their quality keywords are not in the labels")
+    flagged = rows[rows.quality.map(len) > 0]
+    if len(flagged):
+        print(f"  kept {len(flagged)} images with quality flags ({_counts(k for q in flagged.quality for k in q)}), "
+              "labeled by their other keywords; the flags are in no label or text")
+    for reason, (what, how) in _LEFT_OUT.items():
+        if (kind == reason).any():
+            words = [k.strip() for r in eyes.reason[kind == reason] for k in r.split(":", 1)[1].split(",")]
+            print(f"  left out {(kind == reason).sum()} {what} ({_counts(words)}); {how}")
     if (kind == "no coarse class").any():
         print(f"  left out {(kind == 'no coarse class').sum()} images whose findings all map to None in coarse_map")
     if (kind == "missing on disk").any():
@@ -374,13 +431,30 @@ def _label_text(coarse: str, fine: str) -> str:
 
 def _read_table(csv_path: Path, roles: dict[str, str | None]) -> pd.DataFrame:
     """The CSV as stripped strings; every column named in `roles` must exist."""
-    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{csv_path}: the file is empty; a CSV needs a header row and one row per image") from None
+    if table.empty:
+        raise ValueError(f"{csv_path}: a header but no rows; add one row per image")
     table.columns = [c.strip() for c in table.columns]
     for role, col in roles.items():
         if col is not None and col not in table.columns:
             raise ValueError(f"{csv_path}: no column {col!r} (passed as {role}); "
                              f"the CSV's columns are {list(table.columns)}")
     return table.apply(lambda s: s.str.strip())
+
+
+def _one_spelling(labels: pd.Series, kind: str, where: Path) -> pd.Series:
+    """Case or spacing variants of a label ('DR', 'dr ') become its commonest spelling, with a note."""
+    ranked = [name for name, _ in Counter(labels[labels != ""]).most_common()]
+    rename = {}
+    for variants in spelling_groups(ranked).values():
+        rename.update({v: variants[0] for v in variants[1:]})
+        if len(variants) > 1:
+            print(f"NOTE {where}: {kind} labels {variants} differ only in case or spacing: "
+                  f"all written {variants[0]!r} (the commonest)")
+    return labels.replace(rename)
 
 
 def _csv_problems(t: pd.DataFrame, image_col: str, coarse: pd.Series, fine: pd.Series, text: pd.Series,
@@ -408,6 +482,7 @@ def from_csv(csv_path: str | Path, out_dir: str | Path, *, image_col: str = "ima
                                "text_col": text_col, "patient_col": patient_col, "eye_col": eye_col})
     col = lambda name: t[name] if name else pd.Series("", index=t.index)  # noqa: E731  (absent column: empty)
     coarse, fine, text = col(coarse_col), col(fine_col), col(text_col)
+    coarse, fine = _one_spelling(coarse, "coarse", csv_path), _one_spelling(fine, "fine", csv_path)
     eyes = [_EYE_VALUES.get(e.lower()) if eye_col else _eye_from_name(p) for e, p in zip(col(eye_col), t[image_col])]
     problems = _csv_problems(t, image_col, coarse, fine, text, eye_col, eyes)
     if problems:
@@ -422,7 +497,7 @@ def from_csv(csv_path: str | Path, out_dir: str | Path, *, image_col: str = "ima
     fine = fine.where(fine != "", coarse)  # no fine label: the coarse class nested in itself
     generated = pd.Series([_label_text(c, f) for c, f in zip(coarse, fine)], index=t.index)
     rows = pd.DataFrame({
-        "image_id": [_image_id(_relpath(p, root)) for p in paths],
+        "image_id": _unique_ids([_relpath(p, root) for p in paths]),
         "image": [_relpath(p, out_dir) for p in paths],
         "patient_id": col(patient_col),
         "eye": _fill_eyes(eyes, str(csv_path)),
@@ -452,7 +527,7 @@ def from_folder(image_dir: str | Path, out_dir: str | Path, *, label_map: str | 
                    key=lambda p: p.relative_to(image_dir).as_posix())  # dot-files: macOS '._x.jpg' are not images
     if not files:
         raise ValueError(f"{image_dir}: no images ({', '.join(IMAGE_EXTS)}) in this folder or below")
-    ids = [_image_id(p.relative_to(image_dir).as_posix()) for p in files]
+    ids = _unique_ids([p.relative_to(image_dir).as_posix() for p in files])
     rows = pd.DataFrame({"image_id": ids, "image": [_relpath(p, out_dir) for p in files], "patient_id": ids,
                          "eye": _fill_eyes([_eye_from_name(p.name) for p in files], str(image_dir)), "labeled": 0})
     if isinstance(label_map, LabelMap):

@@ -1,6 +1,7 @@
 """Patient-level, stratified, seeded splits; nested training fractions; the leakage check."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,19 @@ def make_splits(manifest: pd.DataFrame, seed: int = 0, evaluation_only: set[str]
     out["train_rank"] = out.patient_id.map(rank).where(out.split == "train", -1).fillna(-1).astype(int)
     out["evaluation_only"] = out.patient_id.isin(evaluation_only).astype(int)
     return out.reset_index(drop=True)
+
+
+def warn_single_image_classes(manifest: pd.DataFrame) -> list[str]:
+    """Warn, by name, about coarse or fine classes with one labeled image: it lands in one split, so the class
+    is either trained on or scored, never both (and at small p it may be neither). Returns 'kind name (id)'."""
+    labeled = manifest[manifest.labeled.astype(int) == 1]
+    lonely = [f"{kind} {name!r} ({g.image_id.iat[0]})" for kind in ("coarse", "fine")
+              for name, g in labeled.groupby(kind) if len(g) == 1]
+    if lonely:
+        warnings.warn(f"{len(lonely)} class(es) with a single labeled image, never both trained on and scored: "
+                      f"{', '.join(lonely[:10])}{' ...' if len(lonely) > 10 else ''}. Add images of them or merge "
+                      "them into a related class.", stacklevel=2)
+    return lonely
 
 
 def load_evaluation_only(manifest_path: str | Path) -> set[str]:

@@ -1,12 +1,13 @@
 """T3 text: tokenizer, vocabulary (built from the training split only) and BLEU (nltk)."""
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from nltk.tokenize import wordpunct_tokenize
+from nltk.tokenize import RegexpTokenizer
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
 from .io import read_json, write_json
@@ -17,9 +18,14 @@ PAD_ID, SOS_ID, EOS_ID, UNK_ID = range(4)
 SENTENCE_SMOOTHING = "method1"           # nltk's SmoothingFunction method for sentence BLEU
 
 
+# nltk's wordpunct pattern (words, runs of punctuation), with the vocabulary's specials kept whole: a generated
+# '<unk>' is one missed word, not the three tokens '<', 'unk', '>' that BLEU would otherwise count
+_TOKENIZER = RegexpTokenizer("|".join(re.escape(s) for s in SPECIALS) + r"|\w+|[^\w\s]+")
+
+
 def tokenize(text: str) -> list[str]:
-    """Lower-cased words and punctuation (nltk's regex tokenizer: needs no downloaded data)."""
-    return wordpunct_tokenize(text.lower())
+    """Lower-cased words and punctuation, '<unk>' and the other specials as one token (nltk, no downloaded data)."""
+    return _TOKENIZER.tokenize(text.lower())
 
 
 class Vocab:

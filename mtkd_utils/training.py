@@ -17,10 +17,10 @@ from . import runs
 from .checkpoint import load_checkpoint
 from .config import Config, task_key, task_subsets
 from .data import FundusData, load_data
-from .distill import CachedTeachers, OnlineTeachers, build_soft_targets
+from .distill import CachedTeachers, OnlineTeachers, build_soft_targets, read_soft_targets
 from .engine import eval_batch_size, fit, pick_device, predict
 from .io import file_sha1, fingerprint, read_json, write_csv, write_json
-from .metrics import confusion, per_disease, task_metrics
+from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
 from .model import MTLModel, build_model
 from .runs import RunKey
 from .seeds import derive_seed
@@ -79,7 +79,7 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
                   signature=runs.signature(data, cfg, key.tasks), desc=f"teacher {task_key(key.tasks)}")
     write_csv(history, run / "history.csv")
     write_json(dict(tasks=list(key.tasks), p=key.p, seed=seed, model_seed=own_seed, **_progress(history),
-                    init=model.init_note), run / "metrics.json")  # last: marks done
+                    init=model.init_note), run / "metrics.json", checksum=True)  # last: marks done
     return run
 
 
@@ -136,7 +136,7 @@ def student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data,
     meta = dict(teachers={task_key(s): file_sha1(r / "checkpoint.pt") for s, r in found.items()},
                 data=fingerprint(runs.signature(data, cfg, key.tasks)), max_len=cfg.max_len, t3_topk=cfg.t3_topk,
                 rows=fingerprint(rows.tolist()), rest_taus=list(rest_taus))
-    store = load_checkpoint(path) if path.exists() else {}
+    store = read_soft_targets(path)
     if not runs.json_equal(store.get("meta"), meta):
         models = [load_model(run, cfg, data, s) for s, run in found.items()]
         store = load_checkpoint(build_soft_targets(models, data, rows, path, cfg.max_len, cfg.t3_topk,
@@ -164,7 +164,7 @@ def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, a
                   alpha=alpha, student=True)
     write_csv(history, run / "history.csv")
     val = dict(tau=tau, alpha=alpha, **_progress(history))
-    write_json(val, run / "val.json")
+    write_json(val, run / "val.json", checksum=True)
     return val
 
 
@@ -190,16 +190,19 @@ def train_m1_at_budget(experiment_dir, key: RunKey, updates: int, cfg: Config, d
 
 
 def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
-    """The one read of the test split: predictions.csv, metrics.json, confusion.csv."""
+    """The one read of the test split: predictions.csv, probs_T1/T2.npy, metrics.json, confusion.csv."""
     device, batch = pick_device(cfg.device), eval_batch_size(cfg)
-    preds = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device)
+    preds, probs = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device, with_probs=True)
     val = task_metrics(predict(model, data, data.rows("val"), batch, cfg.max_len, cfg.beam_size, device), data.labels)
-    metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels), per_disease=per_disease(preds, data.labels),
-                   bleu_note=BLEU_NOTE)
-    write_csv(preds, run / "predictions.csv")
+    metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels, probs),
+                   per_disease=per_disease(preds, data.labels), per_class_auroc=per_class_auroc(preds, data.labels, probs),
+                   disease_vs_normal=disease_vs_normal(preds, data.labels), bleu_note=BLEU_NOTE)
+    write_csv(preds, run / "predictions.csv", checksum=True)
+    for task, p in probs.items():
+        np.save(run / f"probs_{task}.npy", p)
     if "T1" in model.tasks:
         confusion(preds, data.labels).to_csv(run / "confusion_T1.csv")
-    write_json(metrics, run / "metrics.json")   # written last: marks the run done
+    write_json(metrics, run / "metrics.json", checksum=True)   # written last: marks the run done
     return metrics
 
 

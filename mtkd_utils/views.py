@@ -11,8 +11,10 @@ import torch
 from . import presets
 from .config import FRACTIONS, Config
 from .data import FundusData, load_mask
+from .manifest import LabelMap
 from .engine import setup_runtime
 from .io import current_experiment
+from .results import read_predictions
 from .splits import select_fraction
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +51,24 @@ def fraction_table(splits: pd.DataFrame, fractions=FRACTIONS) -> pd.DataFrame:
     return pd.DataFrame(counts).fillna(0).astype(int)
 
 
+def class_counts(split_table: pd.DataFrame, manifest: pd.DataFrame, labels: LabelMap,
+                 fractions=(15, 70)) -> pd.DataFrame:
+    """Labeled images per fine class (rows grouped by coarse class, label-map order) in the training set at each p,
+    in validation and in test; a `total` row at the end."""
+    if split_table.image_id.tolist() != manifest.image_id.tolist():
+        raise ValueError("split_table and manifest disagree row for row: pass the experiment's splits.csv and "
+                         "the manifest it was made from")
+    columns = {f"train p={p:g}": select_fraction(split_table, p).role.to_numpy() == "train" for p in fractions}
+    columns |= {name: split_table.split.to_numpy() == name for name in ("val", "test")}
+    pairs = [(coarse, fine) for coarse in labels.coarse for fine in labels.fine if labels.fine_parent[fine] == coarse]
+    index = pd.MultiIndex.from_tuples(pairs, names=["coarse", "fine"])
+    sizes = {name: manifest[chosen].groupby(["coarse", "fine"]).size() for name, chosen in columns.items()}
+    table = pd.DataFrame(sizes)
+    table = table.reindex(index).fillna(0).astype(int)
+    table.loc[("total", ""), :] = table.sum()
+    return table.astype(int)
+
+
 def sample_rows(manifest: pd.DataFrame, per_class: int, seed: int, classes: list[str] | None = None) -> pd.DataFrame:
     """A seeded draw of labeled rows per coarse class, favouring distinct fine labels."""
     lab = manifest[manifest.labeled.astype(str) == "1"]
@@ -60,12 +80,12 @@ def sample_rows(manifest: pd.DataFrame, per_class: int, seed: int, classes: list
 
 
 def load_samples(manifest_path: str | Path, rows: pd.DataFrame, size: int) -> tuple[np.ndarray, list]:
-    """Prepared images and lesion masks of some manifest rows, for figures."""
+    """Prepared images (N, size, size, 3) and lesion masks (or None) of some manifest rows, for figures."""
     from .fundus import prepare_image
     root = Path(manifest_path).parent
-    images = np.stack([prepare_image(root / r.image, size) for r in rows.itertuples()])
+    images = [prepare_image(root / r.image, size) for r in rows.itertuples()]
     masks = [load_mask(manifest_path, r.image, r.mask, size) for r in rows.itertuples()]
-    return images, masks
+    return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), masks
 
 
 # ---------------------------------------------------------------- students (03)
@@ -87,7 +107,7 @@ def tau_frame(results: dict[str, dict]) -> pd.DataFrame:
 # ---------------------------------------------------------------- finished runs (04, 05)
 def student_predictions(finished: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Test predictions of each finished run (runs.finished_runs), keyed like 'M3 p=15'."""
-    return {r.key.name: pd.read_csv(r.run / "predictions.csv", dtype=str, keep_default_na=False)
+    return {r.key.name: read_predictions(r.run / "predictions.csv")
             .assign(bleu=lambda d: pd.to_numeric(d.bleu, errors="coerce")) for r in finished.itertuples()}
 
 
@@ -98,15 +118,47 @@ def held_out_images(data: FundusData) -> tuple[pd.DataFrame, torch.Tensor]:
     return data.manifest.iloc[test].reset_index(drop=True), x
 
 
+def has_lesion(masks: list) -> np.ndarray:
+    """Whether each image has a lesion mask with at least one lesion pixel."""
+    return np.array([m is not None and bool(np.any(m)) for m in masks], dtype=bool)
+
+
 def pick_images(rows: pd.DataFrame, masks: list, per_disease: int, seed: int, image_ids=()) -> list[int]:
-    """Positions of the figure's images: the given ids, else a seeded draw of annotated images per disease."""
+    """Positions of the figure's images: the given ids, else a seeded draw per disease among the annotated images,
+    or among all of them when the data has no lesion mask (ODIR-5K, a CSV)."""
     if image_ids:
         missing = sorted(set(image_ids) - set(rows.image_id))
         if missing:
             raise ValueError(f"image_ids {missing} are not test images of this experiment")
         return [int(np.flatnonzero(rows.image_id.to_numpy() == i)[0]) for i in image_ids]
-    annotated = rows.assign(pos=range(len(rows)))[[m is not None and m.any() for m in masks]]
+    annotated = has_lesion(masks)
+    pool = rows.assign(pos=range(len(rows)))[annotated if annotated.any() else slice(None)]
     picks = [g.sample(n=min(per_disease, len(g)), random_state=seed).pos
-             for _, g in annotated.groupby("coarse", sort=False)]
+             for _, g in pool.groupby("coarse", sort=False)]
     return [int(i) for part in picks for i in sorted(part)]
 
+
+def scored_images(rows: pd.DataFrame, masks: list, normal: str = "normal") -> np.ndarray:
+    """Positions of the images whose CAMs are scored: abnormal (coarse label not `normal`) with a lesion mask."""
+    return np.flatnonzero(has_lesion(masks) & (rows.coarse.to_numpy() != normal))
+
+
+def class_indices(names, classes: list[str]) -> np.ndarray:
+    """Class indices of label names (e.g. the true labels, as CAM targets); ValueError naming an unknown one."""
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not classes of the label map ({classes[:8]}...)")
+    return np.array([index[n] for n in names], dtype=np.int64)
+
+
+def cam_targets(rows: pd.DataFrame, masks: list, classes: list[str], task: str = "T1",
+                normal: str = "normal") -> tuple[np.ndarray, np.ndarray]:
+    """(positions, targets): the images whose CAMs are scored (abnormal, with a lesion mask) and the index of each
+    one's *true* class for `task` (T1 coarse, T2 fine): localisation is asked of the class that has the lesion,
+    not of whatever the model predicts (mostly 'normal' for a weak model)."""
+    if task not in ("T1", "T2"):
+        raise ValueError(f"task={task!r}: CAM targets exist for the class heads T1 and T2")
+    positions = scored_images(rows, masks, normal)
+    names = rows.coarse if task == "T1" else rows.fine
+    return positions, class_indices(names.iloc[positions], classes)

@@ -20,7 +20,7 @@ NOTEBOOKS = REPO / "notebooks"
 LABELS = LabelMap.from_pairs(["normal", "dr"], [("normal", "normal"), ("dr_mild", "dr"), ("dr_severe", "dr")])
 
 
-def write_image(path: Path, value: int = 120, size: int = 16) -> str:
+def write_image(path: Path, value: int = 120, size: int = 32) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(path)
     return path.name

@@ -1,4 +1,4 @@
-"""CAMs on tiny random models for every backbone, localisation scores on hand-made maps, the figure files."""
+"""CAMs on tiny random models for every backbone, the figure files (scores: test_localisation.py)."""
 from __future__ import annotations
 
 import warnings
@@ -9,9 +9,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from mtkd_utils.cam import (METHODS, CamError, TaskOutput, cam_extractor, check_cams, compute_cams, energy_inside,
-                            gradcam_figure, localisation_scores, localisation_table, pointing_game, predicted_classes,
-                            randomized_copy, target_layer)
+from mtkd_utils.cam import (METHODS, CamError, TaskOutput, cam_extractor, check_cams, compute_cams, figure_rows,
+                            gradcam_figure, predicted_classes, randomized_copy, target_layer)
 from mtkd_utils.model import SUPPORTED_BACKBONES, MTLModel
 from pytorch_grad_cam.utils.image import scale_cam_image
 
@@ -211,75 +210,6 @@ def test_randomized_copy_can_stop_at_the_heads(light):
     assert not torch.equal(light.heads["T1"][-1].weight, twin.heads["T1"][-1].weight)
 
 
-# ---------------------------------------------------------------- localisation scores
-
-def test_pointing_game_by_hand():
-    cam = np.zeros((4, 4))
-    cam[1, 2] = 1.0
-    mask = np.zeros((4, 4), np.uint8)
-    mask[0:2, 2:4] = 255
-    assert pointing_game(cam, mask) is True
-    cam2 = np.zeros((4, 4))
-    cam2[3, 0] = 0.7
-    assert pointing_game(cam2, mask) is False
-
-
-def test_pointing_game_resizes_the_mask_by_nearest_neighbour():
-    cam = np.zeros((4, 4))
-    cam[3, 3] = 1.0
-    mask = np.zeros((8, 8), bool)
-    mask[6:, 6:] = True                                       # the bottom-right 2 x 2 block at 4 x 4
-    assert pointing_game(cam, mask) is True
-    assert energy_inside(cam, mask) == pytest.approx(1.0)
-
-
-def test_pointing_game_ties():
-    cam = np.zeros((4, 4))
-    cam[0, 0:3] = 1.0                                         # a plateau of three maxima, two inside
-    mask = np.zeros((4, 4), bool)
-    mask[0, 0:2] = True
-    assert pointing_game(cam, mask, ties="majority") is True
-    assert pointing_game(cam, mask, ties="all") is False
-    assert pointing_game(cam, mask, ties="any") is True
-    flat = np.full((4, 4), 0.3)                               # constant: all 16 tie, 2 inside -> no hit
-    assert pointing_game(flat, mask) is False
-    with pytest.raises(ValueError, match="ties"):
-        pointing_game(cam, mask, ties="first")
-    with pytest.raises(ValueError, match="empty"):
-        pointing_game(cam, np.zeros((4, 4)))
-
-
-def test_energy_inside_by_hand():
-    cam = np.array([[1.0, 3.0], [0.0, 4.0]])
-    mask = np.array([[0, 1], [0, 1]])
-    assert energy_inside(cam, mask) == pytest.approx(7 / 8)
-    assert energy_inside(np.zeros((2, 2)), mask) == pytest.approx(0.5)       # no evidence: uniform -> area share
-    assert energy_inside(np.full((2, 2), 0.2), mask) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="non-negative"):
-        energy_inside(-cam, mask)
-
-
-def test_localisation_table_by_hand():
-    a = np.zeros((2, 2)); a[0, 0] = 1.0                       # hits, energy 1
-    b = np.array([[0.0, 1.0], [1.0, 2.0]])                    # max at (1,1) outside, energy 1/4 (mask (0,1))
-    c = np.ones((2, 2))                                       # no mask: not scored
-    d = np.zeros((2, 2))                                      # flat: energy = area share 2/4, no hit
-    masks = [np.array([[1, 0], [0, 0]]), np.array([[0, 1], [0, 0]]), None, np.array([[1, 1], [0, 0]])]
-    scores = localisation_scores([a, b, c, d], masks)
-    assert scores["pointing"].tolist()[:2] == [1.0, 0.0] and np.isnan(scores["pointing"][2])
-    assert scores["energy"].tolist()[:2] == pytest.approx([1.0, 0.25])
-    table = localisation_table([a, b, c, d], masks, groups={"disease": ["dr", "dr", "normal", "amd"]})
-    assert table.index.tolist() == ["amd", "dr", "normal", "all"]
-    assert table.loc["dr", "pointing"] == pytest.approx(0.5)
-    assert table.loc["dr", "energy"] == pytest.approx(0.625)
-    assert table.loc["dr", "mask_share"] == pytest.approx(0.25)
-    assert table.loc["normal", "n_scored"] == 0 and table.loc["normal", "n_images"] == 1
-    assert table.loc["all", "n_scored"] == 3 and table.loc["all", "n_flat"] == 1
-    assert table.loc["all", "pointing"] == pytest.approx(1 / 3)
-    assert table.loc["all", "energy"] == pytest.approx((1 + 0.25 + 0.5) / 3)
-    assert localisation_table([a], [masks[0]]).index.tolist() == ["all"]
-
-
 # ---------------------------------------------------------------- figure
 
 def test_gradcam_figure_writes_png_and_pdf(tmp_path):
@@ -299,3 +229,29 @@ def test_gradcam_figure_writes_png_and_pdf(tmp_path):
     assert any("DR" in s for s in labels) and any("AMD" in s for s in labels)
     with pytest.raises(ValueError, match="column_titles"):
         gradcam_figure(rows, tmp_path / "bad", column_titles=["annotation"])
+
+
+def test_figure_rows_add_true_class_panels_in_black(tmp_path):
+    img = np.zeros((8, 8, 3), np.float32)
+    cams = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    rows = figure_rows([img, img], [None, None], {"M3 p=70": cams}, {"M3 p=70": ["normal", "dr"]}, ["dr", "dr"],
+                       [0, 1], true_class_cams={"M3 p=70": cams[::-1]})
+    first = rows[0].panels
+    assert [p.correct for p in first] == [False, None] and first[1].caption == "true: dr"
+    np.testing.assert_array_equal(first[1].cam, cams[1])
+    fig = gradcam_figure(rows, tmp_path / "fig")
+    labels = {ax.get_xlabel(): ax.xaxis.label.get_color() for ax in fig.axes if ax.get_xlabel()}
+    assert labels == {"\u2717 normal": "#c0172b", "\u2713 dr": "#1a7f37", "true: dr": "black"}
+
+
+def test_the_demo_preset_gives_at_least_a_4x4_map():
+    from mtkd_utils import presets
+    cfg = presets.config("demo")
+    model = MTLModel(("T1",), n_coarse=5, n_fine=8, vocab_size=20, backbone=cfg.backbone,
+                     output_stride=cfg.output_stride).eval()
+    shapes = []
+    hook = model.cam_layer.register_forward_hook(lambda module, inputs, output: shapes.append(output.shape[-2:]))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
+    hook.remove()
+    assert min(shapes[0]) >= 4, shapes

@@ -1,5 +1,6 @@
 """Results: collecting metrics, Table 1 (mean ± std, τ marks, blanks), saving, figures, paired bootstrap."""
 import math
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -206,7 +207,127 @@ def test_constant_baseline_is_the_commonest_test_class(tmp_path):
     preds = pd.DataFrame({"coarse_true": ["a", "a", "a", "b"], "fine_true": ["x", "y", "z", "z"]})
     write_csv(preds, exp / "students" / "T1+T2" / "p15_s0" / "M1" / "predictions.csv")
     base = results.constant_baseline(exp)
-    assert base.to_dict() == {"T1_acc": 0.75, "T2_acc": 0.5}
-    assert "T1_acc 0.750, T2_acc 0.500" in results.baseline_note(base)
+    # T1 always 'a': F1 of a = 2·0.75·1/1.75, of b = 0; T2 always 'z': F1 of z = 2/3, of x and y = 0
+    assert base.to_dict() == pytest.approx({"T1_acc": 0.75, "T1_balanced_acc": 0.5, "T1_macro_f1": 3 / 7,
+                                            "T2_acc": 0.5, "T2_balanced_acc": 1 / 3, "T2_macro_f1": 2 / 9})
+    assert "T1_acc 0.750" in results.baseline_note(base) and "T2_acc 0.500" in results.baseline_note(base)
     assert results.constant_baseline(tmp_path / "empty").empty
     assert results.baseline_note(results.constant_baseline(tmp_path)) == ""
+
+
+def test_bootstrap_any_metric_covers_the_estimate():
+    from mtkd_utils.manifest import LabelMap
+    from mtkd_utils.metrics import task_metrics
+
+    labels = LabelMap.from_pairs(["amd", "dr", "glaucoma"], [("amd", "amd"), ("dr", "dr"), ("glaucoma", "glaucoma")])
+    rng = np.random.default_rng(3)
+    n = 300
+    preds = make_preds(n, rng.random(n) < 0.7, bleu=list(rng.random(n)))
+    preds["text_pred"] = [t if ok else "normal fundus" for t, ok in zip(preds.text_true, rng.random(n) < 0.5)]
+    y = preds.coarse_true.map({c: i for i, c in enumerate(labels.coarse)}).to_numpy()
+    logits = rng.normal(size=(n, 3)) + 2 * np.eye(3)[y]
+    probs = {"T1": np.exp(logits) / np.exp(logits).sum(1, keepdims=True)}
+    point = task_metrics(preds, labels, probs)
+    asked = ["T1_balanced_acc", "T1_macro_f1", "T1_kappa", "T1_auroc", "T1_aupr", "T1_ece", "T1_nll", "T3_rougeL"]
+    table = results.bootstrap_table(preds, asked + ["T2_acc"], labels, probs, n_boot=200)
+    assert list(table.metric) == asked   # no T2 in these predictions
+    for row in table.itertuples():
+        assert row.value == pytest.approx(point[row.metric]) and row.lo <= row.value <= row.hi, row.metric
+        assert row.hi - row.lo > 0
+    with pytest.raises(ValueError, match="need probs="):
+        results.bootstrap_ci(preds, "T1_auroc", n_boot=10, labels=labels)
+    with pytest.raises(ValueError, match="pass labels="):
+        results.bootstrap_ci(preds, "T1_kappa", n_boot=10)
+    # paired, any metric: b is a with its probabilities sharpened (same argmax), so the same kappa, lower NLL
+    sharp = {"T1": probs["T1"] ** 3 / (probs["T1"] ** 3).sum(1, keepdims=True)}
+    same = results.paired_bootstrap(preds, preds, "T1_kappa", n_boot=100, labels=labels, probs_a=probs, probs_b=sharp)
+    assert (same["diff"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
+    shuffled = preds.sample(frac=1.0, random_state=1)
+    nll = results.paired_bootstrap(preds, shuffled, "T1_nll", n_boot=100, labels=labels, probs_a=probs,
+                                   probs_b={"T1": sharp["T1"][shuffled.index.to_numpy()]})
+    assert nll["a"] == pytest.approx(point["T1_nll"]) and nll["lo"] <= nll["diff"] <= nll["hi"]
+
+
+def test_bootstrap_sums_give_scikit_learns_values():
+    """Balanced accuracy, macro-F1, kappa (plain and quadratic), top-k, ECE, NLL from per-image sums, as sklearn."""
+    from mtkd_utils.manifest import LabelMap
+    from mtkd_utils.metrics import task_metrics
+
+    fine = [f"g{i}" for i in range(6)]
+    labels = LabelMap.from_pairs(["normal", "dr"], [(f, "normal" if i < 2 else "dr") for i, f in enumerate(fine)],
+                                 ordered=["fine"])
+    rng = np.random.default_rng(5)
+    n = 250
+    y = rng.integers(0, 6, n)
+    logits = rng.normal(size=(n, 6)) + 1.2 * np.eye(6)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    top = np.argsort(-probs, 1)[:, :5]
+    preds = pd.DataFrame({"image_id": range(n), "coarse_true": "", "coarse_pred": "",
+                          "fine_true": [fine[i] for i in y], "fine_pred": [fine[t[0]] for t in top],
+                          "fine_top5": ["|".join(fine[i] for i in t) for t in top], "text_true": "", "text_pred": ""})
+    point = task_metrics(preds, labels, {"T2": probs})
+    for metric in ("T2_balanced_acc", "T2_macro_f1", "T2_kappa", "T2_top2", "T2_ece", "T2_nll"):
+        ci = results.bootstrap_ci(preds, metric, n_boot=50, labels=labels, probs={"T2": probs})
+        assert ci["value"] == pytest.approx(point[metric], rel=1e-9), metric
+
+
+def test_weighted_auroc_and_average_precision_match_scikit_learn_with_ties():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(2)
+    positive = rng.random(300) < 0.3
+    score = np.round(np.clip(0.3 * positive + rng.random(300) * 0.7, 0, 1), 1)   # rounded: many tied scores
+    w = rng.multinomial(300, np.full(300, 1 / 300), size=4).astype(float)        # bootstrap counts, zeros included
+    auroc, ap = results._ranked_scores(positive, score, w)
+    assert auroc == pytest.approx([roc_auc_score(positive, score, sample_weight=wi) for wi in w])
+    assert ap == pytest.approx([average_precision_score(positive, score, sample_weight=wi) for wi in w])
+
+
+def test_cis_figures_and_screening_of_an_experiment(tmp_path):
+    """run_cis / ci_table / metric_figures / screening_table / the README block on hand-made run folders."""
+    from mtkd_utils import readme
+    from mtkd_utils.manifest import LabelMap
+    from mtkd_utils.metrics import disease_vs_normal
+
+    labels = LabelMap.from_pairs(["normal", "amd", "dr"], [("normal", "normal"), ("amd", "amd"), ("dr", "dr")])
+    exp = tmp_path / "exp"
+    labels.save(exp / "data" / "label_map.json")
+    rng = np.random.default_rng(0)
+    n = 120
+    y = rng.integers(0, 3, n)
+    for p in (15, 70):
+        for model in ("M1", "M2", "M3"):
+            logits = rng.normal(size=(n, 3)) + (1 + p / 50) * np.eye(3)[y]
+            probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+            names = [labels.coarse[i] for i in y]
+            preds = make_preds(n, [True] * n).assign(coarse_true=names,
+                                                     coarse_pred=[labels.coarse[i] for i in probs.argmax(1)],
+                                                     fine_true=names, fine_pred="")
+            run = exp / "students" / "T1+T3" / f"p{p}_s0" / model
+            write_csv(preds, run / "predictions.csv")
+            np.save(run / "probs_T1.npy", probs.astype(np.float32))
+            write_json({"model": model, "tasks": ["T1", "T3"], "p": float(p), "seed": 0, "tau": None, "val": {},
+                        "test": {"T1_acc": float((probs.argmax(1) == y).mean())},
+                        "disease_vs_normal": disease_vs_normal(preds, labels)}, run / "metrics.json")
+    cis = results.run_cis(exp, ["T1_acc", "T1_auroc", "T1_ece", "T2_acc", "T3_rougeL"], n_boot=100)
+    assert len(cis) == 6 * 4 and set(cis.metric) == {"T1_acc", "T1_auroc", "T1_ece", "T3_rougeL"}   # no T2 here
+    assert ((cis.lo <= cis.value) & (cis.value <= cis.hi)).all()
+    table = results.ci_table(cis)
+    assert table.shape[0] == 6 and table.iloc[0]["T1_auroc"].count("[") == 1
+    figs = results.metric_figures(exp, exp / "results", ps=(15, 70, 45))
+    for stem in ("roc_T1", "reliability_T1", "confusion_T1_M1", "confusion_T1_M3"):
+        assert (exp / "results" / f"{stem}.png").stat().st_size > 0 and (exp / "results" / f"{stem}.pdf").exists()
+    assert len(figs[1].axes[0].lines) == 1 + 4   # the diagonal, M1 and M3 at two p
+    for fig in figs:
+        plt.close(fig)
+    screening = results.screening_table(exp)
+    assert set(screening.disease) == {"amd", "dr", "any disease"} and len(screening) == 6 * 3
+    cis.to_csv(exp / "results" / "metric_cis.csv", index=False)
+    block = "\n".join(readme._metric_cis(exp, Path("docs/figures")))
+    assert "T1_auroc" in block and "![roc_T1](docs/figures/roc_T1.png)" in block
+
+
+def test_t3_decoded_to_empty_sentences_is_scored_zero_not_refused():
+    preds = make_preds(20, [True] * 20, text_pred=[""] * 20, bleu=[0.0] * 20)
+    assert results.bootstrap_ci(preds, "T3_bleu4", n_boot=20)["value"] == 0.0
+    assert results.bootstrap_ci(preds, "T3_rougeL", n_boot=20)["value"] == 0.0

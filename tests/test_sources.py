@@ -12,10 +12,14 @@ from mtkd_utils.sources import from_csv, from_folder, from_odir, from_odir_folde
 @pytest.fixture
 def odir(tmp_path):
     """An ODIR-5K folder: the training sheet and ODIR-5K_Training_Dataset/ (one image saved as .jpeg)."""
+    return odir_folder(tmp_path, ODIR_ROWS)
+
+
+def odir_folder(tmp_path, sheet_rows):
     root = tmp_path / "ODIR-5K"
     images = root / "ODIR-5K_Training_Dataset"
     records = []
-    for pid, age, sex, left, right, flags in ODIR_ROWS:
+    for pid, age, sex, left, right, flags in sheet_rows:
         records.append([pid, age, sex, f"{pid}_left.jpg", f"{pid}_right.jpg", left, right, *flags])
         for eye in ("left", "right"):
             ext = ".jpeg" if (pid, eye) == (6, "right") else ".jpg"  # the sheet says .jpg; the file is .jpeg
@@ -73,22 +77,24 @@ def test_odir_rows_per_eye(odir, tmp_path, capsys):
         "odir_6_left": ("normal", "normal", "left eye: normal fundus"),
         "odir_6_right": ("normal", "normal", "right eye: normal fundus"),
     }
-    assert set(rows) == set(expect)  # 3 right (lens dust) and 5 left (low image quality) are left out
+    expect["odir_3_right"] = ("normal", "normal", "right eye: normal fundus")   # lens dust: kept, out of the text
+    assert set(rows) == set(expect)  # 5 left (only 'low image quality') is left out
     for image_id, (coarse, fine, text) in expect.items():
         r = rows[image_id]
         assert (r.coarse, r.fine, r.text, r.labeled) == (coarse, fine, text, "1"), image_id
         assert r.patient_id == image_id.rsplit("_", 1)[0] and r.eye == image_id.rsplit("_", 1)[1]
     assert rows["odir_0_left"].image == "../ODIR-5K/ODIR-5K_Training_Dataset/0_left.jpg"
     assert rows["odir_6_right"].image.endswith("6_right.jpeg")  # found despite the sheet's .jpg
-    assert len(df) == 10
+    assert len(df) == 11
 
     excluded = pd.read_csv(out / "excluded.csv")
-    assert dict(zip(excluded.image_id, excluded.reason)) == {
-        "odir_3_right": "unusable: lens dust", "odir_5_left": "unusable: low image quality"}
+    assert dict(zip(excluded.image_id, excluded.reason)) == {"odir_5_left": "quality flags only: low image quality"}
     assert labels.coarse == ["normal", "diabetic_retinopathy", "amd", "glaucoma", "myopia", "cataract"]
     assert labels.fine_parent["dr_moderate_npdr"] == "diabetic_retinopathy"
     printed = capsys.readouterr().out
-    assert "left out 2 unusable images (lens dust 1, low image quality 1)" in printed
+    assert "kept 1 images with quality flags (lens dust 1), labeled by their other keywords" in printed
+    assert "left out 1 images whose keywords are only quality flags (low image quality 1)" in printed
+    assert labels.benchmark == "odir2019"   # the challenge's label set: metrics adds the ODIR score
 
 
 def test_odir_keep_unusable(odir, tmp_path):
@@ -100,6 +106,45 @@ def test_odir_keep_unusable(odir, tmp_path):
     # Only a quality keyword: no diagnosis left, so it joins the unlabeled pool.
     assert (rows["odir_5_left"].labeled, rows["odir_5_left"].coarse, rows["odir_5_left"].text) == ("0", "", "")
     validate_manifest(path, LabelMap.load(tmp_path / "out" / "label_map.json"))
+
+
+# Rows as the V2 sheet writes them around photographs: lens dust beside a diagnosis (kept), only quality
+# flags (left out), a photograph that is not a fundus image (always left out).
+QUALITY_ROWS = [
+    (7, 58, "Male", "lens dust，mild nonproliferative retinopathy", "lens dust，lens dust，normal fundus",
+     [0, 1, 0, 0, 0, 0, 0, 0]),
+    (8, 63, "Female", "lens dust，low image quality", "anterior segment image，cataract", [0, 0, 0, 1, 0, 0, 0, 0]),
+    (9, 47, "Male", "no fundus image", "optic disk photographically invisible，glaucoma", [0, 0, 1, 0, 0, 0, 0, 0]),
+]
+
+
+def test_odir_keeps_lens_dust_eyes_with_their_other_labels(tmp_path, capsys):
+    root, sheet, images = odir_folder(tmp_path, ODIR_ROWS + QUALITY_ROWS)
+    rows = _rows(from_odir(sheet, images, tmp_path / "out"))
+    assert (rows["odir_7_left"].coarse, rows["odir_7_left"].fine, rows["odir_7_left"].text) == \
+        ("diabetic_retinopathy", "dr_mild_npdr", "left eye: mild nonproliferative retinopathy")
+    assert (rows["odir_7_right"].coarse, rows["odir_7_right"].text) == ("normal", "right eye: normal fundus")
+    assert (rows["odir_9_right"].coarse, rows["odir_9_right"].text) == ("glaucoma", "right eye: glaucoma")
+    assert not any("dust" in r.text or "invisible" in r.text for r in rows.values())
+    excluded = pd.read_csv(tmp_path / "out" / "excluded.csv")
+    assert dict(zip(excluded.image_id, excluded.reason)) == {
+        "odir_5_left": "quality flags only: low image quality",
+        "odir_8_left": "quality flags only: lens dust, low image quality",
+        "odir_8_right": "not a fundus image: anterior segment image",
+        "odir_9_left": "not a fundus image: no fundus image"}
+    printed = capsys.readouterr().out
+    assert "kept 4 images with quality flags (lens dust 3, optic disc photographically invisible 1)" in printed
+    assert "left out 2 images whose keywords are only quality flags (low image quality 2, lens dust 1)" in printed
+    assert "left out 2 photographs that are not fundus images (anterior segment image 1, no fundus image 1)" in printed
+
+    # drop_quality_flags=True: today's behaviour, every flagged eye out, each with its reason
+    rows = _rows(from_odir(sheet, images, tmp_path / "strict", drop_quality_flags=True))
+    assert not {"odir_3_right", "odir_7_left", "odir_7_right", "odir_9_right"} & set(rows)
+    reasons = dict(pd.read_csv(tmp_path / "strict" / "excluded.csv")[["image_id", "reason"]].values)
+    assert reasons["odir_7_right"] == "unusable: lens dust"
+    assert reasons["odir_8_left"] == "unusable: lens dust, low image quality"
+    assert reasons["odir_8_right"] == "not a fundus image: anterior segment image"
+    assert "left out 6 images with quality flags (drop_quality_flags=True)" in capsys.readouterr().out
 
 
 def test_odir_missing_image_is_an_error_unless_skipped(odir, tmp_path, capsys):
@@ -137,7 +182,7 @@ def test_odir_rare_fine_classes_merge_and_custom_coarse_map(odir, tmp_path):
 def test_odir_folder_finds_sheet_and_images(odir, tmp_path):
     root, sheet, images = odir
     path = from_odir_folder(root, tmp_path / "out", skip_missing=True)
-    assert len(_rows(path)) == 10
+    assert len(_rows(path)) == 11
     assert from_odir_folder(root, tmp_path / "o2").read_text() == path.read_text()  # nothing was missing
     with pytest.raises(FileNotFoundError, match="no ODIR annotation sheet"):
         from_odir_folder(images, tmp_path / "o3")
