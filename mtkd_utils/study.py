@@ -21,7 +21,8 @@ from .data import FundusData, batch_rows, image_batch, load_data
 from .engine import eval_batch_size, pick_device
 from .io import read_json, save_figure, write_csv
 from .model import TEACHER_HEAD_DROPOUT
-from .results import paired_bootstrap, read_predictions
+from .bootstrap import paired_bootstrap
+from .results import read_predictions
 from .runs import RunKey
 
 METRICS = ("T1_acc", "T2_acc", "T3_bleu4")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtkd_utils import results
+from mtkd_utils import bootstrap, results
 from mtkd_utils.io import write_csv, write_json
 from mtkd_utils.text import corpus_bleu4, tokenize
 
@@ -143,7 +143,7 @@ def test_identical_predictions_give_zero():
     rng = np.random.default_rng(1)
     preds = make_preds(200, rng.random(200) < 0.6, bleu=list(rng.random(200)))
     for metric in ("T1_acc", "T3_bleu", "T3_bleu4"):
-        res = results.paired_bootstrap(preds, preds.copy(), metric, n_boot=500)
+        res = bootstrap.paired_bootstrap(preds, preds.copy(), metric, n_boot=500)
         assert (res["diff"], res["lo"], res["hi"], res["p_value"]) == (0.0, 0.0, 0.0, 1.0)
 
 
@@ -152,7 +152,7 @@ def test_known_difference_lies_in_a_narrow_paired_ci():
     a_ok = np.arange(n) < 600          # a: 60 % right
     b_ok = np.arange(n) < 700          # b: the same 600 right, and 100 more: +0.10
     a, b = make_preds(n, a_ok), make_preds(n, b_ok)
-    res = results.paired_bootstrap(a, b.sample(frac=1.0, random_state=0), "T1_acc")   # b's row order must not matter
+    res = bootstrap.paired_bootstrap(a, b.sample(frac=1.0, random_state=0), "T1_acc")   # b's row order must not matter
     assert res["a"] == pytest.approx(0.6) and res["b"] == pytest.approx(0.7)
     assert res["diff"] == pytest.approx(0.1)
     assert res["lo"] < 0.1 < res["hi"] and res["lo"] > 0
@@ -160,9 +160,9 @@ def test_known_difference_lies_in_a_narrow_paired_ci():
     assert res["hi"] - res["lo"] < 0.05
     assert res["p_value"] < 0.01
     with pytest.raises(ValueError, match="same test images"):
-        results.paired_bootstrap(a, b.iloc[:-1], "T1_acc")
+        bootstrap.paired_bootstrap(a, b.iloc[:-1], "T1_acc")
     with pytest.raises(ValueError, match="metric='T4_acc'"):
-        results.paired_bootstrap(a, b, "T4_acc")
+        bootstrap.paired_bootstrap(a, b, "T4_acc")
 
 
 def test_corpus_bleu_statistic_matches_nltk():
@@ -173,15 +173,15 @@ def test_corpus_bleu_statistic_matches_nltk():
     preds = make_preds(5, [True] * 5, text_pred=hyps)
     preds["text_true"] = refs
     expected = corpus_bleu4([tokenize(r) for r in refs], [tokenize(h) for h in hyps])
-    ci = results.bootstrap_ci(preds, "T3_bleu4", n_boot=200)
+    ci = bootstrap.bootstrap_ci(preds, "T3_bleu4", n_boot=200)
     assert ci["value"] == pytest.approx(expected, rel=1e-12)
     # no 4-gram match anywhere: nltk's floor value, not 0; no unigram match: 0
     preds["text_pred"] = ["normal fundus"] * 5
     floor = corpus_bleu4([tokenize(r) for r in refs], [["normal", "fundus"]] * 5)
     assert 0 < floor < 1e-100
-    assert results.bootstrap_ci(preds, "T3_bleu4", n_boot=50)["value"] == pytest.approx(floor, rel=1e-9, abs=0)
+    assert bootstrap.bootstrap_ci(preds, "T3_bleu4", n_boot=50)["value"] == pytest.approx(floor, rel=1e-9, abs=0)
     preds["text_pred"] = ["xyz"] * 5
-    assert results.bootstrap_ci(preds, "T3_bleu4", n_boot=50)["value"] == 0.0
+    assert bootstrap.bootstrap_ci(preds, "T3_bleu4", n_boot=50)["value"] == 0.0
     assert ci["lo"] <= ci["value"] <= ci["hi"]
 
 
@@ -229,21 +229,21 @@ def test_bootstrap_any_metric_covers_the_estimate():
     probs = {"T1": np.exp(logits) / np.exp(logits).sum(1, keepdims=True)}
     point = task_metrics(preds, labels, probs)
     asked = ["T1_balanced_acc", "T1_macro_f1", "T1_kappa", "T1_auroc", "T1_aupr", "T1_ece", "T1_nll", "T3_rougeL"]
-    table = results.bootstrap_table(preds, asked + ["T2_acc"], labels, probs, n_boot=200)
+    table = bootstrap.bootstrap_table(preds, asked + ["T2_acc"], labels, probs, n_boot=200)
     assert list(table.metric) == asked   # no T2 in these predictions
     for row in table.itertuples():
         assert row.value == pytest.approx(point[row.metric]) and row.lo <= row.value <= row.hi, row.metric
         assert row.hi - row.lo > 0
     with pytest.raises(ValueError, match="need probs="):
-        results.bootstrap_ci(preds, "T1_auroc", n_boot=10, labels=labels)
+        bootstrap.bootstrap_ci(preds, "T1_auroc", n_boot=10, labels=labels)
     with pytest.raises(ValueError, match="pass labels="):
-        results.bootstrap_ci(preds, "T1_kappa", n_boot=10)
+        bootstrap.bootstrap_ci(preds, "T1_kappa", n_boot=10)
     # paired, any metric: b is a with its probabilities sharpened (same argmax), so the same kappa, lower NLL
     sharp = {"T1": probs["T1"] ** 3 / (probs["T1"] ** 3).sum(1, keepdims=True)}
-    same = results.paired_bootstrap(preds, preds, "T1_kappa", n_boot=100, labels=labels, probs_a=probs, probs_b=sharp)
+    same = bootstrap.paired_bootstrap(preds, preds, "T1_kappa", n_boot=100, labels=labels, probs_a=probs, probs_b=sharp)
     assert (same["diff"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
     shuffled = preds.sample(frac=1.0, random_state=1)
-    nll = results.paired_bootstrap(preds, shuffled, "T1_nll", n_boot=100, labels=labels, probs_a=probs,
+    nll = bootstrap.paired_bootstrap(preds, shuffled, "T1_nll", n_boot=100, labels=labels, probs_a=probs,
                                    probs_b={"T1": sharp["T1"][shuffled.index.to_numpy()]})
     assert nll["a"] == pytest.approx(point["T1_nll"]) and nll["lo"] <= nll["diff"] <= nll["hi"]
 
@@ -267,7 +267,7 @@ def test_bootstrap_sums_give_scikit_learns_values():
                           "fine_top5": ["|".join(fine[i] for i in t) for t in top], "text_true": "", "text_pred": ""})
     point = task_metrics(preds, labels, {"T2": probs})
     for metric in ("T2_balanced_acc", "T2_macro_f1", "T2_kappa", "T2_top2", "T2_ece", "T2_nll"):
-        ci = results.bootstrap_ci(preds, metric, n_boot=50, labels=labels, probs={"T2": probs})
+        ci = bootstrap.bootstrap_ci(preds, metric, n_boot=50, labels=labels, probs={"T2": probs})
         assert ci["value"] == pytest.approx(point[metric], rel=1e-9), metric
 
 
@@ -278,7 +278,7 @@ def test_weighted_auroc_and_average_precision_match_scikit_learn_with_ties():
     positive = rng.random(300) < 0.3
     score = np.round(np.clip(0.3 * positive + rng.random(300) * 0.7, 0, 1), 1)   # rounded: many tied scores
     w = rng.multinomial(300, np.full(300, 1 / 300), size=4).astype(float)        # bootstrap counts, zeros included
-    auroc, ap = results._ranked_scores(positive, score, w)
+    auroc, ap = bootstrap._ranked_scores(positive, score, w)
     assert auroc == pytest.approx([roc_auc_score(positive, score, sample_weight=wi) for wi in w])
     assert ap == pytest.approx([average_precision_score(positive, score, sample_weight=wi) for wi in w])
 
@@ -329,5 +329,5 @@ def test_cis_figures_and_screening_of_an_experiment(tmp_path):
 
 def test_t3_decoded_to_empty_sentences_is_scored_zero_not_refused():
     preds = make_preds(20, [True] * 20, text_pred=[""] * 20, bleu=[0.0] * 20)
-    assert results.bootstrap_ci(preds, "T3_bleu4", n_boot=20)["value"] == 0.0
-    assert results.bootstrap_ci(preds, "T3_rougeL", n_boot=20)["value"] == 0.0
+    assert bootstrap.bootstrap_ci(preds, "T3_bleu4", n_boot=20)["value"] == 0.0
+    assert bootstrap.bootstrap_ci(preds, "T3_rougeL", n_boot=20)["value"] == 0.0
