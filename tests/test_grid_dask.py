@@ -9,7 +9,8 @@ import pytest
 
 from mtkd_utils import batch
 from mtkd_utils.manifest import LabelMap, validate_manifest
-from mtkd_utils.splits import make_splits
+from mtkd_utils.runs import manifest_path
+from mtkd_utils.splits import load_evaluation_only, make_splits
 
 # the smoke grid made lighter (one temperature), on the split of seed 1 instead of the preset's 0
 SETTINGS = ["--set", "split_seed=1", "--set", "tau_grid=[2]"]
@@ -54,9 +55,10 @@ def test_split_seed_reaches_data_prep_and_every_record(experiments):
     info = json.loads((exp / "data" / "dataset.json").read_text())
     assert info["split_seed"] == 1
     splits = pd.read_csv(exp / "data" / "splits.csv", dtype=str, keep_default_na=False)
-    source = Path(info["manifest"])
+    source = Path(manifest_path(exp))
     manifest = validate_manifest(source, LabelMap.load(source.parent / "label_map.json"))
-    seed1, seed0 = make_splits(manifest, 1), make_splits(manifest, 0)
+    held = load_evaluation_only(source)            # the generator's evaluation-only patients: always test
+    seed1, seed0 = make_splits(manifest, 1, evaluation_only=held), make_splits(manifest, 0, evaluation_only=held)
     assert list(splits.split) == list(seed1.split.astype(str)) != list(seed0.split.astype(str))
     data_run = json.loads((exp / "runs" / "data" / "all" / "cell.json").read_text())
     assert data_run["parameters"]["overrides"] == {"split_seed": 1, "tau_grid": [2]}
