@@ -77,4 +77,4 @@ def test_a_moved_experiment_reruns_04_to_06(experiment, tmp_path):
     run("05_gradcam.ipynb", moved, n_per_disease=1)
     run("06_results.ipynb", moved, n_boot=200)
     assert (moved / "analysis" / "examples.png").exists() and (moved / "gradcam" / "localisation.csv").exists()
-    assert len(pd.read_csv(moved / "results" / "table1.csv")) == 3
+    assert len(pd.read_csv(moved / "results" / "table1.csv")) == 4   # M1, M2, M3, M1b
