@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tasks", nargs="+", metavar="TASKS", help="task combinations instead of the preset's, e.g. T1+T2 T1+T2+T3")
     ap.add_argument("--p", nargs="+", type=float, metavar="P", help="training fractions (%%) instead of the preset's, e.g. 15 30 70")
     ap.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="training seeds instead of the preset's, e.g. 0 1 2")
+    ap.add_argument("--kd-p", nargs="+", type=float, metavar="P",
+                    help="fractions with KD students (M2, M3, M1b) and M3's teachers; the others train M1 only "
+                         "(default: the preset's; every fraction when --p is given)")
     ap.add_argument("--only-stage", nargs="+", action="extend", choices=STAGES, metavar="STAGE",
                     help=f"run only these stages ({', '.join(STAGES)}); their needs in other stages are not checked")
     ap.add_argument("--retry-failed", action="store_true", help="run failed notebooks again (default: keep them failed)")
@@ -184,7 +187,8 @@ def main(argv: list[str] | None = None, notebooks: dict[str, str] | None = None)
     try:
         check_command_line(args, default_experiment_dir(args.preset))
         grid = expand_grid(args.preset, args.experiment_dir, notebooks=notebooks, overrides=parse_overrides(args.overrides),
-                           data_parameters=_data_parameters(args), dims=dict(tasks=args.tasks, p=args.p, seeds=args.seeds))
+                           data_parameters=_data_parameters(args), dims=dict(tasks=args.tasks, p=args.p, seeds=args.seeds,
+                                                                 kd_p=args.kd_p))
         check_finished_parameters(grid)
         place = _check_place(args)
     except ValueError as err:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import Config, check_fraction, parse_tasks, task_key
+from .config import Config, check_fraction, parse_tasks, task_key, task_subsets
 from .presets import PRESETS
 from .io import git_commit, read_json, write_json
 
@@ -79,21 +79,28 @@ def default_experiment_dir(preset: str) -> Path:
 
 
 def check_preset(preset: str, dims: dict[str, list] | None = None) -> dict[str, list]:
-    """The preset's grid with any of its tasks / p / seeds replaced by `dims`; ValueError on a bad value."""
+    """The preset's grid with any of its tasks / p / seeds / kd_p replaced by `dims`; ValueError on a bad value.
+
+    kd_p: the fractions that get KD students (M2, M3, M1b) and M3's teachers; the others train M1 only.
+    """
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r}: choose one of {sorted(PRESETS)}")
     dims = {k: list(v) for k, v in (dims or {}).items() if v is not None}
-    unknown = sorted(set(dims) - {"tasks", "p", "seeds"})
+    unknown = sorted(set(dims) - {"tasks", "p", "seeds", "kd_p"})
     if unknown:
-        raise ValueError(f"grid: {unknown} cannot be set; set tasks, p or seeds")
+        raise ValueError(f"grid: {unknown} cannot be set; set tasks, p, seeds or kd_p")
     for t in dims.get("tasks", []):
         parse_tasks(t)
-    if "p" in dims:   # 15.0 and 15 are the same run: whole percentages stay ints, as in the presets
-        dims["p"] = [int(f) if f.is_integer() else f for f in map(check_fraction, dims["p"])]
+    for name in ("p", "kd_p"):   # 15.0 and 15 are the same run: whole percentages stay ints, as in the presets
+        if name in dims:
+            dims[name] = [int(f) if f.is_integer() else f for f in map(check_fraction, dims[name])]
     if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in dims.get("seeds", [])):
         raise ValueError(f"seeds={dims['seeds']!r}: training seeds are integers >= 0")
+    if "p" in dims and "kd_p" not in dims:
+        dims["kd_p"] = dims["p"]          # fractions asked for by name get the whole method
     grid = {**PRESETS[preset].grid, **dims}
-    empty = [k for k, v in grid.items() if not v]
+    grid["kd_p"] = [p for p in grid.get("kd_p", grid["p"]) if p in grid["p"]]
+    empty = [k for k, v in grid.items() if not v and k != "kd_p"]
     if empty:
         raise ValueError(f"grid: {empty} is empty; give at least one value")
     return grid
@@ -152,15 +159,39 @@ def expand_grid(preset: str, experiment_dir: str | Path | None = None, *, notebo
                            tuple(deps))
 
     combos = [task_key(parse_tasks(t)) for t in grid["tasks"]]
-    # 02 trains every non-empty subset of its tasks: one run on the union serves every combination
+    # one 02 run trains the union's full task set, another every smaller subset (M3's other teachers): the
+    # two run side by side on two workers; a p without KD students trains each combination's M1 alone
     union = task_key(parse_tasks(sorted({t for c in combos for t in parse_tasks(c)})))
     points = [(p, s) for s in grid["seeds"] for p in grid["p"]]   # seed-major: seed 0 completes first
+    kd_p = grid["kd_p"]
     data = run("data", "all", dict(data_parameters or {}), [])
-    teachers = {(p, s): run("teachers", f"p{p:g}_s{s}", dict(tasks=union, p=p, seed=s, overrides=dict(overrides)),
-                            [data.name]) for p, s in points}
-    students = [run("students", f"{t}/p{p:g}_s{s}",
-                    dict(tasks=t, p=p, seed=s, models=list(grid["models"]), overrides=dict(overrides)),
-                    [data.name, teachers[p, s].name]) for p, s in points for t in combos]
+    teachers, students = {}, []
+    for p, s in points:
+        point = dict(p=p, seed=s, overrides=dict(overrides))
+        kd = p in kd_p
+        groups = {union: "full", "subsets": "subsets"} if kd else {c: "full" for c in combos}
+        for name, group in groups.items():
+            if group == "subsets" and len(parse_tasks(union)) == 1:
+                continue
+            tasks = union if kd else name
+            teachers[p, s, name] = run("teachers", f"p{p:g}_s{s}/{name}", dict(tasks=tasks, group=group, **point),
+                                       [data.name])
+
+        def teacher_runs(subsets: list[tuple[str, ...]]) -> list[str]:
+            names = {task_key(t) if not kd or task_key(t) == union else "subsets" for t in subsets}
+            return [teachers[p, s, n].name for n in sorted(names)]
+
+        models = [m for m in grid["models"] if kd or m == "M1"]
+        for combo in combos:
+            done: dict[str, str] = {}
+            for model in models:
+                needs = task_subsets(parse_tasks(combo)) if model == "M3" else [parse_tasks(combo)]
+                deps = [data.name, *teacher_runs(needs), *([done[m] for m in ("M2", "M3") if m in done]
+                                                         if model == "M1b" else [])]
+                cell = run("students", f"{combo}/p{p:g}_s{s}/{model}",
+                           dict(tasks=combo, models=[model], **point), deps)
+                done[model] = cell.name
+                students.append(cell)
     training = [data, *teachers.values(), *students]
     analyses = [run(stage, "all", {}, [r.name for r in training]) for stage in ANALYSES]
     return training + analyses
@@ -340,7 +371,7 @@ def describe_grid(runs: list[NotebookRun]) -> pd.DataFrame:
     rows, planned = [], plan(runs)
     for run in runs:
         shown = {k: v for k, v in run.parameters.items() if k not in ("experiment_dir", "preset")}
-        deps = ", ".join(run.deps) if len(run.deps) <= 2 else f"{len(run.deps)} runs (all training)"
+        deps = ", ".join(run.deps) if len(run.deps) <= 2 else f"{len(run.deps)} runs"
         rows.append({"cell": run.name, "notebook": Path(run.notebook).name,
                      "status": _planned_status(recorded_status(run), planned[run.name]), "needs": deps,
                      "parameters": json.dumps(shown)})

@@ -83,16 +83,28 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
     return run
 
 
-def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config) -> pd.DataFrame:
-    """Every non-empty subset of `tasks` at fraction p: the M3 ensemble, with M1 (the full set) among them."""
+TEACHER_GROUPS = ("all", "full", "subsets")
+
+
+def teacher_subsets(tasks: tuple[str, ...], group: str = "all") -> list[tuple[str, ...]]:
+    """The teachers one 02 run trains: every non-empty subset of `tasks` ("all": M1 and M3's ensemble), the full
+    set alone ("full": M1) or every smaller subset ("subsets": the rest of M3's ensemble, beside a "full" run)."""
+    if group not in TEACHER_GROUPS:
+        raise ValueError(f"group={group!r}: choose one of {TEACHER_GROUPS}")
+    return {"all": task_subsets(tasks), "full": [tasks], "subsets": task_subsets(tasks)[:-1]}[group]
+
+
+def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config, group: str = "all") -> pd.DataFrame:
+    """The teachers of `group` (teacher_subsets) at fraction p; M1 is the one on the full task set."""
     key = RunKey(tasks, p, seed)
-    for subset in task_subsets(key.tasks):   # refuse other settings before load_data writes an image cache of a new size
+    subsets = teacher_subsets(key.tasks, group)
+    for subset in subsets:   # refuse other settings before load_data writes an image cache of a new size
         sub = RunKey(subset, key.p, seed)
         runs.refuse_other_settings(runs.teacher_dir(experiment_dir, sub), cfg.updated(seed=seed), runs.DISTILL_FIELDS,
                                    **teacher_meta(sub, cfg))
     data = load_data(experiment_dir, key.p, cfg)
     rows = []
-    for subset in task_subsets(key.tasks):
+    for subset in subsets:
         run = train_teacher(experiment_dir, subset, key.p, seed, cfg, data)
         rows.append({"teacher": task_key(subset), **read_json(run / "metrics.json"), "folder": str(run)})
     return pd.DataFrame(rows).round(4)       # for people: nltk's zero-BLEU floor (~5e-232) shows as 0

@@ -10,6 +10,7 @@ import pytest
 from conftest import architecture_paths
 
 from mtkd_utils import batch
+from mtkd_utils.config import MODELS
 
 TEST_KERNEL = "python3"   # ipykernel's own kernel in the venv: tests leave the 'mtkd' registration alone
 
@@ -27,7 +28,7 @@ if p == 70 and (exp / "FAIL").exists():
 def write_dummy_notebook(path: Path, body: str = DUMMY_BODY) -> Path:
     """A notebook with a `parameters` cell taking every parameter the real notebooks take."""
     params = nbformat.v4.new_code_cell("experiment_dir = ''\npreset = ''\ntasks = None\np = None\nseed = None\n"
-                                       "models = None\noverrides = None\nsource = None\nsource_path = None")
+                                       "models = None\ngroup = None\noverrides = None\nsource = None\nsource_path = None")
     params.metadata["tags"] = ["parameters"]
     nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
     nbformat.write(nb, path)
@@ -51,7 +52,9 @@ def statuses(cells) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the grid
 
-@pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 2, 2), ("demo", 2, 2), ("paper", 15, 60)])
+# demo / smoke: p=15 trains M1 + M3's other teachers and M1, M2, M3, M1b; p=70 M1 alone (kd_p);
+# paper: 15 (p, seed) points x (full, subsets) teacher runs, x 4 combinations x 4 models
+@pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 3, 5), ("demo", 3, 5), ("paper", 30, 240)])
 def test_grid_counts(preset, n_teachers, n_students, tmp_path):
     cells = batch.expand_grid(preset, tmp_path)
     stages = Counter(c.stage for c in cells)
@@ -65,18 +68,32 @@ def test_grid_counts(preset, n_teachers, n_students, tmp_path):
 def test_paper_grid_shares_teachers(tmp_path):
     cells = batch.expand_grid("paper", tmp_path)
     teachers = [c for c in cells if c.stage == "teachers"]
-    students = [c for c in cells if c.stage == "students"]
-    # one 02 run per (p, seed), on the union of the combinations: it trains all their subsets
+    students = {c.name: c for c in cells if c.stage == "students"}
+    # two 02 runs per (p, seed), on the union of the combinations: M1 alone, and every smaller subset
     assert {c.parameters["tasks"] for c in teachers} == {"T1+T2+T3"}
-    assert {(c.parameters["p"], c.parameters["seed"]) for c in teachers} == \
-        {(p, s) for p in (15, 30, 45, 60, 70) for s in (0, 1, 2)}
-    uses = Counter(d for c in students for d in c.deps if d.startswith("teachers/"))
-    assert set(uses.values()) == {4}   # each teacher run serves the four task combinations
-    for c in students:
-        prm = c.parameters
-        assert f"teachers/p{prm['p']}_s{prm['seed']}" in c.deps and "data/all" in c.deps
-        assert prm["models"] == ["M1", "M2", "M3", "M1b"]   # M1b after the students whose budget it matches
-    assert {c.parameters["tasks"] for c in students} == {"T1+T2", "T1+T3", "T2+T3", "T1+T2+T3"}
+    assert Counter((c.parameters["p"], c.parameters["seed"]) for c in teachers) == \
+        {(p, s): 2 for p in (15, 30, 45, 60, 70) for s in (0, 1, 2)}
+    assert {c.parameters["group"] for c in teachers} == {"full", "subsets"}
+    assert {c.parameters["tasks"] for c in students.values()} == {"T1+T2", "T1+T3", "T2+T3", "T1+T2+T3"}
+    full, rest = "teachers/p30_s1/T1+T2+T3", "teachers/p30_s1/subsets"
+    need = {m: set(students[f"students/T1+T2+T3/p30_s1/{m}"].deps) for m in ("M1", "M2", "M3", "M1b")}
+    assert need["M1"] == need["M2"] == {"data/all", full}
+    assert need["M3"] == {"data/all", full, rest}
+    # M1b matches the budget of the students: it waits for them
+    assert need["M1b"] == {"data/all", full, "students/T1+T2+T3/p30_s1/M2", "students/T1+T2+T3/p30_s1/M3"}
+    assert set(students["students/T1+T2/p30_s1/M3"].deps) == {"data/all", rest}   # T1, T2, T1+T2 are all "subsets"
+    assert all(c.parameters["models"] == [c.key.rsplit("/", 1)[1]] for c in students.values())
+
+
+def test_fractions_outside_kd_p_train_m1_alone(tmp_path):
+    cells = {c.name: c for c in batch.expand_grid("demo", tmp_path)}
+    assert {n for n in cells if "p70" in n} == {"teachers/p70_s0/T1+T2+T3", "students/T1+T2+T3/p70_s0/M1"}
+    assert cells["teachers/p70_s0/T1+T2+T3"].parameters["group"] == "full"
+    # --p names fractions: each gets the whole method unless --kd-p says otherwise
+    named = batch.expand_grid("demo", tmp_path, dims=dict(p=[30, 70]))
+    assert {c.key for c in named if c.stage == "students"} >= {"T1+T2+T3/p70_s0/M3", "T1+T2+T3/p30_s0/M3"}
+    only = batch.expand_grid("demo", tmp_path, dims=dict(p=[30, 70], kd_p=[30]))
+    assert [c.key for c in only if c.stage == "students" and "p70" in c.key] == ["T1+T2+T3/p70_s0/M1"]
 
 
 def test_dependencies_come_first_and_analyses_need_all_training(tmp_path):
@@ -95,13 +112,14 @@ def test_cell_parameters_and_folders(tmp_path):
     # each model from its run's config.json
     assert cells["data/all"].parameters == {"experiment_dir": exp, "preset": "demo", "overrides": {"epochs": 3}}
     assert "overrides" not in cells["gradcam/all"].parameters
-    assert cells["teachers/p15_s0"].parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3",
-                                                   "p": 15, "seed": 0, "overrides": {"epochs": 3}}
-    student = cells["students/T1+T2+T3/p70_s0"]
-    assert student.parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3", "p": 70, "seed": 0,
-                                  "models": ["M1", "M2", "M3", "M1b"], "overrides": {"epochs": 3}}
+    assert cells["teachers/p15_s0/subsets"].parameters == {"experiment_dir": exp, "preset": "demo",
+                                                           "tasks": "T1+T2+T3", "group": "subsets", "p": 15,
+                                                           "seed": 0, "overrides": {"epochs": 3}}
+    student = cells["students/T1+T2+T3/p15_s0/M3"]
+    assert student.parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3", "p": 15, "seed": 0,
+                                  "models": ["M3"], "overrides": {"epochs": 3}}
     assert student.notebook == "notebooks/03_student_mtl_kd.ipynb"
-    assert student.run_dir == tmp_path.resolve() / "runs" / "students" / "T1+T2+T3" / "p70_s0"
+    assert student.run_dir == tmp_path.resolve() / "runs" / "students" / "T1+T2+T3" / "p15_s0" / "M3"
     assert student.output_notebook.name == "03_student_mtl_kd.ipynb"
     assert cells["results/all"].parameters == {"experiment_dir": exp, "preset": "demo"}
 
@@ -124,12 +142,14 @@ def test_a_notebook_that_would_ignore_a_set_is_refused(tmp_path):
 
 def test_tasks_p_and_seeds_replace_the_presets(tmp_path):
     cells = batch.expand_grid("demo", tmp_path, dims=dict(p=[15.0, 30], seeds=[0, 1], tasks=None))
-    assert {c.key for c in cells if c.stage == "teachers"} == {"p15_s0", "p30_s0", "p15_s1", "p30_s1"}
+    assert {c.key for c in cells if c.stage == "teachers"} == \
+        {f"p{p}_s{s}/{g}" for p in (15, 30) for s in (0, 1) for g in ("T1+T2+T3", "subsets")}
     assert {c.parameters["p"] for c in cells if c.stage == "teachers"} == {15, 30}   # 15.0 is the cell p15
     cells = batch.expand_grid("demo", tmp_path, dims=dict(tasks=["T1+T2", "T3"]))
     assert {c.parameters["tasks"] for c in cells if c.stage == "students"} == {"T1+T2", "T3"}
     for dims, message in ((dict(p=[80]), "p=80"), (dict(seeds=[-1]), "seeds"), (dict(tasks=["T4"]), "T4"),
-                          (dict(seeds=[]), "empty"), (dict(models=["M1"]), "cannot be set")):
+                          (dict(seeds=[]), "empty"), (dict(models=["M1"]), "cannot be set"),
+                          (dict(kd_p=[90]), "p=90")):
         with pytest.raises(ValueError, match=message):
             batch.expand_grid("demo", tmp_path, dims=dims)
 
@@ -149,13 +169,13 @@ def test_bad_arguments_name_the_allowed_values(tmp_path):
 
 def test_only_stage_selects(tmp_path):
     cells = batch.select_stages(batch.expand_grid("paper", tmp_path), ["teachers", "results"])
-    assert Counter(c.stage for c in cells) == {"teachers": 15, "results": 1}
+    assert Counter(c.stage for c in cells) == {"teachers": 30, "results": 1}
 
 
 def test_dry_run_runs_nothing(tmp_path, dummy, capsys):
     assert batch.main(["--preset", "smoke", "--experiment-dir", str(tmp_path / "exp"), "--dry-run"], dummy) == 0
     out = capsys.readouterr().out
-    assert "teachers/p70_s0" in out and "students/T1+T2+T3/p15_s0" in out and "not run" in out
+    assert "teachers/p70_s0/T1+T2+T3" in out and "students/T1+T2+T3/p15_s0/M3" in out and "not run" in out
     assert not (tmp_path / "exp").exists()
 
 
@@ -171,18 +191,19 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     assert batch.main(argv, dummy) == 1
     out = capsys.readouterr().out
     assert statuses(cells) == {
-        "data/all": "done", "teachers/p15_s0": "done", "teachers/p70_s0": "failed",
-        "students/T1+T2+T3/p15_s0": "done", "students/T1+T2+T3/p70_s0": "skipped",
+        "data/all": "done", "teachers/p15_s0/T1+T2+T3": "done", "teachers/p15_s0/subsets": "done",
+        "teachers/p70_s0/T1+T2+T3": "failed", **{f"students/T1+T2+T3/p15_s0/{m}": "done" for m in MODELS},
+        "students/T1+T2+T3/p70_s0/M1": "skipped",
         "error_analysis/all": "skipped", "gradcam/all": "skipped", "results/all": "skipped"}
-    assert executions(exp) == 4    # data, two teachers (one failing), the p15 students
-    failed = json.loads((exp / "runs/teachers/p70_s0/cell.json").read_text())
+    assert executions(exp) == 8    # data, three teacher runs (one failing), the four p15 students
+    failed = json.loads((exp / "runs/teachers/p70_s0/T1+T2+T3/cell.json").read_text())
     assert failed["error"]["type"] == "RuntimeError"
     assert failed["error"]["message"] == "planted failure at p=70"
     # papermill keeps the traceback in the executed copy, kept in the run folder
     assert "planted failure" in Path(failed["error"]["notebook"]).read_text()
-    assert "planted failure" in (exp / "runs/teachers/p70_s0/log.txt").read_text()
-    skipped = json.loads((exp / "runs/students/T1+T2+T3/p70_s0/cell.json").read_text())
-    assert skipped["reason"] == "dependency failed: teachers/p70_s0"
+    assert "planted failure" in (exp / "runs/teachers/p70_s0/T1+T2+T3/log.txt").read_text()
+    skipped = json.loads((exp / "runs/students/T1+T2+T3/p70_s0/M1/cell.json").read_text())
+    assert skipped["reason"] == "dependency failed: teachers/p70_s0/T1+T2+T3"
     assert "RuntimeError: planted failure" in out and "dependency failed" in out
     assert (exp / "runs" / "summary.csv").exists()
     # on Dask workers too, a run starts only once every run it needs has finished (data prep first)
@@ -193,16 +214,16 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
 
     # a plain re-run runs nothing: finished cells are kept, the failed one is not retried
     assert batch.main(argv, dummy) == 1
-    assert executions(exp) == 4
+    assert executions(exp) == 8
 
     # --retry-failed, with the cause gone: the failed cell and everything it blocked run, nothing else
     (exp / "FAIL").unlink()
     assert batch.main(argv + ["--retry-failed"], dummy) == 0
-    assert executions(exp) == 4 + 5
+    assert executions(exp) == 8 + 5
     assert set(statuses(cells).values()) == {"done"}
     assert batch.main(argv, dummy) == 0
-    assert executions(exp) == 9
-    documented = architecture_paths({"<stage>": "teachers", "<key>": "p70_s0"}, under="runs/")
+    assert executions(exp) == 13
+    documented = architecture_paths({"<stage>": "teachers", "<key>": "p70_s0/T1+T2+T3"}, under="runs/")
     assert [path for path in documented if not (exp / path).exists()] == []   # docs/ARCHITECTURE.md's runs/ paths
 
 
@@ -211,22 +232,22 @@ def test_a_grown_grid_reruns_the_summaries_only(tmp_path, dummy, capsys):
     argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--p", "15",
             "--scheduler", "sync"]   # the same plan as on Dask (test above), without starting a cluster each time
     assert batch.main(argv, dummy) == 0
-    assert executions(exp) == 6               # data, teacher, students, three analyses
+    assert executions(exp) == 10              # data, two teacher runs, four students, three analyses
     assert batch.main(argv, dummy) == 0
-    assert executions(exp) == 6               # nothing changed: nothing runs
+    assert executions(exp) == 10              # nothing changed: nothing runs
     capsys.readouterr()
     assert batch.main(argv + ["--seeds", "0", "1", "--dry-run"], dummy) == 0
     assert capsys.readouterr().out.count("inputs changed: runs again") == 3   # the three analyses
     assert batch.main(argv + ["--seeds", "0", "1"], dummy) == 0
-    # the new seed's teacher and students, then the analyses, which now need them: 2 + 3
-    assert executions(exp) == 11
-    ran = [json.loads(line) for line in (exp / "executions.txt").read_text().splitlines()[6:]]
-    assert [r["seed"] for r in ran] == [1, 1, None, None, None]
+    # the new seed's teachers and students, then the analyses, which now need them: 6 + 3
+    assert executions(exp) == 19
+    ran = [json.loads(line) for line in (exp / "executions.txt").read_text().splitlines()[10:]]
+    assert [r["seed"] for r in ran] == [1] * 6 + [None] * 3
 
 
 def test_a_killed_cell_runs_again(tmp_path, dummy):
     exp = tmp_path / "exp"
-    cells = batch.expand_grid("smoke", exp, notebooks=dummy)[:2]   # data/all, teachers/p15_s0
+    cells = batch.expand_grid("smoke", exp, notebooks=dummy)[:2]   # data/all, teachers/p15_s0/T1+T2+T3
     for cell in cells:   # as a kill leaves them: data finished, the teacher cell still 'running'
         status = "done" if cell.stage == "data" else "running"
         batch.write_json(batch.new_record(cell, status), cell.record_path)

@@ -36,7 +36,7 @@ def test_gpu_workers_are_pinned_and_training_asks_for_a_gpu(tmp_path):
     assert asked["data"] is None and asked["results"] is None
     seen = [json.loads(line) for line in (tmp_path / "exp" / "gpus.txt").read_text().splitlines()]
     assert len(seen) == len(runs) and {s["gpu"] for s in seen} <= {"0", "1"}
-    assert {r.name: grid.read_record(r)["gpu"] for r in runs}["teachers/p15_s0"] in ("0", "1")
+    assert {r.name: grid.read_record(r)["gpu"] for r in runs}["teachers/p15_s0/subsets"] in ("0", "1")
 
 
 def test_slurm_job_script_has_the_requested_options():

@@ -35,7 +35,7 @@ def experiments(tmp_path_factory) -> dict[str, Path]:
 
 def test_two_dask_workers_give_the_sequential_numbers(experiments):
     sync = sorted(experiments["sync"].glob("students/*/*/*/metrics.json"))
-    assert len(sync) == 8      # M1, M2, M3, M1b at p = 15 and 70
+    assert len(sync) == 5      # M1, M2, M3, M1b at p = 15, M1 at p = 70 (the smoke grid's kd_p)
     for path in sync:
         twin = experiments["dask"] / path.relative_to(experiments["sync"])
         mine, theirs = json.loads(path.read_text()), json.loads(twin.read_text())
@@ -44,9 +44,9 @@ def test_two_dask_workers_give_the_sequential_numbers(experiments):
 
 
 def test_the_teachers_ran_side_by_side(experiments):
-    records = [json.loads(p.read_text()) for p in (experiments["dask"] / "runs" / "teachers").glob("*/cell.json")]
-    assert len(records) == 2 and len({r["pid"] for r in records}) == 2      # two worker processes
-    first, second = sorted(records, key=lambda r: r["started"])
+    records = [json.loads(p.read_text()) for p in (experiments["dask"] / "runs" / "teachers").glob("*/*/cell.json")]
+    assert len(records) == 3 and len({r["pid"] for r in records}) == 2      # two worker processes
+    first, second = sorted(records, key=lambda r: r["started"])[:2]
     assert second["started"] < first["finished"]                            # overlapping in time
 
 

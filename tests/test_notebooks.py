@@ -54,7 +54,7 @@ def test_notebooks_run_in_order(experiment):
     assert len(pd.read_csv(experiment / "results" / "m3_vs_m1.csv")) == 3   # one row per metric
     m3 = json.loads((experiment / "students" / "T1+T2+T3" / "p15_s0" / "M3" / "metrics.json").read_text())
     values = {"<P>": "15", "<seed>": "0", "<tasks>": "T1+T2+T3", "<model>": "M3", "<τ>": f"{m3['tau']:g}",
-              "<α>": f"{m3['alpha']:g}", "<size>": "48"}
+              "<α>": f"{m3['alpha']:g}", "<size>": "48", "<group>": "all"}
     missing = [path for path in architecture_paths(values, skip="runs/") if not (experiment / path).exists()]
     assert not missing, f"docs/ARCHITECTURE.md names paths the notebooks did not write: {missing}"
 
