@@ -49,7 +49,8 @@ def _localisation(exp: Path) -> str:
     if not path.exists():
         return "_(no Grad-CAM run yet)_"
     t = pd.read_csv(path)
-    t = t[t.disease == "all"].set_index("run")[["n_scored", "pointing", "energy", "mask_share", "n_flat"]]
+    t = t[t.disease == "all"].set_index("run")[["n_scored", "pointing", "pointing_chance", "energy", "mask_share",
+                                                "n_flat"]]
     return _md(t)
 
 
@@ -103,8 +104,9 @@ def section(exp: Path, figures_dir: Path) -> str:
              baseline_note(constant_baseline(exp)), "",
              f"![metrics against p]({rel}/metrics_vs_p.png)", "",
              "**Grad-CAM localisation against the lesion masks** (the true class's CAM on every abnormal annotated "
-             "test image; pointing game and energy inside the mask, within the field of view; `mask_share` is "
-             "chance; the randomised row is the sanity check):", "",
+             "test image, within the field of view; pointing game: the maximum within 15 px at 224 px of the mask, "
+             "scaled to the image (Zhang et al. 2016), chance `pointing_chance`; energy inside the mask, chance "
+             "`mask_share`; the randomised row is the sanity check):", "",
              _localisation(exp), "", f"![Grad-CAM figure]({rel}/gradcam_M3.jpg)"]
     parts += _metric_cis(exp, rel)
     comparison = analysis_dir(exp, "results") / "m3_vs_m1.csv"
