@@ -146,7 +146,8 @@ def _optional(values: Sequence | None, n: int, name: str) -> Sequence:
 
 
 def localisation_scores(cams: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray | None],
-                        fovs: Sequence[np.ndarray | None] | None = None, tolerance: float | None = None) -> pd.DataFrame:
+                        fovs: Sequence[np.ndarray | None] | None = None,
+                        tolerance: float | None = None) -> pd.DataFrame:
     """Per image: pointing hit and its chance level, energy inside and its chance level (the mask's share of the
     FOV), flat (constant over the FOV); NaN without a lesion mask in the FOV. tolerance: as pointing_game."""
     masks, fovs = _optional(masks, len(cams), "masks"), _optional(fovs, len(cams), "fovs")

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtkd_utils.localisation import (default_tolerance, energy_inside, fov_mask, localisation_scores, localisation_table,
-                                     pointing_chance, pointing_game)
+from mtkd_utils.localisation import (default_tolerance, energy_inside, fov_mask, localisation_scores,
+                                     localisation_table, pointing_chance, pointing_game)
 from mtkd_utils.views import cam_targets, class_indices, load_samples, pick_images, scored_images
 
 
