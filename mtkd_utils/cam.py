@@ -29,9 +29,8 @@ from .localisation import as_mask
 
 # CAM methods of pytorch-grad-cam that take (model, target_layers) and class-index targets. Left out:
 # AblationCAM (swaps a layer inside the model), FullGrad (ignores the target layer), FinerCAM (other
-# targets), RandomCAM (draws from numpy's global, unseeded stream: not reproducible). The chance level
-# for the scores is the mask's share of the field of view (localisation's mask_share); the sanity check is
-# randomized_copy.
+# targets), RandomCAM (draws from numpy's global, unseeded stream: not reproducible). The chance levels
+# for the scores are localisation's pointing_chance and mask_share; the sanity check is randomized_copy.
 METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "xgradcam": XGradCAM,
     "layercam": LayerCAM, "gradcam-elementwise": GradCAMElementWise, "eigencam": EigenCAM,

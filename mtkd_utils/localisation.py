@@ -3,7 +3,11 @@
 A CAM upsampled from a coarse map puts plateaus of equal values in the image's black corners, where no lesion
 can be; searched over the whole image, the maximum lands there and the pointing game is 0 by construction.
 Here every score looks only inside the field of view (FOV): the maximum is searched there, the energy and the
-chance level (the mask's share of the FOV) are taken there, and a CAM flat over the FOV never scores a hit.
+chance levels are taken there, and a CAM flat over the FOV never scores a hit.
+
+The pointing game is Zhang et al.'s (ECCV 2016 / IJCV 2018): a hit when the maximum lies within a tolerance of
+the annotated region. A CAM upsampled from a 4 x 4 map cannot put its maximum on a 3-px lesion, so "inside the
+mask" would score every model 0; the tolerance (15 px at 224 px, scaled to the map) is what makes it informative.
 """
 from __future__ import annotations
 
@@ -12,11 +16,20 @@ from collections.abc import Mapping, Sequence
 import cv2
 import numpy as np
 import pandas as pd
+from scipy.ndimage import distance_transform_edt
 
 from .fundus import FOV_THRESHOLD
 
-TIES = ("majority", "all", "any")
-SCORE_COLUMNS = ["has_mask", "pointing", "energy", "mask_share", "flat"]
+SCORE_COLUMNS = ["has_mask", "pointing", "pointing_chance", "energy", "mask_share", "flat"]
+EQUAL_ATOL = 1e-6            # CAM values this close are equal: a plateau of maxima, or a CAM flat over the FOV
+# Zhang et al., "Top-down neural attention by excitation backprop" (ECCV 2016; IJCV 2018): a hit is a maximum
+# within 15 px of the annotation, on images of about 224 px.
+POINTING_TOLERANCE_PX, POINTING_IMAGE_PX = 15, 224
+
+
+def default_tolerance(shape: tuple[int, int]) -> float:
+    """Zhang et al.'s 15 px at 224 px, scaled to a map of `shape` by its shorter side (about 4.3 px at 64 px)."""
+    return POINTING_TOLERANCE_PX * min(shape[:2]) / POINTING_IMAGE_PX
 
 
 def as_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -69,24 +82,46 @@ def _regions(cam: np.ndarray, mask: np.ndarray, fov: np.ndarray | None) -> tuple
     return c, f, as_mask(mask, c.shape) & f
 
 
-def pointing_game(cam: np.ndarray, mask: np.ndarray, fov: np.ndarray | None = None, ties: str = "majority",
-                  tol: float = 1e-6) -> bool:
-    """Whether the CAM's maximum inside the FOV falls inside the mask (both resized to the CAM by nearest neighbour).
+def _tolerance(tolerance: float | None, shape: tuple[int, int]) -> float:
+    if tolerance is None:
+        return default_tolerance(shape)
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance={tolerance!r}: a distance in pixels >= 0 (0: inside the mask)")
+    return float(tolerance)
 
-    Upsampled CAMs have plateaus of equal maxima: every FOV pixel within `tol` of the maximum counts; 'majority'
-    (default) scores a hit when more than half of them lie inside the mask, 'all' when all do, 'any' when one
-    does. A CAM flat over the FOV points nowhere: never a hit. A mask with no pixel in the FOV: ValueError.
+
+def near_mask(mask: np.ndarray, tolerance: float) -> np.ndarray:
+    """The pixels within `tolerance` px (Euclidean) of a mask pixel, the mask itself included."""
+    return distance_transform_edt(~mask) <= tolerance
+
+
+def maximum_point(cam: np.ndarray, fov: np.ndarray) -> tuple[int, int]:
+    """(row, col) of the CAM's maximum inside the FOV. An upsampled CAM has plateaus of equal maxima: then the
+    maximal pixel nearest their centroid (the first in raster order when several are as near)."""
+    rows, cols = np.nonzero(fov & (cam >= cam[fov].max() - EQUAL_ATOL))
+    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    return int(rows[nearest]), int(cols[nearest])
+
+
+def pointing_game(cam: np.ndarray, mask: np.ndarray, fov: np.ndarray | None = None,
+                  tolerance: float | None = None) -> bool:
+    """Whether the CAM's maximum inside the FOV lies within `tolerance` px of the mask (mask and FOV resized to the
+    CAM by nearest neighbour; distances in the CAM's pixels).
+
+    tolerance None: default_tolerance of the CAM's size; 0: the maximum must fall inside the mask. A CAM flat
+    over the FOV points nowhere: never a hit. A mask with no pixel in the FOV: ValueError.
     """
-    if ties not in TIES:
-        raise ValueError(f"ties={ties!r}: choose one of {TIES}")
     c, f, m = _regions(cam, mask, fov)
     if not m.any():
         raise ValueError("pointing_game: the mask is empty inside the field of view (no lesion pixel); skip this image")
-    values = c[f]
-    if np.ptp(values) < tol:
+    if np.ptp(c[f]) < EQUAL_ATOL:
         return False
-    inside = m[f & (c >= values.max() - tol)]      # the mask at every maximal FOV pixel
-    return bool({"majority": inside.mean() > 0.5, "all": inside.all(), "any": inside.any()}[ties])
+    return bool(near_mask(m, _tolerance(tolerance, c.shape))[maximum_point(c, f)])
+
+
+def pointing_chance(mask: np.ndarray, fov: np.ndarray, tolerance: float) -> float:
+    """The share of the FOV within `tolerance` px of the mask: what a uniformly random point scores (chance level)."""
+    return float(near_mask(mask & fov, tolerance)[fov].mean())
 
 
 def energy_inside(cam: np.ndarray, mask: np.ndarray, fov: np.ndarray | None = None) -> float:
@@ -111,18 +146,21 @@ def _optional(values: Sequence | None, n: int, name: str) -> Sequence:
 
 
 def localisation_scores(cams: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray | None],
-                        fovs: Sequence[np.ndarray | None] | None = None, ties: str = "majority") -> pd.DataFrame:
-    """Per image: pointing hit, energy inside, mask share of the FOV (chance), flat (constant over the FOV);
-    NaN without a lesion mask in the FOV."""
+                        fovs: Sequence[np.ndarray | None] | None = None,
+                        tolerance: float | None = None) -> pd.DataFrame:
+    """Per image: pointing hit and its chance level, energy inside and its chance level (the mask's share of the
+    FOV), flat (constant over the FOV); NaN without a lesion mask in the FOV. tolerance: as pointing_game."""
     masks, fovs = _optional(masks, len(cams), "masks"), _optional(fovs, len(cams), "fovs")
     rows = []
     for cam, mask, fov in zip(cams, masks, fovs):
         c, f, m = _regions(cam, np.zeros(np.shape(cam), bool) if mask is None else mask, fov)
         if not m.any():                              # no annotation in the FOV (e.g. a normal eye): not scored
-            rows.append(dict(has_mask=False, pointing=np.nan, energy=np.nan, mask_share=np.nan, flat=np.nan))
+            rows.append(dict(has_mask=False))
             continue
-        rows.append(dict(has_mask=True, pointing=float(pointing_game(c, m, f, ties)), energy=energy_inside(c, m, f),
-                         mask_share=mask_share(m, f), flat=float(np.ptp(c[f]) < 1e-6)))
+        tol = _tolerance(tolerance, c.shape)
+        rows.append(dict(has_mask=True, pointing=float(pointing_game(c, m, f, tol)),
+                         pointing_chance=pointing_chance(m, f, tol), energy=energy_inside(c, m, f),
+                         mask_share=mask_share(m, f), flat=float(np.ptp(c[f]) < EQUAL_ATOL)))
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
@@ -136,19 +174,21 @@ def _summary(scores: pd.DataFrame) -> dict:
     s = scores[scores["has_mask"].astype(bool)]
     return {"n_images": len(scores), "n_scored": len(s),
             "pointing": s["pointing"].mean(), "pointing_se": _se(s["pointing"]),
+            "pointing_chance": s["pointing_chance"].mean(),
             "energy": s["energy"].mean(), "energy_se": _se(s["energy"]),
             "mask_share": s["mask_share"].mean(), "n_flat": int(s["flat"].sum())}
 
 
 def localisation_table(cams: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray | None],
-                       groups: Mapping[str, Sequence] | None = None, ties: str = "majority",
-                       fovs: Sequence[np.ndarray | None] | None = None) -> pd.DataFrame:
+                       groups: Mapping[str, Sequence] | None = None, fovs: Sequence[np.ndarray | None] | None = None,
+                       tolerance: float | None = None) -> pd.DataFrame:
     """Pointing-game rate and mean energy inside the mask (± standard errors) per group and overall ('all', last).
 
-    mask_share is the mean lesion share of the FOV: what a uniform CAM scores for energy (chance level);
-    n_flat counts CAMs constant over the FOV among the scored images. Images without a mask count in n_images only.
+    The chance levels beside them: pointing_chance, the mean share of the FOV within the tolerance of the mask
+    (a random point's hit rate); mask_share, the mean lesion share of the FOV (a uniform CAM's energy). n_flat
+    counts CAMs constant over the FOV among the scored images. Images without a mask count in n_images only.
     """
-    scores = localisation_scores(cams, masks, fovs, ties)
+    scores = localisation_scores(cams, masks, fovs, tolerance)
     keys = list(groups or {})
     for k in keys:
         if len(groups[k]) != len(scores):

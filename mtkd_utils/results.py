@@ -5,6 +5,7 @@ The paper reports single numbers; here every cell says how many seeds it average
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from .bootstrap import (BOOTSTRAP_METRICS, SUM_METRICS, needs_probs, bootstrap_c
 from .config import MODELS, task_key
 from .io import atomic_path, read_json, save_figure, verify_file
 from .metrics import LEVEL
-from .runs import data_dir, manifest_path, student_dir, student_runs
+from .runs import (RunKey, data_dir, manifest_path, parse_fraction_folder, student_dir, student_runs,
+                   trained_model_dir)
 
 TABLE1_METRICS = ("T1_acc", "T2_acc", "T3_bleu4")   # what the paper's Table 1 reports per task
 KD_MODELS = ("M2", "M3")                            # the models with a temperature τ chosen on validation
@@ -24,6 +26,9 @@ HEADLINE_METRICS = ("T1_acc", "T1_balanced_acc", "T1_macro_f1", "T1_kappa", "T1_
                     "T2_acc", "T2_balanced_acc", "T2_macro_f1", "T2_top5", "T2_kappa", "T2_auroc", "T2_ece",
                     "T3_bleu4", "T3_rougeL")   # what 06 reports with CIs (README "Metrics")
 STD_DDOF = 1                                        # sample standard deviation over seeds
+# (a, b): the paired comparisons b − a of the students against M1 and against M1b, M1 given the student's updates
+KD_PAIRS = (("M1", "M3"), ("M1b", "M3"), ("M1", "M2"), ("M1b", "M2"))
+PROGRESS_ORDER = ("M1", "M1b", "M2", "M3", "teacher")   # the rows of training_progress
 
 
 # ---------------------------------------------------------------- gathering runs
@@ -38,6 +43,53 @@ def collect_metrics(experiment_dir: str | Path) -> pd.DataFrame:
     cols = ["model", "tasks", "p", "seed", "tau"]
     df = pd.DataFrame(rows, columns=None if rows else cols + ["run_dir"])
     return df.sort_values(["tasks", "model", "p", "seed"], key=_sort_key).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- training progress: how far from the plateau
+
+def last_quarter_gain(val_score: pd.Series) -> float:
+    """Best validation score in the last quarter of the epochs minus the best before it: about 0 or below once
+    validation has plateaued, clearly positive while the model still improves; NaN under 2 epochs."""
+    if len(val_score) < 2:
+        return float("nan")
+    tail = math.ceil(len(val_score) / 4)
+    return float(val_score.iloc[-tail:].max() - val_score.iloc[:-tail].max())
+
+
+def _histories(experiment_dir: str | Path) -> list[tuple[str, RunKey, Path]]:
+    """(model, key, history.csv) of every trained model: the teachers (M1 among them), M2/M3 at the setting chosen
+    on validation, M1b."""
+    found = []
+    for path in sorted(Path(experiment_dir).glob("teachers/p*_s*/*/history.csv")):
+        found.append(("teacher", RunKey(path.parent.name, *parse_fraction_folder(path.parent.parent.name)), path))
+    for key, _ in student_runs(experiment_dir):
+        if key.model != "M1":                    # M1 is its teacher: listed above
+            found.append((key.model, key, trained_model_dir(experiment_dir, key) / "history.csv"))
+    return [(model, key, path) for model, key, path in found if path.exists()]
+
+
+def training_progress(experiment_dir: str | Path) -> pd.DataFrame:
+    """Per trained (model, tasks, p), mean over seeds: updates, best epoch, epochs run, best validation score and its
+    last_quarter_gain. The teacher with the most tasks at its (p, seed) is M1, the multi-task model."""
+    rows = []
+    for model, key, path in _histories(experiment_dir):
+        h = pd.read_csv(path)
+        rows.append(dict(model=model, tasks=task_key(key.tasks), n_tasks=len(key.tasks), p=key.p_label,
+                         seed=key.seed, updates=h.updates.iloc[-1], best_epoch=h.epoch[h.val_score.idxmax()],
+                         epochs=len(h), val_score=h.val_score.max(), last_quarter_gain=last_quarter_gain(h.val_score)))
+    cols = ["model", "tasks", "p", "n_seeds", "updates", "best_epoch", "epochs", "val_score", "last_quarter_gain"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(rows)
+    teachers = df.model == "teacher"
+    most = df.n_tasks[teachers].groupby([df.p, df.seed]).transform("max").reindex(df.index)
+    df.loc[teachers & (df.n_tasks == most), "model"] = "M1"
+    df["model"] = pd.Categorical(df.model, PROGRESS_ORDER, ordered=True)
+    out = df.groupby(["model", "tasks", "p"], observed=True).agg(
+        n_seeds=("seed", "count"), updates=("updates", "mean"), best_epoch=("best_epoch", "mean"),
+        epochs=("epochs", "mean"), val_score=("val_score", "mean"), last_quarter_gain=("last_quarter_gain", "mean"))
+    out = out.reset_index().sort_values(["p", "model", "tasks"], key=_sort_key)
+    return out.astype({"model": str}).reset_index(drop=True)[cols]
 
 
 def _combo_rank(tasks: str) -> str:
@@ -154,13 +206,17 @@ def run_cis(experiment_dir: str | Path, metrics: Sequence[str] = HEADLINE_METRIC
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
 
+def _interval_table(df: pd.DataFrame, value: str, index: list[str], digits: int, sign: str = "") -> pd.DataFrame:
+    """Rows `index`, one column per metric (in their first order): 'value [lo, hi]'."""
+    form = f"{sign}.{digits}f"
+    text = df.assign(text=[f"{v:{form}} [{lo:{form}}, {hi:{form}}]" for v, lo, hi in zip(df[value], df.lo, df.hi)])
+    table = text.pivot(index=index, columns="metric", values="text")
+    return table.reindex(columns=list(dict.fromkeys(df.metric))).fillna("")
+
+
 def ci_table(cis: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """run_cis as rows (tasks, model, p, seed), columns metric: 'value [lo, hi]'."""
-    text = cis.assign(text=[f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-                            for v, lo, hi in zip(cis.value, cis.lo, cis.hi)])
-    order = list(dict.fromkeys(cis.metric))
-    table = text.pivot(index=["tasks", "model", "p", "seed"], columns="metric", values="text")
-    return table.reindex(columns=order).fillna("")
+    return _interval_table(cis, "value", ["tasks", "model", "p", "seed"], digits)
 
 
 def t3_baselines(experiment_dir: str | Path, p: float) -> pd.DataFrame:
@@ -261,6 +317,21 @@ def compare_models(experiment_dir: str | Path, a: str = "M1", b: str = "M3", met
     cols = ["tasks", "p", "seed", "metric", "a", "b", "diff", "lo", "hi", "p_value", "n", "n_boot"]
     out = pd.DataFrame(rows, columns=cols).rename(columns={"a": a, "b": b, "diff": f"{b}-{a}"})
     return out.sort_values(["tasks", "metric", "p", "seed"], key=_sort_key).reset_index(drop=True)
+
+
+def kd_comparisons(experiment_dir: str | Path, metrics: Sequence[str] = TABLE1_METRICS, n_boot: int = 2000,
+                   seed: int = 0) -> pd.DataFrame:
+    """Every KD_PAIRS comparison b − a whose two runs exist, in one long table ('comparison': 'M3 − M1b')."""
+    cols = ["tasks", "p", "seed", "comparison", "metric", "a", "b", "diff", "lo", "hi", "p_value", "n"]
+    frames = [compare_models(experiment_dir, a, b, metrics, n_boot, seed)
+              .rename(columns={a: "a", b: "b", f"{b}-{a}": "diff"}).assign(comparison=f"{b} − {a}")
+              for a, b in KD_PAIRS]
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+def comparison_table(comparisons: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """kd_comparisons as rows (tasks, p, seed, comparison), columns metric: 'difference [95 % CI]'."""
+    return _interval_table(comparisons, "diff", ["tasks", "p", "seed", "comparison"], digits, "+")
 
 
 def compare_m3_m1(experiment_dir: str | Path, metrics: Sequence[str] = TABLE1_METRICS, n_boot: int = 2000,

@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtkd_utils.localisation import energy_inside, fov_mask, localisation_scores, localisation_table, pointing_game
+from mtkd_utils.localisation import (default_tolerance, energy_inside, fov_mask, localisation_scores,
+                                     localisation_table, pointing_chance, pointing_game)
 from mtkd_utils.views import cam_targets, class_indices, load_samples, pick_images, scored_images
 
 
@@ -93,20 +94,58 @@ def test_pointing_game_resizes_the_mask_by_nearest_neighbour():
     assert energy_inside(cam, mask) == pytest.approx(1.0)
 
 
-def test_pointing_game_ties():
-    cam = np.zeros((4, 4))
-    cam[0, 0:3] = 1.0                                         # a plateau of three maxima, two inside
-    mask = np.zeros((4, 4), bool)
-    mask[0, 0:2] = True
-    assert pointing_game(cam, mask, ties="majority") is True
-    assert pointing_game(cam, mask, ties="all") is False
-    assert pointing_game(cam, mask, ties="any") is True
-    flat = np.full((4, 4), 0.3)                               # constant: all 16 tie, 2 inside -> no hit
-    assert pointing_game(flat, mask) is False
-    with pytest.raises(ValueError, match="ties"):
-        pointing_game(cam, mask, ties="first")
+def test_pointing_game_counts_a_maximum_within_the_tolerance_of_the_mask():
+    mask = np.zeros((20, 20), bool)
+    mask[10, 5:8] = True
+    near, far = np.zeros((20, 20)), np.zeros((20, 20))
+    near[10, 10] = 1.0                                        # 3 px right of the mask's last pixel (10, 7)
+    far[10, 13] = 1.0                                         # 6 px
+    assert pointing_game(near, mask, tolerance=4) is True
+    assert pointing_game(far, mask, tolerance=4) is False
+    assert pointing_game(near, mask, tolerance=3) is True    # the distance itself counts as within
+    inside = np.zeros((20, 20)); inside[10, 6] = 1.0
+    assert pointing_game(inside, mask, tolerance=0) is True   # 0: the maximum must fall inside the mask
+    assert pointing_game(near, mask, tolerance=0) is False
+    with pytest.raises(ValueError, match="tolerance"):
+        pointing_game(near, mask, tolerance=-1)
     with pytest.raises(ValueError, match="empty"):
-        pointing_game(cam, np.zeros((4, 4)))
+        pointing_game(near, np.zeros((20, 20)))
+
+
+def test_a_plateau_of_maxima_points_at_its_pixel_nearest_the_centroid():
+    cam = np.zeros((4, 4))
+    cam[0, 0:3] = 1.0                                         # a plateau of three maxima: the middle one, (0, 1)
+    mask = np.zeros((4, 4), bool)
+    mask[0, 2] = True
+    assert pointing_game(cam, mask, tolerance=0) is False
+    assert pointing_game(cam, mask, tolerance=1) is True
+    assert pointing_game(np.full((4, 4), 0.3), mask, tolerance=100) is False   # flat: never, whatever the tolerance
+
+
+def test_the_default_tolerance_is_15_px_at_224_px():
+    assert default_tolerance((224, 224)) == pytest.approx(15)
+    assert default_tolerance((64, 64)) == pytest.approx(15 * 64 / 224)      # about 4.3 px
+    assert default_tolerance((64, 128)) == pytest.approx(15 * 64 / 224)     # the shorter side
+    mask = np.zeros((64, 64), bool)
+    mask[30, 30] = True
+    cam = np.zeros((64, 64)); cam[30, 34] = 1.0                              # 4 px away: a hit at 64 px
+    assert pointing_game(cam, mask) is True
+    cam = np.zeros((64, 64)); cam[30, 35] = 1.0                              # 5 px: a miss
+    assert pointing_game(cam, mask) is False
+
+
+def test_pointing_chance_is_the_share_of_the_fov_near_the_mask():
+    mask = np.zeros((10, 10), bool)
+    mask[5, 5] = True
+    everywhere = np.ones((10, 10), bool)
+    assert pointing_chance(mask, everywhere, 0) == pytest.approx(1 / 100)
+    assert pointing_chance(mask, everywhere, 1) == pytest.approx(5 / 100)   # the pixel and its 4 neighbours
+    top = np.zeros((10, 10), bool)
+    top[:6] = True                                            # rows 0-5: 60 px, the pixel below the mask outside
+    assert pointing_chance(mask, top, 1.5) == pytest.approx(6 / 60)         # the 3 x 3 block less its lowest row
+    cam = np.zeros((10, 10)); cam[2, 2] = 1.0
+    row = localisation_scores([cam], [mask], [top], tolerance=1.5).iloc[0]
+    assert row.pointing == 0.0 and row.pointing_chance == pytest.approx(6 / 60)
 
 
 def test_energy_inside_by_hand():
@@ -133,6 +172,8 @@ def test_localisation_table_by_hand():
     assert table.loc["dr", "pointing"] == pytest.approx(0.5)
     assert table.loc["dr", "energy"] == pytest.approx(0.625)
     assert table.loc["dr", "mask_share"] == pytest.approx(0.25)
+    assert table.loc["dr", "pointing_chance"] == pytest.approx(0.25)   # 2 px maps: the tolerance is under a pixel
+    assert localisation_table([b], [masks[1]], tolerance=1).loc["all", "pointing"] == 1.0   # (1, 1) is 1 px away
     assert table.loc["normal", "n_scored"] == 0 and table.loc["normal", "n_images"] == 1
     assert table.loc["all", "n_scored"] == 3 and table.loc["all", "n_flat"] == 1
     assert table.loc["all", "pointing"] == pytest.approx(1 / 3)

@@ -331,3 +331,109 @@ def test_t3_decoded_to_empty_sentences_is_scored_zero_not_refused():
     preds = make_preds(20, [True] * 20, text_pred=[""] * 20, bleu=[0.0] * 20)
     assert bootstrap.bootstrap_ci(preds, "T3_bleu4", n_boot=20)["value"] == 0.0
     assert bootstrap.bootstrap_ci(preds, "T3_rougeL", n_boot=20)["value"] == 0.0
+
+
+# ---------------------------------------------------------------- the README's report: plateau, targets, KD pairs
+
+def write_history(path, scores, per_epoch=10):
+    write_csv(pd.DataFrame({"epoch": range(1, len(scores) + 1), "updates": [per_epoch * (i + 1) for i in
+                                                                          range(len(scores))],
+                            "train_loss": 1.0, "val_score": scores}), path)
+
+
+def test_last_quarter_gain_says_whether_validation_still_improves():
+    # 8 epochs: the last quarter is epochs 7-8; best before 0.5, best in it 0.6
+    assert results.last_quarter_gain(pd.Series([0.1, 0.2, 0.3, 0.5, 0.4, 0.45, 0.55, 0.6])) == pytest.approx(0.1)
+    assert results.last_quarter_gain(pd.Series([0.1, 0.5, 0.5, 0.4, 0.3])) == pytest.approx(-0.1)   # tail: 2 epochs
+    assert math.isnan(results.last_quarter_gain(pd.Series([0.3])))
+
+
+def test_training_progress_of_every_trained_model(tmp_path):
+    exp = tmp_path / "exp"
+    for seed, last in ((0, 0.6), (1, 0.8)):
+        write_history(exp / f"teachers/p70_s{seed}/T1+T2+T3/history.csv", [0.2, 0.4, 0.5, last])   # M1: improving
+        write_history(exp / f"teachers/p70_s{seed}/T1/history.csv", [0.5, 0.7, 0.7, 0.6])          # plateaued
+    run = exp / "students/T1+T2+T3/p70_s0"
+    write_json({"tau": 2.0, "alpha": 0.5, "test": {}}, run / "M3" / "metrics.json")
+    write_history(run / "M3" / "tau_2_alpha_0.5" / "history.csv", [0.3, 0.5], per_epoch=50)    # the chosen setting
+    write_history(run / "M3" / "tau_4_alpha_0.5" / "history.csv", [0.9, 0.9])                   # not chosen
+    write_json({"test": {}}, run / "M1" / "metrics.json")                                        # M1: its teacher
+    write_json({"test": {}}, run / "M1b" / "metrics.json")
+    write_history(run / "M1b" / "history.csv", [0.4, 0.45, 0.5, 0.5, 0.5])
+    progress = results.training_progress(exp).set_index(["model", "tasks"])
+    assert list(progress.index) == [("M1", "T1+T2+T3"), ("M1b", "T1+T2+T3"), ("M3", "T1+T2+T3"), ("teacher", "T1")]
+    m1 = progress.loc[("M1", "T1+T2+T3")]
+    assert (m1.p, m1.n_seeds, m1.updates, m1.best_epoch, m1.epochs) == (70, 2, 40, 4, 4)
+    assert m1.val_score == pytest.approx(0.7) and m1.last_quarter_gain == pytest.approx(0.2)   # (0.1 + 0.3) / 2
+    assert progress.loc[("teacher", "T1"), "last_quarter_gain"] == pytest.approx(-0.1)
+    assert progress.loc[("M3", "T1+T2+T3"), "updates"] == 100 and progress.loc[("M3", "T1+T2+T3"), "val_score"] == 0.5
+    assert progress.loc[("M1b", "T1+T2+T3"), "best_epoch"] == 3
+    assert results.training_progress(tmp_path / "empty").empty
+
+
+def fake_target_experiment(exp, t1_at_15=0.70):
+    """M1 on every task at p = 70 (two seeds) and p = 15, with what the targets read beside them."""
+    for seed, t1 in enumerate((0.86, 0.90)):
+        write_run(exp, "T1+T2+T3", 70, seed, "M1", None, T1_acc=t1, T2_acc=0.55, T3_bleu4=0.30)
+    write_run(exp, "T1+T2+T3", 15, 0, "M1", None, T1_acc=t1_at_15, T2_acc=0.3, T3_bleu4=0.2)
+    preds = pd.DataFrame({"coarse_true": ["a"] * 3 + ["b"], "fine_true": ["x", "y", "z", "z"]})   # T2 commonest: 0.5
+    write_csv(preds, exp / "students/T1+T2+T3/p70_s0/M1/predictions.csv")
+    write_csv(pd.DataFrame({"p": ["p=70", "p=70"], "baseline": ["constant per eye", "constant per (eye, coarse)"],
+                            "T3_bleu4": [0.2, 0.32]}), exp / "results" / "t3_baselines.csv")
+    write_csv(pd.DataFrame({"image_id": ["a", "b", "c"], "split": ["train", "test", "test"]}), exp / "data/splits.csv")
+    write_csv(pd.DataFrame({"run": ["M1 p=70", "M1 p=70", "M3 p=70", "randomised M3 p=70"],
+                            "disease": ["dr", "all", "all", "all"], "pointing": [0.9, 0.6, 0.7, 0.25]}),
+              exp / "gradcam" / "localisation.csv")
+
+
+def test_targets_are_checked_on_the_experiments_files(tmp_path):
+    from mtkd_utils import metrics, readme
+
+    assert readme.T3_ORACLE in metrics.T3_BASELINES
+    exp = tmp_path / "exp"
+    fake_target_experiment(exp)
+    t = readme.targets(exp).set_index("target")
+    rows = list(t.index)
+    assert t.status.tolist() == ["met", "missed", "missed", "met", "missed", "met", "met"]
+    assert t.loc[rows[0], "value"] == pytest.approx(0.88) and t.loc[rows[0], "n_seeds"] == 2
+    assert t.loc[rows[1], "threshold"] == pytest.approx(1.25)                 # 2.5 × the commonest class's 0.5
+    assert t.loc[rows[2], "threshold"] == pytest.approx(0.32)                 # per (eye, coarse), not per eye
+    assert t.loc[rows[3], "value"] == pytest.approx(0.18) and t.loc[rows[3], "n_seeds"] == 1
+    assert t.loc[rows[4], "value"] == 2 and pd.isna(t.loc[rows[4], "n_seeds"])
+    assert t.loc[rows[6], "threshold"] == pytest.approx(0.5) and "randomised M3 p=70" in rows[6]
+    block = "\n".join(readme._targets(exp))
+    assert "| M1 p=70 T1 accuracy ≥ 0.85 | 0.88 | 0.85 | 2 | met |" in block
+
+
+def test_targets_without_their_inputs_say_not_run(tmp_path):
+    from mtkd_utils import readme
+
+    assert set(readme.targets(tmp_path / "empty").status) == {"not run"}
+    exp = tmp_path / "exp"
+    write_run(exp, "T1+T2+T3", 15, 0, "M1", None, T1_acc=0.7)            # no M1 at p = 70: nothing to check
+    assert set(readme.targets(exp).status) == {"not run"}
+    exp = tmp_path / "zero"
+    fake_target_experiment(exp)
+    write_csv(pd.DataFrame({"run": ["M1 p=70", "randomised M1 p=70", "randomised M3 p=70"], "disease": "all",
+                            "pointing": [0.0, 0.0, 0.5]}), exp / "gradcam" / "localisation.csv")
+    cam = readme.targets(exp).iloc[-1]
+    assert "randomised M1 p=70" in cam.target and cam.status == "missed"      # M1's own copy; 0 is not 2 × 0
+
+
+def test_kd_comparisons_only_where_both_runs_exist(tmp_path):
+    from mtkd_utils import readme
+
+    exp = tmp_path / "exp"
+    n = 400
+    run = exp / "students" / "T1+T3" / "p15_s0"
+    for model, right in (("M1", 200), ("M1b", 240), ("M3", 260)):             # no M2 here
+        write_csv(make_preds(n, np.arange(n) < right), run / model / "predictions.csv")
+    comparisons = results.kd_comparisons(exp, ["T1_acc"], n_boot=200)
+    assert comparisons.comparison.tolist() == ["M3 − M1", "M3 − M1b"]
+    assert comparisons["diff"].tolist() == pytest.approx([0.15, 0.05])
+    table = results.comparison_table(comparisons)
+    assert table.loc[("T1+T3", 15, 0, "M3 − M1b"), "T1_acc"].startswith("+0.050 [")
+    (exp / "results").mkdir()
+    comparisons.to_csv(exp / "results" / "kd_comparisons.csv", index=False)
+    assert "| T1+T3 | 15 | 0 | M3 − M1b | +0.050 [" in "\n".join(readme._comparisons(exp))
+    assert results.kd_comparisons(tmp_path / "none", ["T1_acc"]).empty
