@@ -360,10 +360,3 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     cells = table.assign(cell=[cell(r) for r in table.itertuples()])
     out = cells.pivot(index="label", columns="metric", values="cell")
     return out.loc[list(dict.fromkeys(table.label)), [m for m in METRICS if m in out.columns]]
-
-
-def ensure_data(experiment_dir, cfg: Config) -> None:
-    """The study needs 01's data/: prepare the synthetic dataset when the experiment has none yet."""
-    if not (runs.data_dir(experiment_dir) / "dataset.json").exists():
-        from .prep import prepare_data
-        prepare_data(experiment_dir, cfg)
