@@ -25,43 +25,22 @@ measured for each mode in a fresh subprocess, so each peak is that mode's own.
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import losses
-from .config import TASKS, Config, task_subsets
-from .data import FundusData, batch_rows, image_batch
-from .distill import CachedTeachers, OnlineTeachers, build_soft_targets, load_soft_targets
-from .engine import (MultiTaskLoss, TrainBatches, autocast, cosine_schedule, epoch_generator, eval_batch_size,
-                     setup_runtime, train_one_epoch)
-from .presets import config as preset_config
-from .training import new_model
+from .bench_setup import LABELED_SHARE, base_model, bench_config, setup, teacher_models
+from .bench_timing import MODES, Mode, build_mode, time_modes, timed_pass
+from .engine import setup_runtime
 from .io import git_commit
-from .manifest import LabelMap
-from .text import EOS_ID, PAD_ID, SOS_ID, SPECIALS, Vocab, trim
 
-MODES = {   # name -> what one pass measures
-    "ceiling": "fwd+bwd+AdamW on float tensors already in memory",
-    "M1": "train_one_epoch, no teachers",
-    "M3-cached": "train_one_epoch, 7 cached teachers",
-    "M3-online": "train_one_epoch, 7 online teachers",
-}
-N_COARSE, N_FINE, N_WORDS = 5, 45, 100   # about the synthetic demo set's label map and vocabulary
-LABELED_SHARE = 0.5    # share of the rows that carry labels; the rest play the unlabeled pool
-SENTENCE_WORDS = (4, 20)   # T3 sentence length in words, uniform (the synthetic set: median ~10)
-TAU = 2.0              # KD temperature (any value costs the same)
 TARGETS = {"M1 / ceiling (images/s)": (">=", 0.85), "M3-cached / M1 (time per step)": ("<=", 1.15),
            "M3-online / M1 (time per step)": ("", None)}
 
@@ -89,148 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def bench_config(args: argparse.Namespace) -> Config:
-    """The demo (or paper) preset with the benchmark's overrides; random init (no weights are needed to time)."""
-    over = dict(pretrained=None, device=args.device, batch_size=args.batch_size)
-    over.update({k: v for k, v in (("backbone", args.backbone), ("image_size", args.image_size), ("threads", args.threads))
-                 if v is not None})
-    return preset_config("paper" if args.paper else "demo", **over)
+# ---------------------------------------------------------------- one mode alone: memory and profile
+def one_mode(name: str, cfg, data, device: torch.device) -> Mode:
+    """Mode `name` on its own, with its teachers when it has any."""
+    teachers = teacher_models(cfg, data, device) if name.startswith("M3") else None
+    return build_mode(name, base_model(cfg, data), cfg, data, device, teachers)
 
 
-# ---------------------------------------------------------------- data and models
-def synthetic_data(n: int, size: int, max_len: int, seed: int = 0) -> FundusData:
-    """n random uint8 images with random labels and sentences; the first LABELED_SHARE of the rows labeled."""
-    g = np.random.default_rng(seed)
-    coarse = [f"c{i}" for i in range(N_COARSE)]
-    labels = LabelMap.from_pairs(coarse, [(f"f{j}", coarse[j % N_COARSE]) for j in range(N_FINE)])
-    vocab = Vocab(f"w{i}" for i in range(N_WORDS))
-    lab = np.arange(n) < max(1, round(n * LABELED_SHARE))
-    t3 = np.full((n, max_len), PAD_ID, dtype=np.int64)
-    for i in np.flatnonzero(lab):
-        words = g.integers(len(SPECIALS), len(vocab), g.integers(SENTENCE_WORDS[0], SENTENCE_WORDS[1] + 1))[: max_len - 2]
-        t3[i, : len(words) + 2] = [SOS_ID, *words, EOS_ID]
-    targets = {"T1": torch.from_numpy(np.where(lab, g.integers(0, N_COARSE, n), -1)),
-               "T2": torch.from_numpy(np.where(lab, g.integers(0, N_FINE, n), -1)), "T3": torch.from_numpy(t3)}
-    roles = pd.DataFrame({"role": np.where(lab, "train", "unlabeled")})
-    images = g.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-    return FundusData(images, pd.DataFrame(index=range(n)), roles, labels, vocab, targets, 15.0)
-
-
-def teacher_models(cfg: Config, data: FundusData, device: torch.device) -> list:
-    """One freshly initialised teacher per non-empty subset of T1+T2+T3: 7 models.
-
-    Untrained, their greedy sentences run to max_len (a trained teacher stops at <eos>): the worst case
-    for the online teachers' decoding and for the length of the sentences the student distils along.
-    """
-    return [new_model(cfg, data, subset, seed=1 + i).to(device).eval() for i, subset in enumerate(task_subsets(TASKS))]
-
-
-def cached_teachers(models: list, cfg: Config, data: FundusData, rows: np.ndarray, device: torch.device) -> CachedTeachers:
-    """The teachers' soft targets, written by build_soft_targets and read back as the students read them."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = build_soft_targets(models, data, rows, Path(tmp) / "soft_targets.pt", cfg.max_len, cfg.t3_topk, eval_batch_size(cfg), device)
-        return load_soft_targets(path, len(data.images), device)
-
-
-@dataclass
-class Mode:
-    """One benchmarked way of training: its own copy of the model, optimizer and teachers."""
-    name: str
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    rows: np.ndarray              # what one pass trains on (mode_rows)
-    teachers: CachedTeachers | OnlineTeachers | None = None
-    setup_s: float = 0.0          # one-off cost before training (the soft-target cache)
-
-
-def mode_rows(name: str, data: FundusData) -> np.ndarray:
-    """What each mode trains on, as in a real run: the ceiling and M1 labeled rows only (M1 is a teacher,
-    trained on the labeled fraction); the M3 modes as many rows, half labeled and half unlabeled (a student)."""
-    labeled = data.is_labeled_train(np.arange(len(data.images))).numpy()
-    lab, unl = np.flatnonzero(labeled), np.flatnonzero(~labeled)
-    return lab if name in ("ceiling", "M1") else np.sort(np.concatenate([lab[: len(lab) // 2], unl[: len(lab) - len(lab) // 2]]))
-
-
-def build_mode(name: str, base: torch.nn.Module, cfg: Config, data: FundusData,
-               device: torch.device, teachers: list | None = None) -> Mode:
-    """A copy of `base` ready to train in mode `name`; M3 modes need the 7 teacher models."""
-    model = copy.deepcopy(base).to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)   # as engine.fit does
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    mode = Mode(name, model, optimizer, cosine_schedule(optimizer, total_steps=10**6, warmup=1), mode_rows(name, data))
-    if name == "M3-online":
-        mode.teachers = OnlineTeachers(teachers, cfg.max_len, cfg.t3_topk)
-    elif name == "M3-cached":
-        t0 = time.perf_counter()
-        mode.teachers = cached_teachers(teachers, cfg, data, mode.rows, device)
-        mode.setup_s = time.perf_counter() - t0
-    return mode
-
-
-# ---------------------------------------------------------------- timing
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def ceiling_batches(data: FundusData, rows: np.ndarray, cfg: Config, device: torch.device, epoch: int) -> list:
-    """train_one_epoch's batches of this epoch as float images and targets (sentences trimmed as MultiTaskLoss
-    trims them), made before the clock starts."""
-    g = epoch_generator(cfg.seed, epoch)   # the same seed: the same mix of rows per batch
-    out = []
-    for b in batch_rows(rows, cfg.batch_size, shuffle=True, generator=g):
-        y = {t: data.targets[t][b].to(device) for t in TASKS}
-        out.append((_as_trained(image_batch(data.images, b, device), device), {**y, "T3": trim(y["T3"])}))
-    return out
-
-
-def _as_trained(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The memory layout train_one_epoch feeds the model: channels_last on CUDA; on CPU image_batch's
-    permute already gives channels_last strides (about 25% faster here than a contiguous NCHW copy)."""
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
-
-
-def ceiling_step(model, optimizer, x: torch.Tensor, y: dict[str, torch.Tensor], device: torch.device) -> None:
-    """The model's own work for one batch: T1 + T2 + T3 losses, backward, optimizer step."""
-    with autocast(device):
-        out = model(x, y["T3"])
-        loss = (losses.ce(out["T1"], y["T1"]) + losses.ce(out["T2"], y["T2"]) + losses.caption_ce(out["T3"], y["T3"])).mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-def timed_pass(mode: Mode, data: FundusData, cfg: Config, device: torch.device, epoch: int, limit: int | None = None) -> float:
-    """Seconds for one pass of `mode` over its rows (the first `limit` of them); a pass is one engine epoch."""
-    rows = mode.rows[:limit]
-    batches = ceiling_batches(data, rows, cfg, device, epoch) if mode.name == "ceiling" else None
-    sync(device)
-    t0 = time.perf_counter()
-    if batches is not None:
-        for x, y in batches:
-            ceiling_step(mode.model, mode.optimizer, x, y, device)
-    else:
-        loss_fn = MultiTaskLoss(data, cfg.task_weights, cfg.alpha_grid[-1], TAU, mode.teachers)
-        train_one_epoch(mode.model, TrainBatches(data, rows, cfg, epoch, device), mode.optimizer, mode.scheduler, loss_fn,
-                        desc=mode.name)
-    sync(device)
-    return time.perf_counter() - t0
-
-
-def time_modes(modes: list[Mode], data: FundusData, cfg: Config, device: torch.device, repeats: int) -> pd.DataFrame:
-    """Seconds per pass, one row per repeat and a column per mode; the modes take turns (order rotates)."""
-    for m in modes:                                     # warm-up: allocator, kernels, thread pool
-        timed_pass(m, data, cfg, device, epoch=0, limit=2 * cfg.batch_size)
-    out = []
-    for r in range(repeats):
-        turn = modes[r % len(modes):] + modes[: r % len(modes)]
-        out.append({m.name: timed_pass(m, data, cfg, device, epoch=r + 1) for m in turn})
-    return pd.DataFrame(out)[[m.name for m in modes]]
-
-
-# ---------------------------------------------------------------- memory
 def _status_mb(key: str) -> float:
     """VmRSS / VmHWM (peak RSS) of this process from /proc/self/status, in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -260,13 +104,9 @@ def memory_now(device: torch.device) -> tuple[float, float]:
 
 def peak_memory(name: str, args: argparse.Namespace) -> dict[str, float]:
     """One mode's memory in this process: set up, start a new peak, train one pass; MB."""
-    cfg = bench_config(args)
-    device = setup_runtime(cfg)
-    data = setup_data(cfg, args.steps)
-    teachers = teacher_models(cfg, data, device) if name.startswith("M3") else None
-    mode = build_mode(name, new_model(cfg, data, TASKS, seed=0), cfg, data, device, teachers)
-    del teachers                                        # cached mode: the teacher models are gone after the cache
-    gc.collect()
+    cfg, device, data = setup(args)
+    mode = one_mode(name, cfg, data, device)
+    gc.collect()                                        # cached mode: the teacher models are gone after the cache
     exact = reset_peak(device)
     before, _ = memory_now(device)
     timed_pass(mode, data, cfg, device, epoch=0)
@@ -284,11 +124,6 @@ def memory_in_subprocess(name: str, argv: list[str]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- the run
-def setup_data(cfg: Config, steps: int) -> FundusData:
-    """2 * `steps` batches of rows, half labeled: every mode's pass is `steps` batches (mode_rows)."""
-    return synthetic_data(2 * steps * cfg.batch_size, cfg.image_size, cfg.max_len)
-
-
 def machine(device: torch.device) -> dict[str, str]:
     """What the figures were measured on."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -333,14 +168,12 @@ def ratios_table(times: pd.DataFrame) -> pd.DataFrame:
 
 def benchmark(args: argparse.Namespace) -> dict:
     """Time every mode on the same data and the same initial model; measure each mode's peak memory."""
-    cfg = bench_config(args)
-    device = setup_runtime(cfg)
-    data = setup_data(cfg, args.steps)
+    cfg, device, data = setup(args)
     info = {**machine(device), "model": f"{cfg.backbone}, T1+T2+T3, {cfg.image_size} px, batch {cfg.batch_size}, "
             f"head {cfg.head_hidden}, LSTM {cfg.lstm_hidden}, vocab {len(data.vocab)}, max_len {cfg.max_len}, top-k {cfg.t3_topk}",
             "data": f"{len(data.images)} synthetic images in memory ({LABELED_SHARE:.0%} labeled), {args.steps} steps per pass, "
             f"{args.repeats} repeats; ceiling and M1 on labeled rows, M3 on labeled and unlabeled rows half and half"}
-    base = new_model(cfg, data, TASKS, seed=0)
+    base = base_model(cfg, data)
     teachers = teacher_models(cfg, data, device)
     modes = [build_mode(name, base, cfg, data, device, teachers) for name in MODES]
     info["soft-target cache (7 teachers, once)"] = f"{modes[2].setup_s:.1f} s for {len(modes[2].rows)} images"
@@ -367,10 +200,8 @@ def set_determinism(label: str) -> None:
 
 def knobs(args: argparse.Namespace) -> pd.DataFrame:
     """M1 images/s under 1 thread vs all usable cores x the DETERMINISM settings, interleaved in one process."""
-    cfg = bench_config(args)
-    device = setup_runtime(cfg)
-    data = setup_data(cfg, args.steps)
-    mode = build_mode("M1", new_model(cfg, data, TASKS, seed=0), cfg, data, device)
+    cfg, device, data = setup(args)
+    mode = build_mode("M1", base_model(cfg, data), cfg, data, device)
     threads0, det0 = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     fill0 = torch.utils.deterministic.fill_uninitialized_memory
     settings = [(t, d) for t in sorted({1, len(os.sched_getaffinity(0))}) for d in DETERMINISM]
@@ -395,11 +226,8 @@ def knobs(args: argparse.Namespace) -> pd.DataFrame:
 def profile(name: str, args: argparse.Namespace, rows_shown: int = 20) -> str:
     """torch.profiler's op table (self CPU time) for one pass of mode `name`, after a warm-up pass."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
-    cfg = bench_config(args)
-    device = setup_runtime(cfg)
-    data = setup_data(cfg, args.steps)
-    teachers = teacher_models(cfg, data, device) if name.startswith("M3") else None
-    mode = build_mode(name, new_model(cfg, data, TASKS, seed=0), cfg, data, device, teachers)
+    cfg, device, data = setup(args)
+    mode = one_mode(name, cfg, data, device)
     timed_pass(mode, data, cfg, device, epoch=0, limit=2 * cfg.batch_size)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:

@@ -5,9 +5,12 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from itertools import combinations
 from typing import Any
 
+from .seeds import derive_seed
+
 TASKS = ("T1", "T2", "T3")          # coarse disease, fine disease, diagnosis sentence
 # MTL baseline, MTL+KD (M1 teacher), MTL+KD (teacher ensemble), M1 retrained for as many updates as the student
 MODELS = ("M1", "M2", "M3", "M1b")
+TEACHER_HEAD_DROPOUT = 0.2          # the heads' dropout for teachers, M1 and M1b (students: Config.head_dropout)
 T3_KD = ("exact", "topk")           # T3 soft targets: full, or top-k + rest bucket | truncated top-k (ablation)
 FRACTIONS = (15, 30, 45, 60, 70)    # the paper's training fractions p, % of the labeled data
 SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2",   # torchvision names
@@ -124,6 +127,10 @@ class Config:
 
     def updated(self, **changes: Any) -> "Config":
         return replace(self, **changes)
+
+    def model_seed(self, role: str, tasks: tuple[str, ...]) -> int:
+        """The seed of one model of the run (init and data order): its own with diverse_seeds, else the run's."""
+        return derive_seed(self.seed, role, tasks) if self.diverse_seeds else self.seed
 
 
 def _check_type(f, value: Any) -> None:

@@ -76,6 +76,15 @@ def load_mask(manifest_path: str | Path, image_rel: str, mask_rel: str, size: in
     return np.asarray(Image.fromarray(square).resize((size, size), Image.Resampling.NEAREST)) > 127
 
 
+def load_samples(manifest_path: str | Path, rows: pd.DataFrame, size: int) -> tuple[np.ndarray, list]:
+    """Prepared images (N, size, size, 3) and lesion masks (or None) of some manifest rows, for figures."""
+    from .fundus import prepare_image
+    root = Path(manifest_path).parent
+    images = [prepare_image(root / r.image, size) for r in rows.itertuples()]
+    masks = [load_mask(manifest_path, r.image, r.mask, size) for r in rows.itertuples()]
+    return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), masks
+
+
 # ---------------------------------------------------------------- one experiment's data
 @dataclass
 class FundusData:

@@ -32,7 +32,7 @@ def autocast(device: torch.device):
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The one seed formula of an epoch's randomness: batch order, unlabeled share, augmentation (bench.py too)."""
+    """The one seed formula of an epoch's randomness: batch order, unlabeled share, augmentation (bench_timing too)."""
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .config import SUPPORTED_BACKBONES   # the list lives with the config checks (refused at plan time)
+from .config import SUPPORTED_BACKBONES, TEACHER_HEAD_DROPOUT   # checked with the config (refused at plan time)
 from .text import EOS_ID, PAD_ID, SOS_ID
 
 # How to cut each torchvision family into an encoder (image -> feature map) and where its last
@@ -21,7 +21,6 @@ _FAMILIES = {
     "mobilenet": dict(attr="features", cam_layer="-1"),   # features | avgpool classifier
     "efficientnet": dict(attr="features", cam_layer="-1"),
 }
-TEACHER_HEAD_DROPOUT = 0.2       # the heads' dropout for teachers, M1 and M1b (students: Config.head_dropout)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

@@ -3,39 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import presets, runs
+from . import runs
 from .config import Config
 from .data import build_image_cache, manifest_location, manifest_record
 from .io import file_sha1, read_json, write_json
 from .manifest import LabelMap, check_trainable, validate_manifest
+from .sources import resolve_source
 from .splits import load_evaluation_only, load_user_splits, make_splits, save_splits, warn_single_image_classes
-
-REPO = Path(__file__).resolve().parent.parent
-SOURCES = ("synthetic", "manifest", "odir", "csv", "folder")
-
-
-def resolve_source(source: str, source_path: str | None, options: dict | None, cfg: Config,
-                   experiment_dir: Path) -> Path:
-    """Turn any supported source into a manifest path (building the manifest where needed)."""
-    options = dict(options or {})
-    if source == "synthetic":
-        from .synthetic import ensure_synthetic
-        size = presets.synthetic_size(cfg.dataset)
-        folder = Path(source_path) if source_path else REPO / "data" / "synthetic" / cfg.dataset
-        return ensure_synthetic(folder, **{**size, **options})
-    if source_path is None:
-        raise ValueError(f"source={source!r} needs source_path (see data/README.md)")
-    if source == "manifest":
-        return Path(source_path)
-    from . import sources
-    out = runs.data_dir(experiment_dir) / "source"
-    if source == "odir":
-        return sources.from_odir_folder(source_path, out, **options)
-    if source == "csv":
-        return sources.from_csv(source_path, out, **options)
-    if source == "folder":
-        return sources.from_folder(source_path, out, **options)
-    raise ValueError(f"source={source!r}: choose one of {SOURCES}")
 
 
 def prepare_data(experiment_dir: str | Path, cfg: Config, source: str = "synthetic", source_path: str | None = None,
@@ -74,3 +48,9 @@ def refuse_other_data(data_dir: Path, expected: dict) -> None:
     if diff:
         raise FileExistsError(f"{data_dir} was prepared from other data or splits ({', '.join(diff)}: {old['manifest']}, "
                               f"split_seed={old.get('split_seed')}). Choose a new experiment_dir; nothing was overwritten.")
+
+
+def ensure_data(experiment_dir, cfg: Config) -> None:
+    """01's data/ for a notebook that can run first (07): the synthetic dataset when the experiment has none yet."""
+    if not (runs.data_dir(experiment_dir) / "dataset.json").exists():
+        prepare_data(experiment_dir, cfg)

@@ -12,21 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import runs, training
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, task_subsets
-from .data import FundusData, batch_rows, image_batch, load_data
-from .engine import eval_batch_size, pick_device
-from .io import read_json, save_figure, write_csv
-from .model import TEACHER_HEAD_DROPOUT
 from .bootstrap import paired_bootstrap
+from .config import TEACHER_HEAD_DROPOUT, Config
+from .data import FundusData, load_data
+from .io import read_json, save_figure, write_csv
 from .results import read_predictions
 from .runs import RunKey
+from .study_baselines import hard_pseudo_labels, teacher_ensemble_run
 
 METRICS = ("T1_acc", "T2_acc", "T3_bleu4")
-HARD_MARGIN = 20.0      # logit of the teacher's argmax in a hardened soft target: at tau=1 each other class gets ~2e-9
 
 
 @dataclass(frozen=True)
@@ -134,68 +130,6 @@ def run_study(experiment_dir, tasks, p: float, seeds, cfg: Config, names) -> dic
         for name in check_variants(names):
             folders[name, seed] = run_variant(experiment_dir, name, key, cfg, data)
     return folders
-
-
-# ---------------------------------------------------------------- self-training, the teacher ensemble
-def harden(store: dict) -> dict:
-    """Soft targets -> one-hot logits at the teacher's argmax (T1, T2, each T3 step), no T3 rest bucket."""
-    out = {k: v for k, v in store.items() if k != "T3_rest"}
-    for task in ("T1", "T2"):
-        if task in store:
-            z = store[task].float()                                              # (N, K, C)
-            out[task] = (torch.zeros_like(z).scatter_(-1, z.argmax(-1, keepdim=True), HARD_MARGIN)).half()
-    if "T3_val" in store:
-        val = torch.zeros_like(store["T3_val"].float())                          # (N, K, L-1, k), sorted: top first
-        val[..., 0] = HARD_MARGIN
-        out["T3_val"] = val.half()
-    return {**out, "hard": True}
-
-
-def hard_pseudo_labels(experiment_dir: Path, key: RunKey, cfg: Config, data: FundusData) -> None:
-    """Build the student's soft-target cache as usual, then harden it in place (its meta kept, so it is reused)."""
-    path = runs.soft_targets_path(runs.student_dir(experiment_dir, key))
-    if path.exists() and load_checkpoint(path).get("hard"):
-        return
-    training.student_teachers(experiment_dir, key.model, key.tasks, key.p, key.seed, cfg, data)
-    save_checkpoint(path, harden(load_checkpoint(path)))
-
-
-@torch.no_grad()
-def ensemble_probabilities(models: list, data: FundusData, rows: np.ndarray, batch_size: int,
-                           device: torch.device) -> dict[str, np.ndarray]:
-    """Mean softmax of the teachers that know each of T1/T2, on clean images: {task: (N, C)}."""
-    parts: dict[str, list[np.ndarray]] = {}
-    for b in batch_rows(rows, batch_size, shuffle=False):
-        x = image_batch(data.images, b, device)
-        feats = [m.eval().features(x) for m in models]
-        for task in ("T1", "T2"):
-            probs = [m.heads[task](f).float().softmax(-1) for m, f in zip(models, feats) if task in m.heads]
-            parts.setdefault(task, []).append(torch.stack(probs).mean(0).cpu().numpy())
-    return {task: np.concatenate(p) for task, p in parts.items()}
-
-
-def teacher_ensemble_run(experiment_dir: Path, key: RunKey, data: FundusData) -> Path:
-    """The teachers' mean probabilities scored on the test split, as predictions.csv (T1, T2; no sentence)."""
-    run = runs.study_dir(experiment_dir, "ensemble") / runs.fraction_folder(key.p, key.seed)
-    if (run / "predictions.csv").exists():
-        return run
-    models = []
-    for subset in task_subsets(key.tasks):
-        folder = runs.teacher_dir(experiment_dir, RunKey(subset, key.p, key.seed))
-        models.append(training.load_model(folder, runs.run_config(folder), data, subset))
-    cfg = runs.run_config(runs.teacher_dir(experiment_dir, key))
-    test = data.rows("test")
-    probs = ensemble_probabilities(models, data, test, eval_batch_size(cfg), pick_device(cfg.device))
-    m = data.manifest.iloc[test]
-    preds = pd.DataFrame({"image_id": m.image_id.to_numpy(), "coarse_true": m.coarse.to_numpy(),
-                          "coarse_pred": "", "fine_true": m.fine.to_numpy(), "fine_pred": "",
-                          "text_true": m.text.to_numpy(), "text_pred": "", "bleu": ""})
-    if "T1" in probs:
-        preds["coarse_pred"] = [data.labels.coarse[i] for i in probs["T1"].argmax(1)]
-    if "T2" in probs:
-        preds["fine_pred"] = [data.labels.fine[i] for i in probs["T2"].argmax(1)]
-    write_csv(preds, run / "predictions.csv")
-    return run
 
 
 # ---------------------------------------------------------------- the table
@@ -360,10 +294,3 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     cells = table.assign(cell=[cell(r) for r in table.itertuples()])
     out = cells.pivot(index="label", columns="metric", values="cell")
     return out.loc[list(dict.fromkeys(table.label)), [m for m in METRICS if m in out.columns]]
-
-
-def ensure_data(experiment_dir, cfg: Config) -> None:
-    """The study needs 01's data/: prepare the synthetic dataset when the experiment has none yet."""
-    if not (runs.data_dir(experiment_dir) / "dataset.json").exists():
-        from .prep import prepare_data
-        prepare_data(experiment_dir, cfg)

@@ -1,4 +1,4 @@
-"""The workbook's training steps: teachers (02), students M1/M2/M3 and their one test read (03), trained models back.
+"""The workbook's training steps: teachers (02), students M1/M2/M3 and their one test read (03).
 
 Each step writes into the experiment folder (mtkd_utils.runs, docs/ARCHITECTURE.md) and skips work already done,
 so any notebook can be re-run alone and a killed run resumes.
@@ -14,16 +14,14 @@ import pandas as pd
 import torch
 
 from . import runs
-from .checkpoint import load_checkpoint
 from .config import Config, task_key, task_subsets
 from .data import FundusData, load_data
-from .distill import CachedTeachers, OnlineTeachers, build_soft_targets, read_soft_targets
 from .engine import eval_batch_size, fit, pick_device, predict
-from .io import file_sha1, fingerprint, read_json, write_csv, write_json
+from .io import read_json, write_csv, write_json
 from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
 from .model import MTLModel, build_model
 from .runs import RunKey
-from .seeds import derive_seed
+from .trained import load_model, student_teachers, teachers_for
 
 BLEU_NOTE = ("T3_bleu1..4: nltk corpus BLEU, no smoothing; "
              "T3_sentence_bleu: mean nltk sentence BLEU-4, smoothing method1")
@@ -39,23 +37,9 @@ def new_model(cfg: Config, data: FundusData, tasks: tuple[str, ...], seed: int, 
     return build_model(cfg, tasks, len(data.labels.coarse), len(data.labels.fine), len(data.vocab), student)
 
 
-def model_seed(cfg: Config, role: str, tasks: tuple[str, ...]) -> int:
-    """The seed of one model of the run (init and data order): its own with diverse_seeds, else the run's."""
-    return derive_seed(cfg.seed, role, tasks) if cfg.diverse_seeds else cfg.seed
-
-
 def student_epochs(cfg: Config) -> int:
     """Student epochs: student_passes over the unlabeled pool, unlabeled_per_epoch of a pass per epoch."""
     return max(1, math.ceil(round(cfg.student_passes / cfg.unlabeled_per_epoch, 9)))
-
-
-def load_model(run: Path, cfg: Config, data: FundusData, tasks: tuple[str, ...]) -> MTLModel:
-    """A trained model from its run folder, refusing one trained for another setting."""
-    state = load_checkpoint(run / "checkpoint.pt", expect=runs.signature(data, cfg, tasks))
-    model = build_model(cfg.updated(pretrained=None), tasks, len(data.labels.coarse), len(data.labels.fine),
-                        len(data.vocab))
-    model.load_state_dict(state["model"])
-    return model.to(pick_device(cfg.device)).eval()
 
 
 def _progress(history: pd.DataFrame) -> dict:
@@ -69,7 +53,7 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
     """An MTL model on the labeled fraction (M1 when tasks is the full set)."""
     key = RunKey(tasks, p, seed)
     run, cfg = runs.teacher_dir(experiment_dir, key), cfg.updated(seed=seed)
-    own_seed = model_seed(cfg, "teacher", key.tasks)
+    own_seed = cfg.model_seed("teacher", key.tasks)
     runs.claim_run(run, cfg, runs.DISTILL_FIELDS, **teacher_meta(key, cfg))
     if (run / "metrics.json").exists():
         return run
@@ -112,56 +96,17 @@ def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config, grou
 
 def teacher_meta(key: RunKey, cfg: Config) -> dict:
     """What a teacher's config.json records beside its Config, its own seed included."""
-    own_seed = model_seed(cfg.updated(seed=key.seed), "teacher", key.tasks)
+    own_seed = cfg.updated(seed=key.seed).model_seed("teacher", key.tasks)
     return dict(role="teacher", tasks=list(key.tasks), p=key.p, seed=key.seed, model_seed=own_seed)
 
 
 # ---------------------------------------------------------------- students (03)
-def teachers_for(model_name: str, tasks: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """M2 distils from M1 alone; M3 from every non-empty task subset (M1 included)."""
-    return {"M2": [tasks], "M3": task_subsets(tasks)}[model_name]
-
-
-def _distil_rows(data: FundusData) -> np.ndarray:
-    return np.sort(np.concatenate([data.rows("train"), data.rows("unlabeled")]))
-
-
-def student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data,
-                     tau: float | None = None) -> CachedTeachers | OnlineTeachers:
-    """The student's teachers: their soft targets on clean images, computed once into the student's folder and
-    reused by every (tau, alpha) (kd_mode="cached"), or the models themselves, run on every noised batch
-    (kd_mode="online"). With t3_kd="exact" they also give the T3 rest bucket at `tau`."""
-    exact_tau = tau if cfg.t3_kd == "exact" else None
-    key = RunKey(tasks, p, seed, model_name)
-    found = {s: runs.teacher_dir(experiment_dir, RunKey(s, p, seed)) for s in teachers_for(model_name, key.tasks)}
-    for subset, run in found.items():
-        if not (run / "metrics.json").exists():
-            raise FileNotFoundError(f"teacher {task_key(subset)} at p={key.p:g}, seed={seed} is missing ({run}); "
-                                    "run 02_teachers.ipynb first")
-    if cfg.kd_mode == "online":
-        return OnlineTeachers([load_model(run, cfg, data, s) for s, run in found.items()], cfg.max_len, cfg.t3_topk,
-                              exact_tau)
-    rest_taus = cfg.tau_grid if cfg.t3_kd == "exact" else ()
-    path = runs.soft_targets_path(runs.student_dir(experiment_dir, key))
-    rows, device = _distil_rows(data), pick_device(cfg.device)
-    # What the cache was computed from: it is derived data, rebuilt when any of this changed.
-    meta = dict(teachers={task_key(s): file_sha1(r / "checkpoint.pt") for s, r in found.items()},
-                data=fingerprint(runs.signature(data, cfg, key.tasks)), max_len=cfg.max_len, t3_topk=cfg.t3_topk,
-                rows=fingerprint(rows.tolist()), rest_taus=list(rest_taus))
-    store = read_soft_targets(path)
-    if not runs.json_equal(store.get("meta"), meta):
-        models = [load_model(run, cfg, data, s) for s, run in found.items()]
-        store = load_checkpoint(build_soft_targets(models, data, rows, path, cfg.max_len, cfg.t3_topk,
-                                                   eval_batch_size(cfg), device, meta, rest_taus))
-    return CachedTeachers(store, len(data.manifest), device, exact_tau)
-
-
 def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, alpha: float, cfg: Config,
                   data: FundusData) -> dict:
     """One M2/M3 student at temperature tau and KD weight alpha; returns its validation metrics (never touches test)."""
     key = RunKey(tasks, p, seed, model_name)
     run, cfg = runs.setting_dir(runs.student_dir(experiment_dir, key), tau, alpha), cfg.updated(seed=seed)
-    own_seed = model_seed(cfg, "student", key.tasks)
+    own_seed = cfg.model_seed("student", key.tasks)
     runs.claim_run(run, cfg, ("tau_grid", "alpha_grid"), model=model_name, tasks=list(key.tasks), p=key.p, seed=seed,
                    tau=tau, alpha=alpha, model_seed=own_seed,
                    teachers=[task_key(t) for t in teachers_for(model_name, key.tasks)])
@@ -193,7 +138,7 @@ def student_budget(experiment_dir, key: RunKey) -> tuple[int, str]:
 
 def train_m1_at_budget(experiment_dir, key: RunKey, updates: int, cfg: Config, data: FundusData) -> MTLModel:
     """M1b: M1's recipe and seed (labeled rows, CE), trained for `updates` updates in the M1b run folder."""
-    run, own_seed = runs.student_dir(experiment_dir, key), model_seed(cfg, "teacher", key.tasks)
+    run, own_seed = runs.student_dir(experiment_dir, key), cfg.model_seed("teacher", key.tasks)
     model = new_model(cfg, data, key.tasks, own_seed)
     history = fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), run, cfg.epochs,
                   signature=runs.signature(data, cfg, key.tasks), desc=f"M1b ({updates} updates)", updates=updates)
@@ -245,7 +190,7 @@ def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg
     if model_name == "M1b":
         model = train_m1_at_budget(experiment_dir, key, meta["updates"], cfg, data)
         return evaluate_on_test(model, data, cfg, run, {**meta, "tau": None, "alpha": None,
-                                                        "model_seed": model_seed(cfg, "teacher", key.tasks)})
+                                                        "model_seed": cfg.model_seed("teacher", key.tasks)})
     search = pd.DataFrame([train_student(experiment_dir, model_name, key.tasks, key.p, seed, tau, alpha, cfg, data)
                            for tau, alpha in product(cfg.tau_grid, cfg.alpha_grid)])
     write_csv(search, run / "tau_search.csv")
@@ -253,30 +198,5 @@ def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg
     tau, alpha = float(best.tau), float(best.alpha)
     model = load_model(runs.setting_dir(run, tau, alpha), cfg, data, key.tasks)
     return evaluate_on_test(model, data, cfg, run, {**meta, "tau": tau, "alpha": alpha, "updates": int(best.updates),
-                                                    "model_seed": model_seed(cfg, "student", key.tasks),
+                                                    "model_seed": cfg.model_seed("student", key.tasks),
                                                     "tau_search": search.to_dict("records")})
-
-
-# ---------------------------------------------------------------- trained models back (04, 05)
-def load_student(experiment_dir, key: RunKey, device: str | None = None) -> tuple[MTLModel, FundusData]:
-    """The trained model behind a finished run, built from the run's own saved config, with its data.
-
-    M1 is its teacher; M1b its own folder; M2/M3 the student at the (tau, alpha) chosen on validation. Any --set
-    used for training (image_size, backbone, head_hidden, ...) is therefore the one the model is rebuilt with.
-    """
-    run = runs.trained_model_dir(experiment_dir, key)
-    cfg = runs.run_config(run)
-    cfg = cfg.updated(device=device) if device else cfg
-    data = load_data(experiment_dir, key.p, cfg)
-    return load_model(run, cfg, data, key.tasks), data
-
-
-def load_students(experiment_dir, keys, device: str | None = None) -> tuple[dict[str, MTLModel], FundusData]:
-    """The models of several finished runs keyed like 'M3 p=15', and the first run's data (every p shares the test
-    split); ValueError when they were trained at different image sizes, as one figure cannot show them."""
-    loaded = {key.name: load_student(experiment_dir, key, device) for key in keys}
-    sizes = {name: data.images.shape[1] for name, (_, data) in loaded.items()}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"these runs were trained at different image sizes {sizes}: analyse them separately "
-                         "(pass the runs of one size)")
-    return {name: model for name, (model, _) in loaded.items()}, next(iter(loaded.values()))[1]

@@ -10,7 +10,7 @@ import torch
 
 from . import presets
 from .config import FRACTIONS, Config
-from .data import FundusData, load_mask
+from .data import FundusData
 from .manifest import LabelMap
 from .engine import setup_runtime
 from .io import current_experiment
@@ -77,15 +77,6 @@ def sample_rows(manifest: pd.DataFrame, per_class: int, seed: int, classes: list
     order = {c: i for i, c in enumerate(classes)} if classes else {}
     return (pd.concat(picks).sort_values("coarse", key=lambda s: s.map(order).fillna(len(order)), kind="stable")
             .reset_index(drop=True))
-
-
-def load_samples(manifest_path: str | Path, rows: pd.DataFrame, size: int) -> tuple[np.ndarray, list]:
-    """Prepared images (N, size, size, 3) and lesion masks (or None) of some manifest rows, for figures."""
-    from .fundus import prepare_image
-    root = Path(manifest_path).parent
-    images = [prepare_image(root / r.image, size) for r in rows.itertuples()]
-    masks = [load_mask(manifest_path, r.image, r.mask, size) for r in rows.itertuples()]
-    return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), masks
 
 
 # ---------------------------------------------------------------- students (03)

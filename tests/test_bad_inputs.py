@@ -11,7 +11,7 @@ from mtkd_utils import batch
 from mtkd_utils.config import check_fraction
 from mtkd_utils.presets import config as preset
 from mtkd_utils.manifest import LabelMap, ManifestError, check_trainable, read_manifest, validate_manifest
-from mtkd_utils.sources import from_csv, from_folder
+from mtkd_utils.csv_folder import from_csv, from_folder
 from mtkd_utils.splits import warn_single_image_classes
 
 

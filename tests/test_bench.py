@@ -4,6 +4,9 @@ import pytest
 import torch
 
 from mtkd_utils import bench
+from mtkd_utils.bench_setup import synthetic_data
+from mtkd_utils.bench_timing import MODES
+from mtkd_utils.text import PAD_ID, SOS_ID
 
 TINY = ["--image-size", "32", "--batch-size", "4", "--steps", "2", "--repeats", "1", "--threads", "1", "--device", "cpu"]
 
@@ -20,7 +23,7 @@ def keep_torch_settings():
 def test_benchmark_reports_every_mode_with_positive_numbers():
     result = bench.benchmark(bench.parse_args(TINY + ["--no-memory"]))
     table, ratios = result["table"], result["ratios"]
-    assert list(table.index) == list(bench.MODES)
+    assert list(table.index) == list(MODES)
     assert (table[["images/s", "ms/step"]] > 0).all().all()
     assert list(ratios.index) == list(bench.TARGETS)
     assert (ratios["median"] > 0).all()
@@ -33,8 +36,8 @@ def test_peak_memory_of_a_mode_in_a_fresh_process():
 
 
 def test_synthetic_data_has_labeled_and_unlabeled_rows_with_sentences():
-    data = bench.synthetic_data(10, 32, max_len=30)
+    data = synthetic_data(10, 32, max_len=30)
     labeled = data.is_labeled_train(np.arange(10)).numpy()
     assert labeled.sum() == 5 and data.images.shape == (10, 32, 32, 3)
     assert (data.targets["T1"][~labeled] == -1).all() and (data.targets["T1"][labeled] >= 0).all()
-    assert (data.targets["T3"][labeled, 0] == bench.SOS_ID).all() and (data.targets["T3"][~labeled] == bench.PAD_ID).all()
+    assert (data.targets["T3"][labeled, 0] == SOS_ID).all() and (data.targets["T3"][~labeled] == PAD_ID).all()

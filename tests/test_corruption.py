@@ -14,6 +14,7 @@ from mtkd_utils.data import load_data
 from mtkd_utils.io import DamagedFileError, checksum_path, read_json, verify_file, write_json
 from mtkd_utils.results import collect_metrics
 from mtkd_utils.runs import RunKey, soft_targets_path, student_dir, teacher_dir
+from mtkd_utils.trained import load_model, student_teachers
 
 CFG = preset("smoke", epochs=1)
 TASKS = ("T1", "T3")
@@ -28,7 +29,7 @@ def trained(tmp_path_factory) -> Path:
     data = load_data(exp, 15, CFG)
     training.train_teacher(exp, TASKS, 15, 0, CFG, data)
     training.run_student(exp, "M1", TASKS, 15, 0, CFG, data)
-    training.student_teachers(exp, "M2", TASKS, 15, 0, CFG, data)
+    student_teachers(exp, "M2", TASKS, 15, 0, CFG, data)
     return exp
 
 
@@ -82,7 +83,7 @@ def test_a_damaged_soft_target_cache_is_rebuilt(exp, damage, capsys):
     cache = soft_targets_path(student_dir(exp, KEY.with_model("M2")))
     before = cache.read_bytes()
     damage(cache)
-    training.student_teachers(exp, "M2", TASKS, 15, 0, CFG, data)
+    student_teachers(exp, "M2", TASKS, 15, 0, CFG, data)
     assert f"WARNING {cache}: damaged" in capsys.readouterr().out
     assert verify_file(cache) and len(cache.read_bytes()) == len(before)
 
@@ -96,10 +97,10 @@ def test_a_damaged_checkpoint_is_refused_by_path_with_the_fix_that_works(exp, da
     with pytest.raises(DamagedFileError, match=f"{re.escape(str(run / 'checkpoint.pt'))}: damaged.*delete the run "
                        f"folder {re.escape(str(run))} and its batch record {re.escape(str(record))}, "
                        "then .*--retry-failed"):
-        training.load_model(run, CFG, data, TASKS)
+        load_model(run, CFG, data, TASKS)
     shutil.rmtree(run)                                              # the fix the message gives
     training.train_teacher(exp, TASKS, 15, 0, CFG, data)
-    assert training.load_model(run, CFG, data, TASKS) is not None
+    assert load_model(run, CFG, data, TASKS) is not None
 
 
 def test_a_checkpoint_damaged_before_checksums_existed_is_named(tmp_path):

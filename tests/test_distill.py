@@ -8,7 +8,7 @@ from mtkd_utils.config import TASKS, task_subsets
 from mtkd_utils.distill import OnlineTeachers, build_soft_targets, ensemble_greedy, ensemble_outputs, load_soft_targets
 from mtkd_utils.engine import MultiTaskLoss, caption_terms
 from mtkd_utils.presets import config as preset
-from mtkd_utils.training import teachers_for
+from mtkd_utils.trained import teachers_for
 from mtkd_utils.model import CaptionDecoder, build_model
 from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtkd_utils import prep, runs, training
+from mtkd_utils import prep, runs, trained, training
 from mtkd_utils.checkpoint import save_checkpoint
 from mtkd_utils.presets import config as preset
 from mtkd_utils.data import image_batch, load_data
@@ -101,12 +101,12 @@ def test_a_checkpoint_from_another_setting_is_refused(prepared, tmp_path):
     data = load_data(exp, 15, cfg)
     run = training.train_teacher(exp, ("T1",), 15, 0, cfg, data)
     with pytest.raises(ValueError, match="backbone: checkpoint has 'mobilenet_v3_small', expected 'resnet18'"):
-        training.load_model(run, cfg.updated(backbone="resnet18"), data, ("T1",))
+        trained.load_model(run, cfg.updated(backbone="resnet18"), data, ("T1",))
     with pytest.raises(ValueError, match="tasks"):
-        training.load_model(run, cfg, data, ("T1", "T2"))
+        trained.load_model(run, cfg, data, ("T1", "T2"))
     data.vocab.itos.append("newword")                          # another vocabulary (or label map) is refused too
     with pytest.raises(ValueError, match="vocab"):
-        training.load_model(run, cfg, data, ("T1",))
+        trained.load_model(run, cfg, data, ("T1",))
 
 
 def test_the_soft_target_cache_is_built_once_and_rebuilt_when_a_teacher_changes(prepared, tmp_path):
@@ -117,7 +117,7 @@ def test_the_soft_target_cache_is_built_once_and_rebuilt_when_a_teacher_changes(
     cache = runs.student_dir(exp, runs.RunKey(("T1", "T3"), 15, 0, "M2")) / "soft_targets.pt"
 
     def teachers(kd_mode="cached"):
-        return training.student_teachers(exp, "M2", ("T1", "T3"), 15, 0, cfg.updated(kd_mode=kd_mode), data)
+        return trained.student_teachers(exp, "M2", ("T1", "T3"), 15, 0, cfg.updated(kd_mode=kd_mode), data)
 
     cached, built = teachers(), cache.stat().st_mtime_ns
     teachers()

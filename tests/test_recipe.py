@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from conftest import fake_data, model_for
 
-from mtkd_utils import losses, prep, presets, runs, training
+from mtkd_utils import losses, prep, presets, runs, trained, training
 from mtkd_utils.checkpoint import load_checkpoint
 from mtkd_utils.config import TASKS, task_subsets
 from mtkd_utils.data import labeled_share_batches, load_data
@@ -234,13 +234,13 @@ def test_m1b_gets_the_students_updates_and_every_model_records_its_own_seed(smok
     per_epoch = history.updates.iloc[0]
     assert m1b["updates"] == m2["updates"] and m1b["budget_of"] == "M2"
     assert m2["updates"] <= history.updates.max() < m2["updates"] + per_epoch    # patience stretches with the budget
-    model, _ = training.load_student(smoke_experiment, RunKey(tasks, 15, 0, "M1b"))
+    model, _ = trained.load_student(smoke_experiment, RunKey(tasks, 15, 0, "M1b"))
     assert model.tasks == tasks
 
 
 def test_same_seed_teachers_for_the_ablation(smoke_experiment):
     cfg = presets.config("smoke", diverse_seeds=False)
-    assert {training.model_seed(cfg, role, s) for role in ("teacher", "student") for s in task_subsets(TASKS)} == {0}
+    assert {cfg.model_seed(role, s) for role in ("teacher", "student") for s in task_subsets(TASKS)} == {0}
     assert training.student_epochs(presets.config("smoke", student_passes=1.5, unlabeled_per_epoch=0.5)) == 3
 
 

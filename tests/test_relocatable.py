@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mtkd_utils import prep, runs, training
+from mtkd_utils import prep, runs, sources, training
 from mtkd_utils.presets import config as preset
 from mtkd_utils.data import load_data, manifest_location, manifest_record
 from mtkd_utils.io import choose_experiment, current_experiment
@@ -36,7 +36,7 @@ def test_manifest_is_stored_relative_to_the_experiment_or_the_repository(tmp_pat
 
 def test_a_moved_experiment_reads_its_own_data(tmp_path):
     """The source's manifest lies inside the experiment (as the ODIR/CSV adapters put it): move it, re-read it."""
-    source = prep.resolve_source("synthetic", None, None, CFG, tmp_path)
+    source = sources.resolve_source("synthetic", None, None, CFG, tmp_path)
     exp = tmp_path / "exp"
     shutil.copytree(source.parent, exp / "data" / "source")
     prep.prepare_data(exp, CFG, source="manifest", source_path=str(exp / "data" / "source" / "manifest.csv"))

@@ -7,7 +7,8 @@ import pytest
 from mtkd_utils.manifest import LabelMap, validate_manifest
 from conftest import ODIR_HEADER, ODIR_ROWS, odir_jpeg as _jpeg
 
-from mtkd_utils.sources import from_csv, from_folder, from_odir, from_odir_folder, odir_fine_name, split_keywords
+from mtkd_utils.csv_folder import from_csv, from_folder
+from mtkd_utils.odir import from_odir, from_odir_folder, odir_fine_name, split_keywords
 
 @pytest.fixture
 def odir(tmp_path):

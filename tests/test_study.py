@@ -8,12 +8,13 @@ import torch
 
 from conftest import run_notebook
 from mtkd_utils import study
+from mtkd_utils.study_baselines import harden
 
 
 def test_harden_puts_all_mass_on_the_teachers_argmax():
     store = {"T1": torch.tensor([[[0.1, 2.0, -1.0]]]).half(), "T3_val": torch.tensor([[[[3.0, 1.0]]]]).half(),
              "T3_rest": torch.zeros(1, 1, 1, 2), "T3_idx": torch.tensor([[[[4, 7]]]]), "meta": {"x": 1}}
-    hard = study.harden(store)
+    hard = harden(store)
     assert torch.equal(hard["T1"].float().softmax(-1).round(), torch.tensor([[[0.0, 1.0, 0.0]]]))
     assert torch.equal(hard["T3_val"].float().softmax(-1).round(), torch.tensor([[[[1.0, 0.0]]]]))
     assert "T3_rest" not in hard and hard["hard"] and hard["meta"] == {"x": 1}     # meta kept: the cache is reused
