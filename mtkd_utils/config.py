@@ -44,6 +44,8 @@ class Config:
     weight_decay: float = 1e-4
     patience: int = 4                   # early stopping on the validation score (epochs without gain)
     min_steps: int = 0                  # at least this many updates per model (epochs stretched for small fractions)
+    val_every: int = 0                  # at least this many updates between validations (0: every epoch); a small
+                                        # fraction's epoch is a few updates, and each validation costs ~10 of them
     task_weights: dict[str, float] = field(default_factory=lambda: {"T1": 1.0, "T2": 1.0, "T3": 1.0})
     augment: bool = True                # teachers / M1: a small shift and brightness jitter per batch (no flips)
     # distillation
@@ -91,7 +93,7 @@ class Config:
                      "head_hidden", "embed_dim", "lstm_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be a positive integer")
-        for name in ("threads", "min_steps", "seed", "split_seed"):
+        for name in ("threads", "min_steps", "val_every", "seed", "split_seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be an integer >= 0")
         self._check_optimisation()

@@ -250,9 +250,12 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
         state = ck["progress"]
     val_rows, loss_fn = data.rows("val"), MultiTaskLoss(data, cfg.task_weights, alpha, tau, teachers)
     baselines = train_baselines(data)              # the constant answers the validation score measures skill against
+    check_every = max(1, math.ceil(cfg.val_every / per_epoch))     # epochs between validations
     for epoch in range(state["epoch"], epochs):
         batches = TrainBatches(data, train_rows, cfg, epoch, device, unlabeled_rows, student)
         loss = train_one_epoch(model, batches, optimizer, scheduler, loss_fn, f"{desc} epoch {epoch + 1}")
+        if (epoch + 1) % check_every and epoch + 1 < epochs:
+            continue
         val = task_metrics(predict(model, data, val_rows, eval_batch_size(cfg), cfg.max_len, 1, device), data.labels)
         score = val_score(val, model.tasks, baselines)
         state["history"].append(dict(epoch=epoch + 1, updates=(epoch + 1) * per_epoch, train_loss=loss,
@@ -262,7 +265,7 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
             save_checkpoint(run_dir / "checkpoint.pt", dict(model=model.state_dict(), signature=signature or {},
                                                             epoch=epoch + 1, val_score=score, config=cfg.to_dict()))
         else:
-            state["bad_epochs"] += 1
+            state["bad_epochs"] += check_every
         state["epoch"] = epoch + 1
         save_checkpoint(last, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                    scheduler=scheduler.state_dict(), rng=torch.get_rng_state(), progress=state,

@@ -52,9 +52,10 @@ def statuses(cells) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the grid
 
-# demo / smoke: p=15 trains M1 + M3's other teachers and M1, M2, M3, M1b; p=70 M1 alone (kd_p);
-# paper: 15 (p, seed) points x (full, subsets) teacher runs, x 4 combinations x 4 models
-@pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 3, 5), ("demo", 3, 5), ("paper", 30, 240)])
+# smoke: p=15 trains M1 + M3's other teachers and M1, M2, M3, M1b; p=70 M1 alone (kd_p); the demo the same at
+# p=5, and M1 alone at p=15 and 70; paper: 15 (p, seed) points x (full, subsets) teacher runs, x 4 combinations
+# x 4 models
+@pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 3, 5), ("demo", 4, 6), ("paper", 30, 240)])
 def test_grid_counts(preset, n_teachers, n_students, tmp_path):
     cells = batch.expand_grid(preset, tmp_path)
     stages = Counter(c.stage for c in cells)
@@ -88,6 +89,7 @@ def test_paper_grid_shares_teachers(tmp_path):
 def test_fractions_outside_kd_p_train_m1_alone(tmp_path):
     cells = {c.name: c for c in batch.expand_grid("demo", tmp_path)}
     assert {n for n in cells if "p70" in n} == {"teachers/p70_s0/T1+T2+T3", "students/T1+T2+T3/p70_s0/M1"}
+    assert {n for n in cells if "p5_" in n} >= {"teachers/p5_s0/subsets", "students/T1+T2+T3/p5_s0/M1b"}
     assert cells["teachers/p70_s0/T1+T2+T3"].parameters["group"] == "full"
     # --p names fractions: each gets the whole method unless --kd-p says otherwise
     named = batch.expand_grid("demo", tmp_path, dims=dict(p=[30, 70]))
@@ -112,14 +114,14 @@ def test_cell_parameters_and_folders(tmp_path):
     # each model from its run's config.json
     assert cells["data/all"].parameters == {"experiment_dir": exp, "preset": "demo", "overrides": {"epochs": 3}}
     assert "overrides" not in cells["gradcam/all"].parameters
-    assert cells["teachers/p15_s0/subsets"].parameters == {"experiment_dir": exp, "preset": "demo",
-                                                           "tasks": "T1+T2+T3", "group": "subsets", "p": 15,
-                                                           "seed": 0, "overrides": {"epochs": 3}}
-    student = cells["students/T1+T2+T3/p15_s0/M3"]
-    assert student.parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3", "p": 15, "seed": 0,
+    assert cells["teachers/p5_s0/subsets"].parameters == {"experiment_dir": exp, "preset": "demo",
+                                                          "tasks": "T1+T2+T3", "group": "subsets", "p": 5,
+                                                          "seed": 0, "overrides": {"epochs": 3}}
+    student = cells["students/T1+T2+T3/p5_s0/M3"]
+    assert student.parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3", "p": 5, "seed": 0,
                                   "models": ["M3"], "overrides": {"epochs": 3}}
     assert student.notebook == "notebooks/03_student_mtl_kd.ipynb"
-    assert student.run_dir == tmp_path.resolve() / "runs" / "students" / "T1+T2+T3" / "p15_s0" / "M3"
+    assert student.run_dir == tmp_path.resolve() / "runs" / "students" / "T1+T2+T3" / "p5_s0" / "M3"
     assert student.output_notebook.name == "03_student_mtl_kd.ipynb"
     assert cells["results/all"].parameters == {"experiment_dir": exp, "preset": "demo"}
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -176,3 +177,13 @@ def test_tau_and_early_stopping_never_read_test_labels(prepared, tmp_path):
         searches.append([training.train_student(exp, "M2", ("T1", "T2", "T3"), 15, 0, tau, alpha, cfg, data)
                          for tau in cfg.tau_grid for alpha in cfg.alpha_grid])
     assert searches[0] == searches[1]
+
+
+def test_val_every_spaces_the_validations_and_keeps_the_last(prepared, tmp_path):
+    exp = copy_experiment(prepared, tmp_path / "spaced")
+    cfg = CFG.updated(val_every=2)                      # smoke at p=15: one update per epoch -> every 2nd epoch
+    data = load_data(exp, 15, cfg)
+    run = training.train_teacher(exp, ("T1",), 15, 0, cfg, data)
+    history = pd.read_csv(run / "history.csv")
+    assert list(history.updates / history.epoch) == [1.0] * len(history)   # the premise: one update per epoch
+    assert list(history.epoch) == [2, 4, 5]             # every 2nd epoch, and always the last
