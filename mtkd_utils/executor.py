@@ -106,8 +106,13 @@ def connect(scheduler: str = "dask", *, workers: int | None = None, gpus: list[s
         raise ValueError(f"--scheduler {scheduler!r}: choose one of {SCHEDULERS}")
     if scheduler == "sync":
         return None, False
+    import dask
     from distributed import Client
 
+    # A run takes minutes: a worker gets its next run only when it is free, so that the grid's priorities (the
+    # longest chains first) decide what starts, not which worker a queued run happened to land on. A scheduler
+    # given by address keeps its own setting (set it there: distributed.scheduler.worker-saturation: 1.0).
+    dask.config.set({"distributed.scheduler.worker-saturation": 1.0})
     if scheduler_address:
         client = Client(scheduler_address)
         info = client.scheduler_info()["workers"].values()
@@ -137,10 +142,19 @@ def _task(run: NotebookRun, kernel_name: str, cwd: str, known: dict[str, str | N
     return run.name, run_or_skip(run, {**known, **dict(parents)}, kernel_name, cwd)
 
 
+def chain_lengths(runs: list[NotebookRun]) -> dict[str, int]:
+    """Per run, the most runs on a path from it to the end of the grid (itself included): the critical path."""
+    length: dict[str, int] = {}
+    for run in reversed(runs):                      # grid order is topological: children come later
+        children = [length[r.name] for r in runs if run.name in r.deps]
+        length[run.name] = 1 + max(children, default=0)
+    return length
+
+
 def _submit(client, runs: list[NotebookRun], status: dict[str, str | None], kernel_name: str, cwd: str,
             gpu: bool) -> dict:
     """One task per run that executes this time, in grid order; returns {future: run}."""
-    futures, by_name = {}, {}
+    futures, by_name, chain = {}, {}, chain_lengths(runs)
     token = uuid.uuid4().hex[:8]   # a fresh key per runner: a long-lived scheduler remembers old keys
     for i, run in enumerate(runs):
         if status[run.name] is not None:
@@ -149,7 +163,7 @@ def _submit(client, runs: list[NotebookRun], status: dict[str, str | None], kern
         known = {d: status.get(d, DONE) for d in run.deps if d not in by_name}
         future = client.submit(
             _task, run, kernel_name, cwd, known, *parents, key=f"mtkd-{run.name}-{token}", pure=False,
-            priority=len(runs) - i,   # ties go to the grid's order: seed 0 completes first
+            priority=chain[run.name] * len(runs) - i,   # the longest chain of runs first; ties in grid order
             resources={"GPU": 1} if gpu and run.stage in GPU_STAGES else None)
         futures[future], by_name[run.name] = run, future
     return futures

@@ -114,3 +114,12 @@ def test_two_workers_racing_on_one_run_folder_cannot_both_claim_it(tmp_path):
         # the folder records the settings of the one that claimed it
         assert json.loads((tmp_path / str(i) / "config.json").read_text())["config"]["epochs"] == winners[0]
     assert not list(tmp_path.glob("*/.config.json.*.tmp"))
+
+
+def test_the_longest_chains_start_first(tmp_path):
+    runs = grid.expand_grid("demo", tmp_path)
+    chain = executor.chain_lengths(runs)
+    # data -> p=5 teachers -> M2 / M3 -> M1b -> analyses: the p=5 teachers outrank the M1-only fractions'
+    assert chain["data/all"] == 5 and chain["teachers/p5_s0/subsets"] == 4 and chain["teachers/p70_s0/T1+T2+T3"] == 3
+    assert chain["students/T1+T2+T3/p5_s0/M3"] == 3 and chain["students/T1+T2+T3/p5_s0/M1b"] == 2
+    assert {chain[r.name] for r in runs if r.stage in grid.ANALYSES} == {1}
