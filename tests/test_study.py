@@ -56,7 +56,7 @@ def test_the_conclusion_follows_the_numbers():
 
 
 def test_notebook_07_runs_on_smoke(tmp_path):
-    run_notebook("07_when_kd_pays.ipynb", tmp_path, seeds=[0], ps=[15], curve_passes=2.0, n_boot=200)
+    run_notebook("07_when_kd_pays.ipynb", tmp_path, p=15, seeds=[0], ps=[15], curve_passes=2.0, n_boot=200)
     table = pd.read_csv(tmp_path / "study" / "study.csv")
     assert list(dict.fromkeys(table.variant)) == list(study.VARIANTS) and len(table) == 3 * len(study.VARIANTS)
     m3 = json.loads((tmp_path / "students" / "T1+T2+T3" / "p15_s0" / "M3" / "metrics.json").read_text())
