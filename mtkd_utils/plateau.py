@@ -20,17 +20,10 @@ from .config import TASKS
 from .data import load_data
 from .engine import fit, setup_runtime
 from .presets import config as preset_config
+from .results import last_quarter_gain
 from .training import new_model
 
 SHOWN = ["val_score", "val_T1_acc", "val_T2_acc", "val_T3_bleu4"]
-
-
-def last_quarter_gain(history: pd.DataFrame) -> float:
-    """Best validation score in the last quarter of the updates minus the best before it."""
-    late = history.updates > 0.75 * history.updates.iloc[-1]
-    if late.all() or not late.any():
-        return float("nan")
-    return float(history.val_score[late].max() - history.val_score[~late].max())
 
 
 def curve(experiment_dir: str | Path, p: float, updates: int, preset: str = "demo", **overrides) -> pd.DataFrame:
@@ -47,7 +40,7 @@ def summary(history: pd.DataFrame, p: float, updates: int) -> dict:
     """The end of one curve: best validation metrics (at the best score), where it came, the last quarter's gain."""
     best = history.loc[history.val_score.idxmax()]
     return dict(p=p, schedule=updates, n_val=int(best.val_n), best_at=int(best.updates),
-                **{k: round(float(best[k]), 3) for k in SHOWN}, last_quarter_gain=round(last_quarter_gain(history), 3))
+                **{k: round(float(best[k]), 3) for k in SHOWN}, last_quarter_gain=round(last_quarter_gain(history.val_score), 3))
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
