@@ -1,8 +1,9 @@
 """Where the grid runs: in this process one run after another (`sync`), or as a Dask task graph on the cores
 of this machine, its GPUs, a running Dask scheduler or a batch-queue cluster (Slurm, PBS, SGE, LSF).
 
-Each notebook run is one Dask task whose dependencies are the runs it needs: a run starts as soon as its
-parents finished, a failed run skips only its descendants. The tasks share nothing but the experiment
+Each notebook run is one Dask task, submitted as soon as the runs it needs have finished (then it is a ready
+task with no Dask dependency, so the scheduler queues it and hands it to the next free worker by priority: the
+longest chain of runs after it first); a failed run skips only its descendants. The tasks share nothing but the experiment
 folder (records, run folders), so every worker must see it at the same path.
 """
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from .grid import (DONE, FAILED, GPU_STAGES, KERNEL_NAME, REPO_ROOT, SKIPPED, NotebookRun, check_finished_parameters,
-                   counts, plan, record_crash, run_or_skip, skip, summary)
+from .grid import (DONE, GPU_STAGES, KERNEL_NAME, REPO_ROOT, NotebookRun, check_finished_parameters, counts,
+                   failed_dependency, plan, record_crash, run_or_skip, skip, summary)
 
 SCHEDULERS = ("dask", "sync")
 JOBQUEUES = {   # --cluster -> dask-jobqueue class and the job directive that asks for n GPUs
@@ -137,9 +138,9 @@ def close(client) -> None:
 
 # ---------------------------------------------------------------- running the graph
 
-def _task(run: NotebookRun, kernel_name: str, cwd: str, known: dict[str, str | None], *parents: tuple[str, str]):
-    """A Dask task: the run's dependencies arrive as (name, status) of the parent tasks."""
-    return run.name, run_or_skip(run, {**known, **dict(parents)}, kernel_name, cwd)
+def _task(run: NotebookRun, kernel_name: str, cwd: str, parents: dict[str, str | None]) -> tuple[str, str]:
+    """A Dask task: one notebook run, given the final status of the runs it needs."""
+    return run.name, run_or_skip(run, parents, kernel_name, cwd)
 
 
 def chain_lengths(runs: list[NotebookRun]) -> dict[str, int]:
@@ -151,56 +152,52 @@ def chain_lengths(runs: list[NotebookRun]) -> dict[str, int]:
     return length
 
 
-def _submit(client, runs: list[NotebookRun], status: dict[str, str | None], kernel_name: str, cwd: str,
-            gpu: bool) -> dict:
-    """One task per run that executes this time, in grid order; returns {future: run}."""
-    futures, by_name, chain = {}, {}, chain_lengths(runs)
-    token = uuid.uuid4().hex[:8]   # a fresh key per runner: a long-lived scheduler remembers old keys
-    for i, run in enumerate(runs):
-        if status[run.name] is not None:
-            continue
-        parents = [by_name[d] for d in run.deps if d in by_name]
-        known = {d: status.get(d, DONE) for d in run.deps if d not in by_name}
-        future = client.submit(
-            _task, run, kernel_name, cwd, known, *parents, key=f"mtkd-{run.name}-{token}", pure=False,
-            priority=chain[run.name] * len(runs) - i,   # the longest chain of runs first; ties in grid order
-            resources={"GPU": 1} if gpu and run.stage in GPU_STAGES else None)
-        futures[future], by_name[run.name] = run, future
-    return futures
+def submit_run(client, run: NotebookRun, parents: dict[str, str | None], kernel_name: str, cwd: str, gpu: bool,
+               priority: int, token: str):
+    """One run as a Dask task (asking for a GPU where the stage trains or explains a model)."""
+    return client.submit(_task, run, kernel_name, cwd, parents, key=f"mtkd-{run.name}-{token}", pure=False,
+                         priority=priority, resources={"GPU": 1} if gpu and run.stage in GPU_STAGES else None)
+
+
+def run_dask(runs: list[NotebookRun], status: dict[str, str | None], client, *, kernel_name: str, cwd: str,
+             gpu: bool, bar) -> None:
+    """Each run becomes a Dask task once every run it needs has finished; ready runs queue on the scheduler, and
+    a free worker takes the one with the longest chain of runs after it (ties: grid order). Updates `status`."""
+    from distributed import as_completed
+
+    chain, token = chain_lengths(runs), uuid.uuid4().hex[:8]   # a fresh key per runner: schedulers remember keys
+    waiting = [r for r in runs if status[r.name] is None]
+    bar.update(len(runs) - len(waiting))
+    futures, running = {}, as_completed()
+
+    def start_ready() -> None:
+        for run in [r for r in waiting if all(status.get(d, DONE) is not None for d in r.deps)]:
+            waiting.remove(run)
+            blocker = failed_dependency(run, status)
+            if blocker:                                  # no worker needed to say so
+                status[run.name] = skip(run, blocker)
+                bar.update(1)
+                continue
+            parents = {d: status.get(d, DONE) for d in run.deps}
+            future = submit_run(client, run, parents, kernel_name, cwd, gpu,
+                                chain[run.name] * len(runs) - runs.index(run), token)
+            futures[future] = run
+            running.add(future)
+        bar.set_postfix_str(counts(status))
+
+    start_ready()
+    for future in running:
+        run = futures.pop(future)
+        # a task that raised: its worker died (killed, out of memory); the notebook's own errors are recorded
+        status[run.name] = future.result()[1] if future.status == "finished" else record_crash(run, _task_error(future))
+        bar.set_description(run.name)
+        bar.update(1)
+        start_ready()
 
 
 def _task_error(future) -> BaseException:
     """Why a task did not finish: the exception a dead worker left, or the state it ended in."""
     return future.exception() if future.status == "error" else RuntimeError(f"Dask task {future.status}")
-
-
-def _settle_errors(errored: list[NotebookRun], futures: dict, status: dict[str, str | None]) -> None:
-    """Tasks that raised (a worker died): the first of a chain failed, the ones after it are skipped."""
-    by_run = {r.name: f for f, r in futures.items()}
-    for run in errored:   # in grid order: parents first
-        blocker = next((d for d in run.deps if status.get(d) in (FAILED, SKIPPED)), None)
-        status[run.name] = skip(run, blocker) if blocker else record_crash(run, _task_error(by_run[run.name]))
-
-
-def run_dask(runs: list[NotebookRun], status: dict[str, str | None], client, *, kernel_name: str, cwd: str,
-             gpu: bool, bar) -> None:
-    """Submit the runs as a task graph and follow them to the end, updating `status` and the progress bar."""
-    from distributed import as_completed
-
-    futures = _submit(client, runs, status, kernel_name, cwd, gpu)
-    bar.update(len(runs) - len(futures))
-    bar.set_postfix_str(counts(status))
-    errored = []
-    for future in as_completed(list(futures)):
-        run = futures[future]
-        if future.status == "finished":
-            status[run.name] = future.result()[1]
-            bar.set_description(run.name)
-        else:
-            errored.append(run)
-        bar.set_postfix_str(counts(status))
-        bar.update(1)
-    _settle_errors(sorted(errored, key=runs.index), futures, status)
 
 
 def run_sync(runs: list[NotebookRun], status: dict[str, str | None], *, kernel_name: str, cwd: str, bar) -> None:
