@@ -420,19 +420,19 @@ def named_runs(experiment_dir: str | Path, tasks: str | None = None, seed: int =
             for r in df[pick].sort_values(["p", "model"]).itertuples()}
 
 
-def metric_figures(experiment_dir: str | Path, out_dir: str | Path, ps: Sequence[float] = (15, 70), seed: int = 0,
+def metric_figures(experiment_dir: str | Path, out_dir: str | Path, ps: Sequence[float] | None = None, seed: int = 0,
                    calibration_models: Sequence[str] = ("M1", "M3")) -> list:
     """ROC curves per disease (M1/M2/M3 at each p), the reliability diagram (M1 vs M3) and confusion heatmaps
     (T1, and T2 grouped by coarse class, for each model at the largest p); PNG (300 dpi) + PDF under out_dir.
 
-    p values absent from the experiment are skipped (all present p when none of `ps` is). Runs saved before
-    probabilities were (no probs_T1.npy) get confusion heatmaps only.
+    ps: default the smallest and the largest p of the experiment; values absent from it are skipped (all present
+    p when none of `ps` is). Runs saved before probabilities were (no probs_T1.npy) get confusion heatmaps only.
     """
     from . import plots
     from .metrics import class_indices, confusion
 
-    present = {float(p) for p in collect_metrics(experiment_dir)["p"]}
-    ps = [float(p) for p in ps if float(p) in present] or sorted(present)
+    present = sorted({float(p) for p in collect_metrics(experiment_dir)["p"]})
+    ps = [float(p) for p in (ps or (present[0], present[-1])) if float(p) in present] or present
     labels, runs, figs = load_labels(experiment_dir), named_runs(experiment_dir, seed=seed, ps=ps), []
     t1 = {name: (preds, probs["T1"]) for name, (preds, probs) in runs.items() if "T1" in probs}
     if t1:
