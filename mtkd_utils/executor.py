@@ -1,9 +1,8 @@
 """Where the grid runs: in this process one run after another (`sync`), or as a Dask task graph on the cores
 of this machine, its GPUs, a running Dask scheduler or a batch-queue cluster (Slurm, PBS, SGE, LSF).
 
-Each notebook run is one Dask task, submitted as soon as the runs it needs have finished (then it is a ready
-task with no Dask dependency, so the scheduler queues it and hands it to the next free worker by priority: the
-longest chain of runs after it first); a failed run skips only its descendants. The tasks share nothing but the experiment
+Each notebook run is one Dask task, submitted once the runs it needs have finished and a worker thread is free
+for it, the run with the longest chain of runs after it first; a failed run skips only its descendants. The tasks share nothing but the experiment
 folder (records, run folders), so every worker must see it at the same path.
 """
 from __future__ import annotations
@@ -107,13 +106,8 @@ def connect(scheduler: str = "dask", *, workers: int | None = None, gpus: list[s
         raise ValueError(f"--scheduler {scheduler!r}: choose one of {SCHEDULERS}")
     if scheduler == "sync":
         return None, False
-    import dask
     from distributed import Client
 
-    # A run takes minutes: a worker gets its next run only when it is free, so that the grid's priorities (the
-    # longest chains first) decide what starts, not which worker a queued run happened to land on. A scheduler
-    # given by address keeps its own setting (set it there: distributed.scheduler.worker-saturation: 1.0).
-    dask.config.set({"distributed.scheduler.worker-saturation": 1.0})
     if scheduler_address:
         client = Client(scheduler_address)
         info = client.scheduler_info()["workers"].values()
@@ -161,25 +155,28 @@ def submit_run(client, run: NotebookRun, parents: dict[str, str | None], kernel_
 
 def run_dask(runs: list[NotebookRun], status: dict[str, str | None], client, *, kernel_name: str, cwd: str,
              gpu: bool, bar) -> None:
-    """Each run becomes a Dask task once every run it needs has finished; ready runs queue on the scheduler, and
-    a free worker takes the one with the longest chain of runs after it (ties: grid order). Updates `status`."""
+    """Each run becomes a Dask task once every run it needs has finished, and only when a worker thread is free
+    for it: then the ready run with the longest chain of runs after it goes first (ties: grid order). Dask places
+    any task it is given at once (a lone task is no 'root-ish' task it would queue), so holding the rest back
+    here is what lets the critical path start first. Updates `status`."""
     from distributed import as_completed
 
     chain, token = chain_lengths(runs), uuid.uuid4().hex[:8]   # a fresh key per runner: schedulers remember keys
-    waiting = [r for r in runs if status[r.name] is None]
+    waiting = sorted((r for r in runs if status[r.name] is None), key=lambda r: (-chain[r.name], runs.index(r)))
     bar.update(len(runs) - len(waiting))
     futures, running = {}, as_completed()
 
     def start_ready() -> None:
         for run in [r for r in waiting if all(status.get(d, DONE) is not None for d in r.deps)]:
+            if len(futures) >= max(1, sum(client.nthreads().values())):
+                break
             waiting.remove(run)
             blocker = failed_dependency(run, status)
             if blocker:                                  # no worker needed to say so
                 status[run.name] = skip(run, blocker)
                 bar.update(1)
                 continue
-            parents = {d: status.get(d, DONE) for d in run.deps}
-            future = submit_run(client, run, parents, kernel_name, cwd, gpu,
+            future = submit_run(client, run, {d: status.get(d, DONE) for d in run.deps}, kernel_name, cwd, gpu,
                                 chain[run.name] * len(runs) - runs.index(run), token)
             futures[future] = run
             running.add(future)

@@ -294,3 +294,13 @@ def test_the_readme_reports_the_span_of_overlapping_runs(tmp_path):
                  ).to_csv(runs / "summary.csv", index=False)
     assert _timings(tmp_path) == ("Wall time of the whole grid, first start to last end: 1.5 min "
                                   "(3 notebook runs, 2.5 min of notebook time).")
+
+
+def test_a_free_worker_takes_the_longest_chain_first(tmp_path, dummy):
+    exp = tmp_path / "exp"
+    # p=70 comes first in the grid, but p=15's teachers head the longer chains (M2, M3, then M1b)
+    argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--workers", "1",
+            "--p", "70", "15", "--kd-p", "15"]
+    assert batch.main(argv, dummy) == 0
+    ran = [json.loads(line) for line in (exp / "executions.txt").read_text().splitlines()]
+    assert [(r["p"], r["models"]) for r in ran[:4]] == [(None, None), (15, None), (15, None), (70, None)]
