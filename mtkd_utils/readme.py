@@ -13,7 +13,7 @@ from PIL import Image
 
 from .config import TASKS, task_key
 from .io import atomic_path, read_json
-from .runs import analysis_dir, data_dir, student_runs
+from .runs import analysis_dir, study_dir, data_dir, student_runs
 from .results import (baseline_note, ci_table, collect_metrics, comparison_table, constant_baseline, table1,
                       to_markdown, training_progress)
 from .splits import load_splits
@@ -27,6 +27,7 @@ FIGURES = {  # experiment file -> name under docs/figures
     "analysis/examples.png": "error_examples.jpg",
     "results/roc_T1.png": "roc_T1.png",
     "results/reliability_T1.png": "reliability_T1.png",
+    "study/study.png": "study.png",
 }
 README_TABLE1 = ("T1_acc", "T2_acc", "T2_balanced_acc", "T2_macro_f1", "T3_bleu4")   # T2: what accuracy hides
 README_CI_METRICS = ("T1_auroc", "T1_kappa", "T1_ece", "T2_balanced_acc", "T3_rougeL")   # beside Table 1, with CIs
@@ -201,6 +202,26 @@ def _metric_cis(exp: Path, rel: Path) -> list[str]:
     return parts
 
 
+def _with_ci(values: pd.Series, lo: pd.Series, hi: pd.Series) -> list[str]:
+    """'+0.044 [+0.018, +0.070]' per row; empty where there is no value."""
+    return [f"{v:+.3f} [{a:+.3f}, {b:+.3f}]" if pd.notna(v) else "" for v, a, b in zip(values, lo, hi)]
+
+
+def _study(exp: Path, rel: Path) -> list[str]:
+    """Notebook 07's table (T1, each variant against M1 and the ingredient's cost to M3) and figure, when it ran."""
+    path = study_dir(exp) / "study.csv"
+    if not path.exists():
+        return []
+    t = pd.read_csv(path)
+    t = t[t.metric == "T1_acc"]
+    table = pd.DataFrame({"variant": t.label, "T1_acc": t.score.round(3),
+                          "− M1 [95 % CI]": _with_ci(t.minus_M1, t.lo, t.hi),
+                          "M3 − variant [95 % CI]": _with_ci(t.M3_minus, t.M3_lo, t.M3_hi), "seeds": t.n_seeds})
+    return ["", f"**Notebook 07, when KD pays** (`make study`; T1 on the test split, paired bootstrap pooled over "
+            f"{int(t.n_seeds.max())} seed(s); the ablations remove one ingredient from M3; all metrics in "
+            "`study/study.csv`):", "", to_markdown(table), "", f"![the study]({rel}/study.png)"]
+
+
 def section(exp: Path, figures_dir: Path) -> str:
     """The markdown of the results section, figures copied beside it."""
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +246,7 @@ def section(exp: Path, figures_dir: Path) -> str:
              "scaled to the image (Zhang et al. 2016), chance `pointing_chance`; energy inside the mask, chance "
              "`mask_share`; the randomised row is the sanity check):", "",
              _localisation(exp), "", f"![Grad-CAM figure]({rel}/gradcam_M3.jpg)"]
-    parts += _metric_cis(exp, rel) + _comparisons(exp)
+    parts += _metric_cis(exp, rel) + _comparisons(exp) + _study(exp, rel)
     return "\n".join(parts)
 
 

@@ -437,3 +437,19 @@ def test_kd_comparisons_only_where_both_runs_exist(tmp_path):
     comparisons.to_csv(exp / "results" / "kd_comparisons.csv", index=False)
     assert "| T1+T3 | 15 | 0 | M3 − M1b | +0.050 [" in "\n".join(readme._comparisons(exp))
     assert results.kd_comparisons(tmp_path / "none", ["T1_acc"]).empty
+
+
+def test_the_readme_shows_the_study_when_07_ran(tmp_path):
+    from mtkd_utils import readme
+
+    assert readme._study(tmp_path, Path("docs/figures")) == []           # no study: nothing
+    rows = [dict(variant="M1", label="M1 (to convergence)", metric="T1_acc", score=0.68, minus_M1=0.0, lo=0.0, hi=0.0,
+                 M3_minus=float("nan"), M3_lo=float("nan"), M3_hi=float("nan"), n_seeds=1),
+            dict(variant="no_noise", label="M3, no student noise", metric="T1_acc", score=0.70, minus_M1=0.02,
+                 lo=-0.01, hi=0.05, M3_minus=0.021, M3_lo=0.004, M3_hi=0.038, n_seeds=1),
+            dict(variant="no_noise", label="M3, no student noise", metric="T2_acc", score=0.4, minus_M1=0.0, lo=0.0,
+                 hi=0.0, M3_minus=0.0, M3_lo=0.0, M3_hi=0.0, n_seeds=1)]
+    write_csv(pd.DataFrame(rows), tmp_path / "study" / "study.csv")
+    text = "\n".join(readme._study(tmp_path, Path("docs/figures")))
+    assert "| M3, no student noise | 0.7 | +0.020 [-0.010, +0.050] | +0.021 [+0.004, +0.038] | 1 |" in text
+    assert "T2_acc" not in text and "![the study](docs/figures/study.png)" in text
