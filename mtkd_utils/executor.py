@@ -167,15 +167,15 @@ def run_dask(runs: list[NotebookRun], status: dict[str, str | None], client, *, 
     futures, running = {}, as_completed()
 
     def start_ready() -> None:
+        while blocked := [r for r in waiting if failed_dependency(r, status)]:   # a skip blocks its children in turn
+            for run in blocked:                          # no worker needed to say so
+                waiting.remove(run)
+                status[run.name] = skip(run, failed_dependency(run, status))
+                bar.update(1)
         for run in [r for r in waiting if all(status.get(d, DONE) is not None for d in r.deps)]:
             if len(futures) >= max(1, sum(client.nthreads().values())):
                 break
             waiting.remove(run)
-            blocker = failed_dependency(run, status)
-            if blocker:                                  # no worker needed to say so
-                status[run.name] = skip(run, blocker)
-                bar.update(1)
-                continue
             future = submit_run(client, run, {d: status.get(d, DONE) for d in run.deps}, kernel_name, cwd, gpu,
                                 chain[run.name] * len(runs) - runs.index(run), token)
             futures[future] = run
