@@ -24,7 +24,7 @@ demo: $(KERNEL)            ## the whole workbook on the synthetic default, one D
 	$(PY) -m mtkd_utils.batch --preset demo $(ARGS)
 
 test: $(KERNEL)            ## unit tests + the notebooks end to end on the smoke preset
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest
 
 lab: $(KERNEL)             ## JupyterLab at the repository root, on 127.0.0.1 with a token, offering the mtkd kernel
 	$(PY) -m mtkd_utils.lab $(LAB_ARGS)
