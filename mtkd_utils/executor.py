@@ -2,8 +2,8 @@
 of this machine, its GPUs, a running Dask scheduler or a batch-queue cluster (Slurm, PBS, SGE, LSF).
 
 Each notebook run is one Dask task, submitted once the runs it needs have finished and a worker thread is free
-for it, the run with the longest chain of runs after it first; a failed run skips only its descendants. The tasks share nothing but the experiment
-folder (records, run folders), so every worker must see it at the same path.
+for it, the run with the longest chain of runs after it first; a failed run skips only its descendants. The tasks
+share nothing but the experiment folder (records, run folders), so every worker must see it at the same path.
 """
 from __future__ import annotations
 
@@ -172,9 +172,8 @@ def run_dask(runs: list[NotebookRun], status: dict[str, str | None], client, *, 
                 waiting.remove(run)
                 status[run.name] = skip(run, failed_dependency(run, status))
                 bar.update(1)
-        for run in [r for r in waiting if all(status.get(d, DONE) is not None for d in r.deps)]:
-            if len(futures) >= max(1, sum(client.nthreads().values())):
-                break
+        free = max(1, sum(client.nthreads().values())) - len(futures)   # one scheduler call, not one per run
+        for run in [r for r in waiting if all(status.get(d, DONE) is not None for d in r.deps)][:max(0, free)]:
             waiting.remove(run)
             future = submit_run(client, run, {d: status.get(d, DONE) for d in run.deps}, kernel_name, cwd, gpu,
                                 chain[run.name] * len(runs) - runs.index(run), token)

@@ -14,8 +14,8 @@ from PIL import Image
 from .config import TASKS, task_key
 from .io import atomic_path, read_json
 from .runs import analysis_dir, study_dir, data_dir, student_runs
-from .results import (baseline_note, ci_table, collect_metrics, comparison_table, constant_baseline, table1,
-                      to_markdown, training_progress)
+from .results import (baseline_note, ci_table, collect_metrics, comparison_table, constant_baseline, interval_text,
+                      table1, to_markdown, training_progress)
 from .splits import load_splits
 
 REPO = Path(__file__).resolve().parent.parent
@@ -202,11 +202,6 @@ def _metric_cis(exp: Path, rel: Path) -> list[str]:
     return parts
 
 
-def _with_ci(values: pd.Series, lo: pd.Series, hi: pd.Series) -> list[str]:
-    """'+0.044 [+0.018, +0.070]' per row; empty where there is no value."""
-    return [f"{v:+.3f} [{a:+.3f}, {b:+.3f}]" if pd.notna(v) else "" for v, a, b in zip(values, lo, hi)]
-
-
 def _study(exp: Path, rel: Path) -> list[str]:
     """Notebook 07's table (T1, each variant against M1 and the ingredient's cost to M3) and figure, when it ran."""
     path = study_dir(exp) / "study.csv"
@@ -215,8 +210,9 @@ def _study(exp: Path, rel: Path) -> list[str]:
     t = pd.read_csv(path)
     t = t[t.metric == "T1_acc"]
     table = pd.DataFrame({"variant": t.label, "T1_acc": t.score.round(3),
-                          "− M1 [95 % CI]": _with_ci(t.minus_M1, t.lo, t.hi),
-                          "M3 − variant [95 % CI]": _with_ci(t.M3_minus, t.M3_lo, t.M3_hi), "seeds": t.n_seeds})
+                          "− M1 [95 % CI]": interval_text(t.minus_M1, t.lo, t.hi, sign="+"),
+                          "M3 − variant [95 % CI]": interval_text(t.M3_minus, t.M3_lo, t.M3_hi, sign="+"),
+                          "seeds": t.n_seeds})
     return ["", f"**Notebook 07, when KD pays** (`make study`; T1 on the test split, paired bootstrap pooled over "
             f"{int(t.n_seeds.max())} seed(s); the ablations remove one ingredient from M3; all metrics in "
             "`study/study.csv`):", "", to_markdown(table), "", f"![the study]({rel}/study.png)"]

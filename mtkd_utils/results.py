@@ -206,10 +206,15 @@ def run_cis(experiment_dir: str | Path, metrics: Sequence[str] = HEADLINE_METRIC
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
 
+def interval_text(values, lo, hi, digits: int = 3, sign: str = "") -> list[str]:
+    """'value [lo, hi]' per row ('+' in `sign`: signed differences); empty where there is no value."""
+    form = f"{sign}.{digits}f"
+    return [f"{v:{form}} [{a:{form}}, {b:{form}}]" if pd.notna(v) else "" for v, a, b in zip(values, lo, hi)]
+
+
 def _interval_table(df: pd.DataFrame, value: str, index: list[str], digits: int, sign: str = "") -> pd.DataFrame:
     """Rows `index`, one column per metric (in their first order): 'value [lo, hi]'."""
-    form = f"{sign}.{digits}f"
-    text = df.assign(text=[f"{v:{form}} [{lo:{form}}, {hi:{form}}]" for v, lo, hi in zip(df[value], df.lo, df.hi)])
+    text = df.assign(text=interval_text(df[value], df.lo, df.hi, digits, sign))
     table = text.pivot(index=index, columns="metric", values="text")
     return table.reindex(columns=list(dict.fromkeys(df.metric))).fillna("")
 
