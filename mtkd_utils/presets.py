@@ -16,6 +16,7 @@ class Preset:
     config: dict[str, Any]          # Config fields that differ from the defaults
     grid: dict[str, list]           # what batch runs: tasks, p, models, seeds
     synthetic: dict[str, Any]       # synthetic.ensure_synthetic arguments when Config.dataset names this preset
+    learnability_steps: int = 300   # 01's quick tiny-CNN baseline: training steps per fraction
 
 
 PRESETS: dict[str, Preset] = {
@@ -25,7 +26,8 @@ PRESETS: dict[str, Preset] = {
                     embed_dim=16, lstm_hidden=32, tau_grid=(2.0,), alpha_grid=(0.5, 0.9), patience=2, min_word_freq=1,
                     t3_topk=8),
         grid=dict(tasks=["T1+T2+T3"], p=[15, 70], kd_p=[15], models=list(MODELS), seeds=[0]),
-        synthetic={"n_patients": 40, "n_eval_patients": 10, "n_unlabeled_patients": 40, "image_size": 64, "seed": 0}),
+        synthetic={"n_patients": 40, "n_eval_patients": 10, "n_unlabeled_patients": 40, "image_size": 64, "seed": 0},
+        learnability_steps=20),
     # the synthetic default on a 2-core CPU: the whole demo in ~15 minutes; the data in well under a minute
     # (generated at 128 px, trained at 64): 1,700 development images (p = 70 trains on ~1,190) and 800
     # evaluation-only ones, so that the test split holds ~255 + 800 images

@@ -15,7 +15,7 @@ import pandas as pd
 from .bootstrap import (BOOTSTRAP_METRICS, SUM_METRICS, needs_probs, bootstrap_ci, bootstrap_table, has_task,
                         paired_bootstrap)
 from .config import MODELS, task_key
-from .io import atomic_path, read_json, save_figure, verify_file
+from .io import atomic_path, read_json, repair_hint, save_figure, verify_file
 from .metrics import LEVEL
 from .runs import (RunKey, data_dir, manifest_path, parse_fraction_folder, student_dir, student_runs,
                    trained_model_dir)
@@ -185,7 +185,8 @@ def _constant_scores(truth: pd.Series, task: str) -> dict[str, float]:
 
 def read_probs(run_dir: str | Path) -> dict[str, np.ndarray]:
     """probs_T1.npy / probs_T2.npy of a run folder (rows as predictions.csv); {} for runs without them."""
-    return {task: np.load(path) for task in LEVEL if (path := Path(run_dir) / f"probs_{task}.npy").exists()}
+    return {task: np.load(verify_file(path, repair_hint(path)))
+            for task in LEVEL if (path := Path(run_dir) / f"probs_{task}.npy").exists()}
 
 
 def load_labels(experiment_dir: str | Path):

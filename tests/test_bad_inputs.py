@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import LABELS
 from mtkd_utils import batch
-from mtkd_utils.config import check_fraction
+from mtkd_utils.config import check_fraction, parse_tasks
 from mtkd_utils.presets import config as preset
 from mtkd_utils.manifest import LabelMap, ManifestError, check_trainable, read_manifest, validate_manifest
 from mtkd_utils.csv_folder import from_csv, from_folder
@@ -106,6 +106,13 @@ def test_an_empty_csv_names_the_file(tmp_path, capsys):
 ])
 def test_bad_settings_are_refused_by_dry_run(tmp_path, setting, message, capsys):
     assert message in dry_run(tmp_path, "--set", setting, "--experiment-dir", str(tmp_path / "e"), capsys=capsys)
+
+
+@pytest.mark.parametrize("tasks", ["T1+T4", "", "T1+T1", ["T2", "t5"]])
+def test_tasks_outside_t1_t3_are_refused_with_an_example(tasks):
+    with pytest.raises(ValueError, match=r"tasks=.*e\.g\. 'T1\+T2\+T3'"):
+        parse_tasks(tasks)
+    assert parse_tasks("t3, T1") == ("T1", "T3")
 
 
 def test_a_fraction_given_as_text_is_a_type_error():

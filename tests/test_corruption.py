@@ -12,7 +12,7 @@ from mtkd_utils.checkpoint import load_checkpoint, save_checkpoint
 from mtkd_utils.presets import config as preset
 from mtkd_utils.data import load_data
 from mtkd_utils.io import DamagedFileError, checksum_path, read_json, verify_file, write_json
-from mtkd_utils.results import collect_metrics
+from mtkd_utils.results import collect_metrics, read_probs
 from mtkd_utils.runs import RunKey, soft_targets_path, student_dir, teacher_dir
 from mtkd_utils.trained import load_model, student_teachers
 
@@ -61,7 +61,7 @@ def test_every_derived_file_carries_a_checksum(trained):
     teacher = teacher_dir(trained, KEY)
     student = student_dir(trained, KEY.with_model("M1"))
     for path in [trained / "data" / "cache" / "images_32.npy", teacher / "checkpoint.pt", teacher / "metrics.json",
-                 student / "metrics.json", student / "predictions.csv",
+                 student / "metrics.json", student / "predictions.csv", student / "probs_T1.npy",
                  soft_targets_path(student_dir(trained, KEY.with_model("M2")))]:
         assert verify_file(path) == path and checksum_path(path).is_file(), path
 
@@ -117,6 +117,13 @@ def test_damaged_metrics_json_is_refused_by_path(exp):
     expected = f"{re.escape(str(metrics))}: damaged.*delete the run folder {re.escape(str(metrics.parent))}"
     with pytest.raises(DamagedFileError, match=expected):
         collect_metrics(exp)
+
+
+def test_damaged_probabilities_are_refused_by_path(exp):
+    probs = student_dir(exp, KEY.with_model("M1")) / "probs_T1.npy"
+    zero_in_place(probs)
+    with pytest.raises(DamagedFileError, match=f"{re.escape(str(probs))}: damaged.*delete the run folder"):
+        read_probs(probs.parent)
 
 
 def test_rewriting_a_file_without_a_checksum_drops_the_old_one(tmp_path):

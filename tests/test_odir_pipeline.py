@@ -25,7 +25,7 @@ def test_odir_fixture_runs_through_the_notebooks(tmp_path):
     """01-06 end to end on data without lesion masks: 05 draws the CAM figure and says it cannot score them."""
     source = odir_folder(tmp_path / "ODIR-5K")
     exp = tmp_path / "exp"
-    run("01_data_prep.ipynb", exp, source="odir", source_path=str(source), learnability_steps=20)
+    run("01_data_prep.ipynb", exp, source="odir", source_path=str(source))
     info = json.loads((exp / "data" / "dataset.json").read_text())
     manifest = pd.read_csv(manifest_path(exp), dtype=str, keep_default_na=False)
     # the 6 eyes with only 'low image quality' are left out; the 6 with lens dust beside 'normal fundus' are kept
