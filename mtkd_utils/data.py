@@ -13,7 +13,7 @@ from PIL import Image
 from .progress import progress
 
 from . import runs
-from .io import REPO_ROOT, DamagedFileError, atomic_path, checksum_path, read_json, verify_file, write_json
+from .io import REPO_ROOT, DamagedFileError, checksum_path, read_json, verify_file, write_json, write_npy
 from .manifest import LabelMap, read_manifest
 from .splits import load_splits, select_fraction
 from .text import PAD_ID, Vocab
@@ -42,9 +42,7 @@ def build_image_cache(manifest_path: str | Path, cache_dir: str | Path, size: in
     images = np.zeros((len(manifest), size, size, 3), dtype=np.uint8)
     for i, rel in enumerate(progress(manifest.image, f"image cache {size}px")):
         images[i] = prepare_image(manifest_path.parent / rel, size, crop_fov=crop_fov)
-    with atomic_path(arr_path, checksum=True) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, images)
+    write_npy(images, arr_path, checksum=True)
     write_json({"key": key, "size": size, "crop_fov": crop_fov, "image_ids": manifest.image_id.tolist()}, meta_path)
     return np.load(arr_path, mmap_mode="r")
 

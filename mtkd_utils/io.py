@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -158,6 +160,12 @@ def read_json(path: str | Path) -> Any:
 def write_csv(df, path: str | Path, checksum: bool = False) -> Path:
     with atomic_path(path, checksum) as tmp:
         df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def write_npy(array, path: str | Path, checksum: bool = False) -> Path:
+    with atomic_path(path, checksum) as tmp, open(tmp, "wb") as f:   # a file object: np.save would add '.npy'
+        np.save(f, array)
     return Path(path)
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from .config import TASKS, task_key
 from .io import atomic_path, read_json
-from .runs import analysis_dir, study_dir, data_dir, student_runs
+from .runs import analysis_dir, data_dir, student_runs, study_dir
 from .results import (baseline_note, ci_table, collect_metrics, comparison_table, constant_baseline, interval_text,
                       table1, to_markdown, training_progress)
 from .splits import load_splits

@@ -17,7 +17,7 @@ from . import runs
 from .config import Config, task_key, task_subsets
 from .data import FundusData, load_data
 from .engine import eval_batch_size, fit, pick_device, predict
-from .io import atomic_path, read_json, write_csv, write_json
+from .io import read_json, write_csv, write_json, write_npy
 from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
 from .model import MTLModel, build_model
 from .runs import RunKey
@@ -156,8 +156,7 @@ def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, 
                    disease_vs_normal=disease_vs_normal(preds, data.labels), bleu_note=BLEU_NOTE)
     write_csv(preds, run / "predictions.csv", checksum=True)
     for task, p in probs.items():
-        with atomic_path(run / f"probs_{task}.npy", checksum=True) as tmp, open(tmp, "wb") as f:
-            np.save(f, p)
+        write_npy(p, run / f"probs_{task}.npy", checksum=True)
     if "T1" in model.tasks:
         confusion(preds, data.labels).to_csv(run / "confusion_T1.csv")
     write_json(metrics, run / "metrics.json", checksum=True)   # written last: marks the run done
