@@ -11,6 +11,7 @@ TASKS = ("T1", "T2", "T3")          # coarse disease, fine disease, diagnosis se
 # MTL baseline, MTL+KD (M1 teacher), MTL+KD (teacher ensemble), M1 retrained for as many updates as the student
 MODELS = ("M1", "M2", "M3", "M1b")
 TEACHER_HEAD_DROPOUT = 0.2          # the heads' dropout for teachers, M1 and M1b (students: Config.head_dropout)
+POOLS = ("mean", "mean+halves")      # pooling of the feature map: global average | + its left and right halves
 T3_KD = ("exact", "topk")           # T3 soft targets: full, or top-k + rest bucket | truncated top-k (ablation)
 FRACTIONS = (15, 30, 45, 60, 70)    # the paper's training fractions p, % of the labeled data
 SUPPORTED_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "wide_resnet50_2",   # torchvision names
@@ -30,6 +31,7 @@ class Config:
     backbone: str = "mobilenet_v3_small"  # torchvision name; the paper used resnet50
     pretrained: str | None = None       # None: random init; "imagenet": torchvision cache; or a .pth path
     output_stride: int = 32             # 16: dilated last stage (mobilenet_v3, resnet50+): finer feature maps and CAMs
+    pool: str = "mean"                  # "mean": global average (the paper); "mean+halves": + left/right half means
     head_hidden: int = 256              # T1/T2 heads: FC(hidden) + ReLU, then the class layer
     embed_dim: int = 128                # T3 word embedding size
     lstm_hidden: int = 256              # T3 LSTM size
@@ -83,6 +85,8 @@ class Config:
             raise ValueError(f"t3_kd={self.t3_kd!r}: use one of {T3_KD}")
         if not self.tau_grid or any(t <= 0 for t in self.tau_grid):
             raise ValueError(f"tau_grid={self.tau_grid}: temperatures must be > 0")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool={self.pool!r}: use one of {POOLS} (global average | + the left/right halves)")
         if self.kd_mode not in ("cached", "online"):
             raise ValueError(f"kd_mode={self.kd_mode!r}: use 'cached' or 'online'")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -22,6 +22,7 @@ _FAMILIES = {
     "efficientnet": dict(attr="features", cam_layer="-1"),
 }
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+POOL_WIDTH = {"mean": 1, "mean+halves": 3}   # config.POOLS -> pooled feature size, in feature-map channels
 
 
 def _family(name: str) -> dict:
@@ -156,10 +157,13 @@ class MTLModel(nn.Module):
     def __init__(self, tasks: tuple[str, ...], n_coarse: int, n_fine: int, vocab_size: int,
                  backbone: str = "resnet50", pretrained: str | None = None,
                  head_hidden: int = 256, embed_dim: int = 128, lstm_hidden: int = 256, output_stride: int = 32,
-                 head_dropout: float = TEACHER_HEAD_DROPOUT):
+                 head_dropout: float = TEACHER_HEAD_DROPOUT, pool: str = "mean"):
         super().__init__()
-        self.tasks = tuple(tasks)
-        self.encoder, feat_dim, self.cam_layer_name, self.init_note = build_encoder(backbone, pretrained, output_stride)
+        if pool not in POOL_WIDTH:
+            raise ValueError(f"pool={pool!r}: choose one of {sorted(POOL_WIDTH)}")
+        self.tasks, self.pool = tuple(tasks), pool
+        self.encoder, channels, self.cam_layer_name, self.init_note = build_encoder(backbone, pretrained, output_stride)
+        feat_dim = POOL_WIDTH[pool] * channels
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.heads = nn.ModuleDict()
@@ -175,9 +179,18 @@ class MTLModel(nn.Module):
         return self.encoder[int(self.cam_layer_name)]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> pooled features (B, D)."""
-        fmap = self.encoder((images - self.mean) / self.std)   # (B, D, h, w)
-        return fmap.mean(dim=(2, 3))
+        """(B, 3, H, W) in [0, 1] -> pooled features (B, D).
+
+        "mean" is the paper's global average. "mean+halves" adds the means of the left and right halves of the
+        feature map: a global average cannot tell on which side the optic disc lies, so it cannot tell a left
+        eye from a right one, which every T3 sentence names.
+        """
+        fmap = self.encoder((images - self.mean) / self.std)   # (B, C, h, w)
+        pooled = fmap.mean(dim=(2, 3))
+        if self.pool == "mean":
+            return pooled
+        left, right = F.adaptive_avg_pool2d(fmap, (1, 2)).flatten(1, 2).unbind(-1)   # (B, C) each
+        return torch.cat([pooled, left, right], dim=1)
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Logits per task: T1 (B, C1), T2 (B, C2), and T3 (B, L-1, V) when captions are given."""
@@ -199,5 +212,5 @@ def build_model(cfg, tasks: tuple[str, ...], n_coarse: int, n_fine: int, vocab_s
     """The model a config describes (seeded by the caller); a student's heads get cfg.head_dropout (its noise)."""
     return MTLModel(tasks, n_coarse, n_fine, vocab_size, backbone=cfg.backbone, pretrained=cfg.pretrained,
                     head_hidden=cfg.head_hidden, embed_dim=cfg.embed_dim, lstm_hidden=cfg.lstm_hidden,
-                    output_stride=cfg.output_stride,
+                    output_stride=cfg.output_stride, pool=cfg.pool,
                     head_dropout=cfg.head_dropout if student else TEACHER_HEAD_DROPOUT)

@@ -7,7 +7,7 @@ from conftest import fake_data, model_for
 from mtkd_utils.config import TASKS, task_subsets
 from mtkd_utils.engine import MultiTaskLoss
 from mtkd_utils.presets import config as preset
-from mtkd_utils.model import CaptionDecoder, build_encoder
+from mtkd_utils.model import CaptionDecoder, MTLModel, build_encoder
 from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID
 
 
@@ -94,3 +94,31 @@ def test_config_rejects_bad_parameters():
                      (dict(labeled_share=1.0), "labeled_share"), (dict(student_passes=0), "student_passes")]:
         with pytest.raises(ValueError, match=msg):
             preset("smoke", **bad)
+
+
+def test_half_pooling_tells_a_mirrored_image_apart_and_the_global_mean_cannot():
+    # laterality lives in where the disc is: mirroring the feature map must swap the two half means and keep the
+    # global one (an identity encoder, so that the map is the image and mirrors exactly with it)
+    torch.manual_seed(0)
+    kw = dict(tasks=("T1", "T3"), n_coarse=5, n_fine=8, vocab_size=20, backbone="resnet18", head_hidden=16,
+              embed_dim=8, lstm_hidden=16)
+    halves, plain = MTLModel(pool="mean+halves", **kw), MTLModel(pool="mean", **kw)
+    assert halves.heads["T1"][1].in_features == 3 * plain.heads["T1"][1].in_features == 3 * 512
+    assert halves.decoder.init_h.in_features == 3 * 512
+    halves.encoder = plain.encoder = torch.nn.Identity()
+    images = torch.rand(2, 3, 8, 8)
+    f, g = halves.features(images), halves.features(images.flip(3))
+    assert f.shape == (2, 9) and plain.features(images).shape == (2, 3)
+    mean, left, right = f.split(3, dim=1)
+    mean_m, left_m, right_m = g.split(3, dim=1)
+    torch.testing.assert_close(mean, plain.features(images))
+    torch.testing.assert_close(mean, mean_m)
+    torch.testing.assert_close(left, right_m)
+    torch.testing.assert_close(right, left_m)
+    x = (images - halves.mean) / halves.std                                    # by hand: columns 0-3 and 4-7
+    torch.testing.assert_close(left, x[..., :4].mean(dim=(2, 3)))
+    torch.testing.assert_close(right, x[..., 4:].mean(dim=(2, 3)))
+    with pytest.raises(ValueError, match="pool='max'"):
+        MTLModel(pool="max", **kw)
+    with pytest.raises(ValueError, match="pool='max'"):
+        preset("smoke", pool="max")
