@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .metrics import LEVEL, class_indices, has_text, rouge_l
+from .metrics import LEVEL, class_indices, eye_hits, has_text, rouge_l
 
 BOOTSTRAP_METRICS = ("T1_acc", "T2_acc", "T3_bleu", "T3_bleu4")   # T3_bleu: mean sentence BLEU; T3_bleu4: corpus
 # Fast bootstrap (sums of per-image statistics); every other T1_/T2_ metric of metrics.classification_task is
 # recomputed by scikit-learn on each resample
-SUM_METRICS = BOOTSTRAP_METRICS + ("T3_sentence_bleu", "T3_bleu1", "T3_bleu2", "T3_bleu3", "T3_rougeL")
+SUM_METRICS = BOOTSTRAP_METRICS + ("T3_sentence_bleu", "T3_bleu1", "T3_bleu2", "T3_bleu3", "T3_rougeL", "T3_eye_acc")
 
 
 def _mean_stats(values: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
@@ -71,6 +71,13 @@ def image_stats(preds: pd.DataFrame, metric: str) -> tuple[np.ndarray, Callable[
         raise ValueError(f"metric={metric!r}: these predictions have no text_pred (the model lacks T3)")
     if metric.startswith("T3_bleu") and metric[-1].isdigit():
         return _bleu_stats(preds, int(metric[-1]))
+    if metric == "T3_eye_acc":   # right eye named / eye named in the reference: NaN where no reference names one
+        stats = eye_hits(preds["text_true"], preds["text_pred"])
+
+        def share(s: np.ndarray) -> np.ndarray:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return s[..., 0] / s[..., 1]
+        return stats, share
     if metric == "T3_rougeL":
         col = preds["rougeL"] if "rougeL" in preds and (preds["rougeL"] != "").all() else \
             rouge_l(preds["text_true"], preds["text_pred"])   # predictions.csv written before ROUGE-L was

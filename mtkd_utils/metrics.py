@@ -161,11 +161,28 @@ def rouge_l(references: Sequence[str], hypotheses: Sequence[str]) -> np.ndarray:
     return np.array([scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(references, hypotheses)], dtype=float)
 
 
+def named_eye(text: str) -> str:
+    """'left' or 'right' when the sentence names exactly one of the two eyes, else ''."""
+    named = set(tokenize(text)) & {"left", "right"}
+    return named.pop() if len(named) == 1 else ""
+
+
+def eye_hits(references: Sequence[str], hypotheses: Sequence[str]) -> np.ndarray:
+    """(N, 2): per sentence, [the hypothesis names the reference's eye, the reference names one eye]."""
+    truth = np.array([named_eye(t) for t in references])
+    said = np.array([named_eye(t) for t in hypotheses])
+    return np.column_stack([(said == truth) & (truth != ""), truth != ""]).astype(float)
+
+
 def text_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
-    """Corpus BLEU-1..4 (nltk, no smoothing) and mean sentence ROUGE-L F."""
+    """Corpus BLEU-1..4 (nltk, no smoothing), mean sentence ROUGE-L F and, where the references name the eye,
+    T3_eye_acc: the share of sentences that name the right one (laterality, which BLEU barely weighs)."""
     refs, hyps = [tokenize(t) for t in references], [tokenize(t) for t in hypotheses]
     out = {f"T3_bleu{n}": corpus_bleu4(refs, hyps, n=n) for n in (1, 2, 3, 4)}
     out["T3_rougeL"] = float(rouge_l(references, hypotheses).mean())
+    hits, named = eye_hits(references, hypotheses).sum(0)
+    if named:
+        out["T3_eye_acc"] = float(hits / named)
     return out
 
 

@@ -30,7 +30,7 @@ FIGURES = {  # experiment file -> name under docs/figures
     "study/study.png": "study.png",
 }
 README_TABLE1 = ("T1_acc", "T2_acc", "T2_balanced_acc", "T2_macro_f1", "T3_bleu4")   # T2: what accuracy hides
-README_CI_METRICS = ("T1_auroc", "T1_kappa", "T1_ece", "T2_balanced_acc", "T3_rougeL")   # beside Table 1, with CIs
+README_CI_METRICS = ("T1_auroc", "T1_kappa", "T1_ece", "T2_balanced_acc", "T3_rougeL", "T3_eye_acc")   # beside Table 1, with CIs
 # The demo's targets (issue 13): M1 on every task at p = 70 learns each task, and clearly more than at p = 15
 # (and any other smaller fraction trained); the test split resolves a few points; the CAMs localise, and far
 # better than a randomised model's.

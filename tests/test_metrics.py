@@ -10,7 +10,7 @@ from sklearn.metrics import (average_precision_score, balanced_accuracy_score, c
                              roc_auc_score)
 from sklearn.preprocessing import label_binarize
 
-from mtkd_utils import metrics
+from mtkd_utils import bootstrap, metrics
 from mtkd_utils.manifest import LabelMap
 from mtkd_utils.text import tokenize
 
@@ -200,3 +200,22 @@ def test_metric_figures_exist_and_are_not_empty(tmp_path):
             assert round(im.info["dpi"][0]) == 300 and im.getextrema() != ((255, 255),) * 4   # not blank
     for fig in figs:
         plt.close(fig)
+
+
+def test_eye_named_right_on_hand_made_sentences():
+    refs = ["left eye : no retinopathy .", "drusen in the right eye .", "right fundus : naevus .", "normal fundus ."]
+    hyps = ["left eye : drusen .", "left eye : drusen .", "right or left eye ?", "right eye : normal ."]
+    assert [metrics.named_eye(t) for t in refs] == ["left", "right", "right", ""]
+    assert metrics.named_eye("Right eye: <unk>.") == "right" and metrics.named_eye(hyps[2]) == ""
+    # three references name an eye; the first hypothesis names it, the second the other, the third both
+    assert metrics.text_metrics(refs, hyps)["T3_eye_acc"] == pytest.approx(1 / 3)
+    assert "T3_eye_acc" not in metrics.text_metrics(refs[3:], hyps[3:])      # no reference names an eye
+    preds = pd.DataFrame({"text_true": refs, "text_pred": hyps})
+    ci = bootstrap.bootstrap_ci(preds, "T3_eye_acc", n_boot=200)
+    assert ci["value"] == pytest.approx(1 / 3) and 0 <= ci["lo"] <= 1 / 3 <= ci["hi"] <= 1
+    # the constant per eye is right by construction; the eye-blind constant sentence on one eye only
+    train = pd.DataFrame({"eye": ["left", "right"], "coarse": ["normal"] * 2, "text": [NORMAL_L, NORMAL_R]})
+    test = pd.DataFrame({"eye": ["left", "right"], "coarse": ["normal"] * 2, "text": [NORMAL_L, NORMAL_R]})
+    table = metrics.text_baselines(train, test)
+    assert table.loc["constant per eye", "T3_eye_acc"] == 1.0
+    assert table.loc["constant sentence", "T3_eye_acc"] == 0.5
