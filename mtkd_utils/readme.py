@@ -168,8 +168,9 @@ def _comparisons(exp: Path) -> list[str]:
     if comparisons.empty:
         return []
     return ["", "**The students against M1 and against M1b** (M1 given as many updates as the student: a gain that "
-            "M1b erases came from the extra updates), difference and 95 % paired bootstrap CI over the test images; "
-            "only where both runs exist:", "", to_markdown(comparison_table(comparisons))]
+            "M1b erases came from the extra updates), difference and 95 % paired bootstrap CI over the test images "
+            "(seed `pooled`: over every seed's test images at once, resampling (seed, image) pairs); only where both "
+            "runs exist:", "", to_markdown(comparison_table(comparisons))]
 
 
 def _timings(exp: Path) -> str:

@@ -29,6 +29,7 @@ STD_DDOF = 1                                        # sample standard deviation 
 # (a, b): the paired comparisons b − a of the students against M1 and against M1b, M1 given the student's updates
 KD_PAIRS = (("M1", "M3"), ("M1b", "M3"), ("M1", "M2"), ("M1b", "M2"))
 PROGRESS_ORDER = ("M1", "M1b", "M2", "M3", "teacher")   # the rows of training_progress
+POOLED = "pooled"   # the seed of a comparison over every seed's test images at once (compare_models)
 
 
 # ---------------------------------------------------------------- gathering runs
@@ -98,6 +99,8 @@ def _combo_rank(tasks: str) -> str:
 
 
 def _sort_key(col: pd.Series) -> pd.Series:
+    if col.name == "seed":   # the pooled comparison after the seeds
+        return col.map(lambda s: math.inf if s == POOLED else float(s))
     return col.map(_combo_rank) if col.name == "tasks" else col
 
 
@@ -304,25 +307,52 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 
 def compare_models(experiment_dir: str | Path, a: str = "M1", b: str = "M3", metrics: Sequence[str] = TABLE1_METRICS,
                    n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per (tasks, p, seed, metric): model b − model a on the same test images, with a 95 % paired bootstrap CI."""
-    rows = []
+    """Per (tasks, p, seed, metric): model b − model a on the same test images, with a 95 % paired bootstrap CI;
+    where several seeds have both runs, also one row with seed POOLED: every seed's test images at once."""
+    rows, points = [], {}
     for key, run_b in student_runs(experiment_dir, "predictions.csv"):
         path_a = student_dir(experiment_dir, key.with_model(a)) / "predictions.csv"
         if key.model != b or not path_a.exists():
             continue   # the grid is not finished there yet
-        preds_a, preds_b = read_predictions(path_a), read_predictions(run_b / "predictions.csv")
-        probs_a, probs_b = read_probs(path_a.parent), read_probs(run_b)
-        for metric in metrics:
-            if has_task(preds_a, metric) and has_task(preds_b, metric):
-                if needs_probs(metric) and not (metric[:2] in probs_a and metric[:2] in probs_b):
-                    continue   # runs from before probabilities were saved
-                labels = None if metric in SUM_METRICS else load_labels(experiment_dir)
-                res = paired_bootstrap(preds_a, preds_b, metric, n_boot=n_boot, seed=seed, probs_a=probs_a,
-                                       probs_b=probs_b, labels=labels)
-                rows.append({"tasks": task_key(key.tasks), "p": key.p_label, "seed": key.seed, **res})
+        pair = [(read_predictions(path_a), read_probs(path_a.parent)),
+                (read_predictions(run_b / "predictions.csv"), read_probs(run_b))]
+        point = dict(tasks=task_key(key.tasks), p=key.p_label)
+        points.setdefault(tuple(point.values()), {})[key.seed] = pair
+        rows += _compared(pair, metrics, experiment_dir, n_boot, seed, **point, seed_label=key.seed)
+    for (tasks, p), pairs in points.items():
+        if len(pairs) > 1:
+            rows += _compared(_pooled(pairs), metrics, experiment_dir, n_boot, seed, tasks=tasks, p=p,
+                              seed_label=POOLED)
     cols = ["tasks", "p", "seed", "metric", "a", "b", "diff", "lo", "hi", "p_value", "n", "n_boot"]
     out = pd.DataFrame(rows, columns=cols).rename(columns={"a": a, "b": b, "diff": f"{b}-{a}"})
     return out.sort_values(["tasks", "metric", "p", "seed"], key=_sort_key).reset_index(drop=True)
+
+
+def _compared(pair: list, metrics: Sequence[str], experiment_dir, n_boot: int, seed: int, **where) -> list[dict]:
+    """The paired bootstrap rows of one (predictions, probabilities) pair, a then b, for each metric both have."""
+    (preds_a, probs_a), (preds_b, probs_b) = pair
+    rows = []
+    for metric in metrics:
+        if has_task(preds_a, metric) and has_task(preds_b, metric):
+            if needs_probs(metric) and not (metric[:2] in probs_a and metric[:2] in probs_b):
+                continue   # runs from before probabilities were saved
+            labels = None if metric in SUM_METRICS else load_labels(experiment_dir)
+            res = paired_bootstrap(preds_a, preds_b, metric, n_boot=n_boot, seed=seed, probs_a=probs_a,
+                                   probs_b=probs_b, labels=labels)
+            rows.append({"tasks": where["tasks"], "p": where["p"], "seed": where["seed_label"], **res})
+    return rows
+
+
+def _pooled(pairs: dict[int, list]) -> list:
+    """Every seed's pair as one: image ids made unique per seed, so that the bootstrap resamples (seed, image)
+    pairs, and each model's probabilities stacked in the same order (tasks every seed saved)."""
+    pooled = []
+    for side in (0, 1):
+        frames = [pair[side][0].assign(image_id=f"s{s}:" + pair[side][0].image_id) for s, pair in pairs.items()]
+        tasks = set.intersection(*(set(pair[side][1]) for pair in pairs.values()))
+        probs = {t: np.concatenate([pair[side][1][t] for pair in pairs.values()]) for t in sorted(tasks)}
+        pooled.append((pd.concat(frames, ignore_index=True), probs))
+    return pooled
 
 
 def kd_comparisons(experiment_dir: str | Path, metrics: Sequence[str] = TABLE1_METRICS, n_boot: int = 2000,
