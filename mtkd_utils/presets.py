@@ -34,7 +34,7 @@ PRESETS: dict[str, Preset] = {
     # output_stride=16: mobilenet_v3_small gives a 4 x 4 feature map at 64 px (2 x 2 at 32), the least a CAM needs
     # to localise a lesion; it costs ~1.5-1.9x the encoder's time per batch (measured on this machine)
     # pool="mean+halves": with the global average alone M1's sentences named the wrong eye for 13-19 % of test
-    # images; with the half means 5 % (validation, p=70, one seed; README "Demo results")
+    # images; with the half means 6-9 % (test, 3 seeds; README "The demo's results")
     # beam_size=3 (test-time decoding only): M1 at p=70's validation BLEU-4 0.147 greedy, 0.191 beam 3, 0.196 beam 5
     "demo": Preset(
         # Budgets measured on validation (n = 258; README "Demo results" shows each model's distance from its
