@@ -53,21 +53,26 @@ def thread_env(threads: int) -> dict[str, str]:
 def local_cluster(workers: int | None = None, gpus: list[str] | None = None):
     """One single-threaded worker process per core; with GPUs, one per GPU, pinned with CUDA_VISIBLE_DEVICES
     and offering the resource GPU=1 (a run that needs a GPU asks for it)."""
+    import dask
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
     quiet = dict(silence_logs=logging.ERROR)
-    if gpus:
-        threads = max(1, usable_cores() // len(gpus))
-        spec = {f"gpu{g}": {"cls": Nanny, "options": dict(nthreads=1, memory_limit=0, resources={"GPU": 1},
-                                                         env={**thread_env(threads), "CUDA_VISIBLE_DEVICES": g})}
-                for g in gpus}
-        return SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}}, **quiet)
-    workers = workers or usable_cores()
-    if workers < 1:
-        raise ValueError(f"--workers {workers}: give at least 1")
-    # the notebooks run in kernels (subprocesses): the worker's own memory stays small, no limit needed
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
-                        dashboard_address=":0", env=thread_env(max(1, usable_cores() // workers)), **quiet)
+    # No work stealing: run_dask hands out only as many runs as there are free workers, so there is nothing to
+    # balance, and on a loaded machine a stolen task can start on both workers (a notebook executed twice).
+    with dask.config.set({"distributed.scheduler.work-stealing": False}):
+        if gpus:
+            threads = max(1, usable_cores() // len(gpus))
+            spec = {f"gpu{g}": {"cls": Nanny, "options": dict(nthreads=1, memory_limit=0, resources={"GPU": 1},
+                                                             env={**thread_env(threads), "CUDA_VISIBLE_DEVICES": g})}
+                    for g in gpus}
+            return SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+                               **quiet)
+        workers = workers or usable_cores()
+        if workers < 1:
+            raise ValueError(f"--workers {workers}: give at least 1")
+        # the notebooks run in kernels (subprocesses): the worker's own memory stays small, no limit needed
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=0,
+                            dashboard_address=":0", env=thread_env(max(1, usable_cores() // workers)), **quiet)
 
 
 def jobqueue_cluster(kind: str, options: dict[str, Any] | None = None):

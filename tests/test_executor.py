@@ -28,6 +28,7 @@ def test_gpu_workers_are_pinned_and_training_asks_for_a_gpu(tmp_path):
         assert sorted(pinned.values()) == ["0", "1"]
         info = client.scheduler_info()["workers"].values()
         assert [w["resources"] for w in info] == [{"GPU": 1}, {"GPU": 1}]
+        assert "stealing" not in client.cluster.scheduler.extensions   # a task never runs on two workers at once
         futures = {executor.submit_run(client, r, {}, TEST_KERNEL, str(grid.REPO_ROOT), True, 0, "t"): r
                    for r in runs}   # each alone: the dummy notebook needs nothing
         client.gather(list(futures))   # the futures held: the scheduler still knows their tasks
