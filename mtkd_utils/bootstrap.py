@@ -20,9 +20,15 @@ BOOTSTRAP_METRICS = ("T1_acc", "T2_acc", "T3_bleu", "T3_bleu4")   # T3_bleu: mea
 SUM_METRICS = BOOTSTRAP_METRICS + ("T3_sentence_bleu", "T3_bleu1", "T3_bleu2", "T3_bleu3", "T3_rougeL", "T3_eye_acc")
 
 
+def _ratio(s: np.ndarray) -> np.ndarray:
+    """Σ first column / Σ second (NaN where a resample has nothing in the second)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return s[..., 0] / s[..., 1]
+
+
 def _mean_stats(values: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Per-image sufficient statistics (value, 1) and the statistic from their sums: the mean."""
-    return np.column_stack([values, np.ones(len(values))]), lambda s: s[..., 0] / s[..., 1]
+    return np.column_stack([values, np.ones(len(values))]), _ratio
 
 
 def _bleu_stats(preds: pd.DataFrame, n: int = 4) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
@@ -72,12 +78,7 @@ def image_stats(preds: pd.DataFrame, metric: str) -> tuple[np.ndarray, Callable[
     if metric.startswith("T3_bleu") and metric[-1].isdigit():
         return _bleu_stats(preds, int(metric[-1]))
     if metric == "T3_eye_acc":   # right eye named / eye named in the reference: NaN where no reference names one
-        stats = eye_hits(preds["text_true"], preds["text_pred"])
-
-        def share(s: np.ndarray) -> np.ndarray:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                return s[..., 0] / s[..., 1]
-        return stats, share
+        return eye_hits(preds["text_true"], preds["text_pred"]), _ratio
     if metric == "T3_rougeL":
         col = preds["rougeL"] if "rougeL" in preds and (preds["rougeL"] != "").all() else \
             rouge_l(preds["text_true"], preds["text_pred"])   # predictions.csv written before ROUGE-L was
