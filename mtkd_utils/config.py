@@ -36,6 +36,8 @@ class Config:
     embed_dim: int = 128                # T3 word embedding size
     lstm_hidden: int = 256              # T3 LSTM size
     beam_size: int = 1                  # T3 decoding at test: 1 = greedy, >1 = beam search
+    mbr_samples: int = 0                # T3 decoding at test: n > 0 = minimum-Bayes-risk choice among n sampled
+                                        # sentences (the one agreeing best with the others; beam_size unused)
     # optimisation
     seed: int = 0                       # the run's seed; each model's own seed derives from it (diverse_seeds)
     diverse_seeds: bool = True          # own init/data-order seed per teacher subset and student; False: all `seed`
@@ -97,7 +99,7 @@ class Config:
                      "head_hidden", "embed_dim", "lstm_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be a positive integer")
-        for name in ("threads", "min_steps", "val_every", "seed", "split_seed"):
+        for name in ("threads", "min_steps", "val_every", "seed", "split_seed", "mbr_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be an integer >= 0")
         self._check_optimisation()

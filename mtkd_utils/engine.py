@@ -15,7 +15,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import FundusData, augment, batch_rows, image_batch, labeled_share_batches
 from .metrics import rouge_l, task_metrics, train_baselines, val_score
 from .noise import student_noise
-from .text import sentence_bleu4, tokenize, trim
+from .text import mbr_index, sentence_bleu4, tokenize, trim
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -155,15 +155,28 @@ def train_one_epoch(model, batches, optimizer, scheduler, loss_fn, desc: str = "
     return running / max(n, 1)
 
 
+def decode_sentences(decoder, feats: torch.Tensor, vocab, max_len: int, beam_size: int = 1, mbr_samples: int = 0,
+                     generator: torch.Generator | None = None) -> list[list[str]]:
+    """Each image's sentence as words: beam search, or with mbr_samples > 0 the sampled sentence that agrees best
+    (mean sentence BLEU-4) with the image's other samples (text.mbr_index)."""
+    if not mbr_samples:
+        return [vocab.decode(t) for t in decoder.generate(feats, max_len, beam_size).tolist()]
+    drawn = [[vocab.decode(t) for t in image] for image in decoder.sample(feats, max_len, mbr_samples, generator).tolist()]
+    return [samples[mbr_index(samples)] for samples in drawn]
+
+
 @torch.no_grad()
 def predict(model, data: FundusData, rows: np.ndarray, batch_size: int, max_len: int, beam_size: int,
-            device: torch.device, with_probs: bool = False
+            device: torch.device, with_probs: bool = False, mbr_samples: int = 0, seed: int = 0
             ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """One row per image: truths, predictions, top-5 fine labels, sentences, sentence BLEU and ROUGE-L.
 
-    with_probs: also {'T1': (N, C), 'T2': (N, F)} softmax probabilities (float32, label-map order, rows as preds).
+    Sentences: beam search (beam_size; 1: greedy) or, with mbr_samples > 0, the minimum-Bayes-risk choice among
+    that many sentences sampled with `seed` (decode_sentences). with_probs: also {'T1': (N, C), 'T2': (N, F)}
+    softmax probabilities (float32, label-map order, rows as preds).
     """
     model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
     m = data.manifest.iloc[rows]
     cols = {c: [] for c in ("coarse_pred", "fine_pred", "fine_top5", "text_pred")}
     probs = {"T1": [], "T2": []}
@@ -182,8 +195,8 @@ def predict(model, data: FundusData, rows: np.ndarray, batch_size: int, max_len:
                 cols["fine_pred"] += [data.labels.fine[t[0]] for t in top]
                 cols["fine_top5"] += ["|".join(data.labels.fine[i] for i in t) for t in top]
             if model.decoder is not None:
-                sentences = model.decoder.generate(feats, max_len, beam_size).tolist()
-                cols["text_pred"] += [" ".join(data.vocab.decode(t)) for t in sentences]
+                sentences = decode_sentences(model.decoder, feats, data.vocab, max_len, beam_size, mbr_samples, generator)
+                cols["text_pred"] += [" ".join(words) for words in sentences]
     preds = pd.DataFrame({"image_id": m.image_id.to_numpy(), "coarse_true": m.coarse.to_numpy(),
                           "fine_true": m.fine.to_numpy(), "text_true": m.text.to_numpy()})
     for c, v in cols.items():

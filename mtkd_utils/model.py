@@ -121,6 +121,27 @@ class CaptionDecoder(nn.Module):
         return self.out(y)
 
     @torch.no_grad()
+    def sample(self, feats: torch.Tensor, max_len: int, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n sentences per image drawn word by word from the model (temperature 1): token ids (B, n, max_len)."""
+        B = feats.shape[0]
+        h, c = (s.repeat_interleave(n, dim=1) for s in self.init_state(feats))       # (1, B*n, H)
+        tokens = torch.full((B * n, max_len), PAD_ID, dtype=torch.long, device=feats.device)
+        tokens[:, 0] = SOS_ID
+        done = torch.zeros(B * n, dtype=torch.bool, device=feats.device)
+        for t in range(1, max_len):
+            y, (h, c) = self.lstm(self.embed(tokens[:, t - 1: t]), (h, c))
+            logits = self.out(y[:, 0]).float()
+            logits[:, [PAD_ID, SOS_ID]] = float("-inf")        # never inside a sentence
+            word = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
+            if t == max_len - 1:                          # the last slot closes the sentence
+                word = torch.full_like(word, EOS_ID)
+            tokens[:, t] = torch.where(done, PAD_ID, word)
+            done = done | (word == EOS_ID)
+            if done.all():
+                break
+        return tokens.reshape(B, n, max_len)
+
+    @torch.no_grad()
     def generate(self, feats: torch.Tensor, max_len: int, beam_size: int = 1) -> torch.Tensor:
         """Token ids (B, max_len): <sos> ... <eos> then <pad>. beam_size=1 is greedy decoding."""
         B, k, V = feats.shape[0], beam_size, self.out.out_features

@@ -20,6 +20,7 @@ import pandas as pd
 from .config import MODELS, Config, check_fraction, parse_tasks, task_key
 from .io import create_json, environment, fingerprint, read_json
 
+DEFAULTS = Config().to_dict()                           # what a config.json written before a field existed means
 RUNTIME_FIELDS = ("device", "threads")                   # change how fast, not what is computed
 DISTILL_FIELDS = ("alpha_grid", "tau_grid", "student_passes", "unlabeled_per_epoch", "kd_mode", "labeled_share",
                   "student_augment", "head_dropout", "t3_kd")           # students only: teachers and M1 ignore them
@@ -177,7 +178,8 @@ def refuse_other_settings(run: Path, cfg: Config, ignore: tuple[str, ...] = (), 
         return False
     mine = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS + ignore}
     old = read_json(run / "config.json")
-    theirs = {k: v for k, v in old["config"].items() if k in mine}
+    # a field added after the run was recorded holds its default there: a new option's default keeps the old behaviour
+    theirs = {k: old["config"].get(k, DEFAULTS[k]) for k in mine}
     diff = sorted(k for k in mine if not json_equal(mine[k], theirs.get(k)))
     diff += sorted(k for k, v in meta.items() if not json_equal(v, old.get(k)))
     if diff:

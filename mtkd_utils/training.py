@@ -149,8 +149,11 @@ def train_m1_at_budget(experiment_dir, key: RunKey, updates: int, cfg: Config, d
 def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
     """The one read of the test split: predictions.csv, probs_T1/T2.npy, metrics.json, confusion.csv."""
     device, batch = pick_device(cfg.device), eval_batch_size(cfg)
-    preds, probs = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device, with_probs=True)
-    val = task_metrics(predict(model, data, data.rows("val"), batch, cfg.max_len, cfg.beam_size, device), data.labels)
+    decoding = dict(mbr_samples=cfg.mbr_samples, seed=cfg.seed)
+    preds, probs = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device, with_probs=True,
+                           **decoding)
+    val = task_metrics(predict(model, data, data.rows("val"), batch, cfg.max_len, cfg.beam_size, device, **decoding),
+                       data.labels)
     metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels, probs),
                    per_disease=per_disease(preds, data.labels), per_class_auroc=per_class_auroc(preds, data.labels, probs),
                    disease_vs_normal=disease_vs_normal(preds, data.labels), bleu_note=BLEU_NOTE)

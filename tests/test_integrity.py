@@ -1,4 +1,5 @@
 """Nothing lost, nothing leaked: resume after a real kill, atomic files, refusals, reproducibility."""
+import json
 import shutil
 import signal
 import subprocess
@@ -187,3 +188,15 @@ def test_val_every_spaces_the_validations_and_keeps_the_last(prepared, tmp_path)
     history = pd.read_csv(run / "history.csv")
     assert list(history.updates / history.epoch) == [1.0] * len(history)   # the premise: one update per epoch
     assert list(history.epoch) == [2, 4, 5]             # every 2nd epoch, and always the last
+
+
+def test_a_run_recorded_before_an_option_existed_holds_its_default(tmp_path):
+    """Upgrading keeps finished runs: a config.json without a newer field means that field's default."""
+    cfg = preset("smoke")
+    runs.claim_run(tmp_path, cfg, kind="teacher")
+    record = json.loads((tmp_path / "config.json").read_text())
+    del record["config"]["mbr_samples"]                         # as written before MBR decoding existed
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    assert runs.refuse_other_settings(tmp_path, cfg, kind="teacher")
+    with pytest.raises(FileExistsError, match="other settings.*mbr_samples"):
+        runs.claim_run(tmp_path, cfg.updated(mbr_samples=8), kind="teacher")

@@ -5,7 +5,7 @@ import torch
 from conftest import fake_data, model_for
 
 from mtkd_utils.config import TASKS, task_subsets
-from mtkd_utils.engine import MultiTaskLoss
+from mtkd_utils.engine import MultiTaskLoss, decode_sentences
 from mtkd_utils.presets import config as preset
 from mtkd_utils.model import CaptionDecoder, MTLModel, build_encoder
 from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID
@@ -45,6 +45,38 @@ def test_decoding_stops_at_eos_and_respects_max_length():
         dec.out.bias[EOS_ID] = 10.0                            # now <eos> first
     out = dec.generate(feats, max_len=7, beam_size=2)
     assert (out[:, 1] == EOS_ID).all() and (out[:, 2:] == PAD_ID).all()
+
+
+def test_sampled_sentences_are_well_formed_seeded_and_follow_the_model():
+    torch.manual_seed(0)
+    dec = CaptionDecoder(feat_dim=4, vocab_size=8, embed_dim=3, hidden=5)
+    feats = torch.randn(3, 4)
+    draw = lambda seed: dec.sample(feats, 9, 20, torch.Generator().manual_seed(seed))
+    out = draw(0)
+    assert out.shape == (3, 20, 9) and (out[..., 0] == SOS_ID).all() and torch.equal(out, draw(0))
+    assert not torch.equal(out, draw(1))
+    for sentence in out.reshape(-1, 9).tolist():             # <sos> words <eos>, then only <pad>
+        end = sentence.index(EOS_ID)
+        assert SOS_ID not in sentence[1:] and set(sentence[end + 1:]) <= {PAD_ID} and PAD_ID not in sentence[:end]
+    with torch.no_grad():
+        dec.out.weight.zero_()
+        dec.out.bias.fill_(-30.0)
+        dec.out.bias[5], dec.out.bias[EOS_ID] = 0.0, 0.0          # two words equally likely, the rest never
+    words = dec.sample(feats, 9, 200, torch.Generator().manual_seed(0))[..., 1]
+    assert set(words.unique().tolist()) == {5, EOS_ID} and 0.4 < (words == 5).float().mean() < 0.6
+
+
+def test_mbr_decoding_says_one_of_its_samples_the_same_under_a_seed():
+    data = fake_data(8)
+    model = model_for(("T1", "T3"), data).eval()
+    feats = model.features(torch.from_numpy(data.images[:4]).permute(0, 3, 1, 2).float() / 255)
+    say = lambda seed: decode_sentences(model.decoder, feats, data.vocab, 8, mbr_samples=6,
+                                        generator=torch.Generator().manual_seed(seed))
+    assert say(0) == say(0) != say(1)
+    drawn = model.decoder.sample(feats, 8, 6, torch.Generator().manual_seed(0)).tolist()
+    assert all(words in [data.vocab.decode(t) for t in image] for words, image in zip(say(0), drawn))
+    assert decode_sentences(model.decoder, feats, data.vocab, 8) == [data.vocab.decode(t) for t in
+                                                                      model.decoder.generate(feats, 8).tolist()]
 
 
 def test_beam_search_never_scores_worse_than_greedy():

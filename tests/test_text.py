@@ -1,6 +1,9 @@
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
-from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID, UNK_ID, Vocab, corpus_bleu4, sentence_bleu4, tokenize
+import random
+
+from mtkd_utils.text import (EOS_ID, PAD_ID, SOS_ID, UNK_ID, Vocab, _Ngrams, _smoothed_bleu4, corpus_bleu4, mbr_index,
+                             sentence_bleu4, tokenize)
 
 
 def test_tokenize_lowercases_and_splits_punctuation():
@@ -38,3 +41,21 @@ def test_bleu_matches_nltk_on_fixed_examples():
     assert sentence_bleu4(refs[0], refs[0]) == 1.0
     assert sentence_bleu4(refs[1], hyps[1]) < 1.0             # nltk: a 3-word sentence has no 4-gram, even when exact
     assert corpus_bleu4([["a"]], [["b"]]) == 0.0
+
+
+def test_the_fast_sentence_bleu_is_nltks():
+    rng = random.Random(0)
+    words = "a b c d e . ,".split()
+    for _ in range(500):
+        ref, hyp = ([rng.choice(words) for _ in range(rng.randint(0, 10))] for _ in range(2))
+        assert abs(_smoothed_bleu4(_Ngrams(hyp), _Ngrams(ref)) - sentence_bleu4(ref, hyp)) < 1e-12, (ref, hyp)
+
+
+def test_mbr_picks_the_sentence_the_others_agree_with():
+    said = [s.split() for s in ("normal fundus of the left eye .", "left eye : normal fundus .",
+                                "normal fundus of the left eye .", "normal fundus , left eye .", "drusen .")]
+    assert mbr_index(said) == 0                        # the sentence drawn twice; its copy (index 2) ties: the first
+    # not merely the commonest: three samples that share most words beat two copies of an outlier
+    said = [s.split() for s in ("x y z", "x y z", "a b c d e", "a b c d f", "a b c d g")]
+    assert mbr_index(said) == 2
+    assert mbr_index([[], ["a"]]) == 1 and mbr_index([["a"]]) == 0
