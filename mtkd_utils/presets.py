@@ -44,7 +44,7 @@ PRESETS: dict[str, Preset] = {
         # Budgets measured on validation (n = 258; README "Demo results" shows each model's distance from its
         # plateau): M1 levels off after ~600 updates at p=5 (T1 0.75) and ~700 at p=70 (0.87-0.90). Trained that
         # long, p=15 already reaches p=70's level (0.88), so labels are scarce on this benchmark only below ~10 %:
-        # the demo distils at p=5. A student's 3 passes over the unlabeled pool are ~440 updates.
+        # the demo distils at p=5. A student's 3 passes over the unlabeled pool are 864 updates (half of each batch labeled).
         config=dict(dataset="demo", batch_size=32, epochs=20, min_steps=600, val_every=30, student_passes=3.0,
                     unlabeled_per_epoch=0.5, tau_grid=(2.0,), alpha_grid=(0.5, 0.9), output_stride=16,
                     pool="mean+halves", beam_size=3, patience=20, labeled_share=0.5),

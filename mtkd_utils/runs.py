@@ -180,7 +180,7 @@ def refuse_other_settings(run: Path, cfg: Config, ignore: tuple[str, ...] = (), 
     old = read_json(run / "config.json")
     # a field added after the run was recorded holds its default there: a new option's default keeps the old behaviour
     theirs = {k: old["config"].get(k, DEFAULTS[k]) for k in mine}
-    diff = sorted(k for k in mine if not json_equal(mine[k], theirs.get(k)))
+    diff = sorted(k for k in mine if not json_equal(mine[k], theirs[k]))
     diff += sorted(k for k, v in meta.items() if not json_equal(v, old.get(k)))
     if diff:
         raise FileExistsError(f"{run} holds a run with other settings ({', '.join(diff)}); nothing was "

@@ -91,6 +91,7 @@ class _Ngrams:
         tokens = tuple(tokens)
         self.length = len(tokens)
         self.counts = [Counter(tokens[i: i + n] for i in range(len(tokens) - n + 1)) for n in range(1, 5)]
+        self.totals = [max(1, self.length - n + 1) for n in range(1, 5)]    # BLEU's precision denominators
 
 
 def _smoothed_bleu4(hyp: _Ngrams, ref: _Ngrams) -> float:
@@ -99,8 +100,7 @@ def _smoothed_bleu4(hyp: _Ngrams, ref: _Ngrams) -> float:
     matches = [sum(min(c, r[g]) for g, c in h.items() if g in r) for h, r in zip(hyp.counts, ref.counts)]
     if matches[0] == 0:
         return 0.0
-    totals = [max(1, sum(h.values())) for h in hyp.counts]
-    log_p = sum(0.25 * math.log((m if m else 0.1) / t) for m, t in zip(matches, totals))
+    log_p = sum(0.25 * math.log((m if m else 0.1) / t) for m, t in zip(matches, hyp.totals))
     brevity = 1.0 if hyp.length > ref.length else math.exp(1 - ref.length / hyp.length)
     return brevity * math.exp(log_p)
 
