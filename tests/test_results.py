@@ -458,3 +458,29 @@ def test_the_readme_shows_the_study_when_07_ran(tmp_path):
     text = "\n".join(readme._study(tmp_path, Path("docs/figures")))
     assert "| M3, no student noise | 0.7 | +0.020 [-0.010, +0.050] | +0.021 [+0.004, +0.038] | 1 |" in text
     assert "T2_acc" not in text and "![the study](docs/figures/study.png)" in text
+
+
+def test_ece_interval_is_moved_by_the_bootstrap_bias_and_contains_the_estimate():
+    """Calibrated probabilities: ECE's resampled draws sit above the plug-in value (|Σ| of noisier sums), so the
+    plain percentile interval can miss it; the reported interval keeps the draws' spread around the estimate."""
+    from mtkd_utils.manifest import LabelMap
+
+    labels = LabelMap.from_pairs(["a", "b"], [("a", "a"), ("b", "b")])
+    rng = np.random.default_rng(0)
+    n = 1000
+    p_b = rng.uniform(0.05, 0.95, n)
+    y = (rng.random(n) < p_b).astype(int)                      # calibrated: the truth drawn from the probabilities
+    probs = {"T1": np.column_stack([1 - p_b, p_b])}
+    preds = make_preds(n, np.ones(n, bool))
+    preds["coarse_true"] = np.array(["a", "b"])[y]
+    preds["coarse_pred"] = np.array(["a", "b"])[(p_b > 0.5).astype(int)]
+    value, raw = bootstrap._metric_draws(preds, "T1_ece", bootstrap._resample_weights(n, 500, 0), labels, probs)
+    bias = np.median(raw) - value
+    assert bias > 0                                            # the draws sit above the estimate
+    ci = bootstrap.bootstrap_ci(preds, "T1_ece", n_boot=500, labels=labels, probs=probs)
+    lo, hi = bootstrap._interval(raw, 0.95)
+    assert ci["lo"] == pytest.approx(lo - bias) and ci["hi"] == pytest.approx(hi - bias)
+    assert ci["value"] == pytest.approx(value) and ci["lo"] <= ci["value"] <= ci["hi"]
+    acc = bootstrap.bootstrap_ci(preds, "T1_acc", n_boot=500)     # other metrics: the plain percentile interval
+    _, draws = bootstrap._metric_draws(preds, "T1_acc", bootstrap._resample_weights(n, 500, 0))
+    assert (acc["lo"], acc["hi"]) == pytest.approx(bootstrap._interval(draws, 0.95))
