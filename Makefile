@@ -23,8 +23,8 @@ git-filter: .venv/ready    ## set-up: the nbstripout git filter (a no-op outside
 demo: $(KERNEL)            ## the whole workbook on the synthetic default, one Dask worker per core (ARGS="--scheduler sync": one by one)
 	$(PY) -m mtkd_utils.batch --preset demo $(ARGS)
 
-test: $(KERNEL)            ## unit tests + the notebooks end to end on the smoke preset
-	$(PY) -m pytest
+test: $(KERNEL)            ## unit tests + the notebooks end to end on the smoke preset, on both cores (pytest-xdist)
+	$(PY) -m pytest -n 2 --dist loadfile
 
 lab: $(KERNEL)             ## JupyterLab at the repository root, on 127.0.0.1 with a token, offering the mtkd kernel
 	$(PY) -m mtkd_utils.lab $(LAB_ARGS)
