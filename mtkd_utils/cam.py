@@ -63,13 +63,47 @@ class TaskOutput(nn.Module):
         return self.model(images)[self.task]
 
 
-def target_layer(model: nn.Module) -> nn.Module:
-    """The layer the CAMs look at: the encoder's last convolutional block (`model.cam_layer`)."""
+def target_layer(model: nn.Module, block: int | None = None) -> nn.Module:
+    """The layer the CAMs look at: encoder block `block`, or by default its last convolutional block
+    (`model.cam_layer`)."""
     model = model.model if isinstance(model, TaskOutput) else model
     layer = getattr(model, "cam_layer", None)
     if not isinstance(layer, nn.Module):
         raise ValueError(f"{type(model).__name__} has no `cam_layer` module: pass an MTLModel")
-    return layer
+    if block is None:
+        return layer
+    if not -len(model.encoder) <= block < len(model.encoder):
+        raise ValueError(f"block={block}: the encoder has blocks 0..{len(model.encoder) - 1}")
+    return model.encoder[block]
+
+
+@torch.no_grad()
+def block_strides(model: nn.Module, image_size: int) -> list[int]:
+    """Each encoder block's output stride (image side / map side) for square images of `image_size` px."""
+    model = model.model if isinstance(model, TaskOutput) else model
+    h, strides = torch.zeros(1, 3, image_size, image_size, device=_device(model)), []
+    was_training = model.training
+    model.eval()
+    try:
+        for block in model.encoder:
+            h = block(h)
+            strides.append(round(image_size / h.shape[-1]))
+    finally:
+        model.train(was_training)
+    return strides
+
+
+def block_at_stride(model: nn.Module, stride: int | None, image_size: int) -> int | None:
+    """The last encoder block whose map has output stride `stride` at this image size (None: the default layer).
+
+    Stride 8 is an 8 x 8 map at 64 px (mobilenet_v3_small: block 3), 28 x 28 at 224 px (resnet50: layer2)."""
+    if stride is None:
+        return None
+    strides = block_strides(model, image_size)
+    if stride not in strides:
+        raise ValueError(f"cam_stride={stride}: this encoder's blocks have output strides {sorted(set(strides))} "
+                         f"at {image_size} px; choose one of them, or None for the last block")
+    return len(strides) - 1 - strides[::-1].index(stride)
 
 
 def _method(method: str) -> type[BaseCAM]:
@@ -98,7 +132,8 @@ def predicted_classes(model: nn.Module, images: torch.Tensor, task: str = "T1", 
 
 
 @contextmanager
-def cam_extractor(model: nn.Module, task: str = "T1", method: str = "gradcam") -> Iterator[BaseCAM]:
+def cam_extractor(model: nn.Module, task: str = "T1", method: str = "gradcam",
+                  block: int | None = None) -> Iterator[BaseCAM]:
     """A CAM object on one head, built once; on exit hooks are released and the model restored, errors propagate."""
     cls = _method(method)
     was_training = model.training
@@ -108,7 +143,7 @@ def cam_extractor(model: nn.Module, task: str = "T1", method: str = "gradcam") -
         p.requires_grad_(False)        # see TaskOutput.forward
     cam = None
     try:
-        cam = cls(model=TaskOutput(model, task), target_layers=[target_layer(model)])   # sets eval mode
+        cam = cls(model=TaskOutput(model, task), target_layers=[target_layer(model, block)])   # sets eval mode
         yield cam
     finally:
         # Not `with cam:`: the package's __exit__ prints and swallows IndexError.
@@ -141,8 +176,10 @@ def check_cams(cams: np.ndarray, shape: tuple[int, ...], allow_constant: bool = 
 
 
 def compute_cams(model: nn.Module, images: torch.Tensor, task: str = "T1", targets: Sequence[int] | None = None,
-                 method: str = "gradcam", batch_size: int = 16, allow_constant: bool = False) -> np.ndarray:
-    """CAMs (N, H, W) in [0, 1] of one head for class `targets` (default: the predicted class), checked."""
+                 method: str = "gradcam", batch_size: int = 16, allow_constant: bool = False,
+                 block: int | None = None) -> np.ndarray:
+    """CAMs (N, H, W) in [0, 1] of one head for class `targets` (default: the predicted class), checked; at encoder
+    block `block` (block_at_stride), by default the last one."""
     if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
         raise ValueError(f"images: expected a float (N, 3, H, W) tensor in [0, 1], "
                          f"got {images.dtype} {tuple(images.shape)}")
@@ -156,7 +193,7 @@ def compute_cams(model: nn.Module, images: torch.Tensor, task: str = "T1", targe
         raise ValueError(f"targets: one class index in [0, {n_classes}) per image ({len(images)}), "
                          f"got {targets.tolist()}")
     maps, fmap = [], None
-    with cam_extractor(model, task, method) as cam, torch.enable_grad():   # a caller's no_grad would kill the gradients
+    with cam_extractor(model, task, method, block) as cam, torch.enable_grad():   # a caller's no_grad would kill the gradients
         for i in range(0, len(images), batch_size):
             x = images[i: i + batch_size].to(_device(model))
             chosen = [ClassifierOutputTarget(int(t)) for t in targets[i: i + batch_size]]

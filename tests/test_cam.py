@@ -9,8 +9,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from mtkd_utils.cam import (METHODS, CamError, TaskOutput, cam_extractor, check_cams, compute_cams, figure_rows,
-                            gradcam_figure, predicted_classes, randomized_copy, target_layer)
+from mtkd_utils.cam import (METHODS, CamError, TaskOutput, block_at_stride, block_strides, cam_extractor, check_cams,
+                            compute_cams, figure_rows, gradcam_figure, predicted_classes, randomized_copy, target_layer)
 from mtkd_utils.model import SUPPORTED_BACKBONES, MTLModel
 from pytorch_grad_cam.utils.image import scale_cam_image
 
@@ -68,6 +68,23 @@ def test_every_backbone_gives_valid_gradcams(backbone):
     assert target_layer(TaskOutput(model, "T1")) is layer
     cams = compute_cams(model, images(), task="T1")
     assert_valid(cams, 2)
+
+
+def test_cams_at_a_chosen_stride(light):
+    """block_at_stride finds the last block of a stride (mobilenet_v3_small at 64 px: 8 x 8 maps end at block 3);
+    CAMs there are valid and differ from the last block's; an absent stride is refused with the ones there are."""
+    strides = block_strides(light, PX)
+    assert strides == sorted(strides) and strides[0] == 2 and strides[-1] == 32
+    block = block_at_stride(light, 8, PX)
+    assert strides[block] == 8 and strides[block + 1] == 16 and block_at_stride(light, None, PX) is None
+    assert target_layer(light, block) is light.encoder[block] and target_layer(light, None) is light.cam_layer
+    fine = compute_cams(light, images(), task="T1", targets=[1, 1], block=block, method="layercam")
+    assert_valid(fine, 2)
+    assert not np.allclose(fine, compute_cams(light, images(), task="T1", targets=[1, 1], method="layercam"))
+    with pytest.raises(ValueError, match=r"cam_stride=5: .*strides \[2, 4, 8, 16, 32\]"):
+        block_at_stride(light, 5, PX)
+    with pytest.raises(ValueError, match="blocks 0..12"):
+        target_layer(light, 13)
 
 
 def manual_gradcam(model: MTLModel, x: torch.Tensor, task: str, k: int) -> np.ndarray:

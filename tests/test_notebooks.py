@@ -59,6 +59,17 @@ def test_notebooks_run_in_order(experiment):
     assert not missing, f"docs/ARCHITECTURE.md names paths the notebooks did not write: {missing}"
 
 
+def test_cam_choice_scores_blocks_on_validation(experiment):
+    """The CAM probe on the smoke experiment's validation split: one row per (block, method), scores in [0, 1]."""
+    from mtkd_utils import cam_choice
+    from mtkd_utils.runs import RunKey
+
+    table = cam_choice.validation_scores(experiment, RunKey(("T1", "T2", "T3"), 15, 0, "M3"), ("gradcam", "layercam"))
+    assert list(table.columns[:4]) == ["block", "stride", "map", "method"] and set(table.method) == {"gradcam", "layercam"}
+    assert (table.stride >= 8).all() and len(table) == 2 * table.block.nunique() and table.n_scored.nunique() == 1
+    assert table[["pointing", "randomised_pointing", "pointing_chance", "energy"]].apply(lambda c: c.between(0, 1)).all().all()
+
+
 def test_a_bad_parameter_fails_before_training(experiment, tmp_path):
     # one notebook run shows the parameter check comes first; the other checks are unit-tested (test_bad_inputs)
     with pytest.raises(pm.PapermillExecutionError, match="training fraction"):
@@ -78,3 +89,4 @@ def test_a_moved_experiment_reruns_05_and_06(experiment, tmp_path):
     run("06_results.ipynb", moved, n_boot=200)
     assert (moved / "gradcam" / "localisation.csv").exists()
     assert len(pd.read_csv(moved / "results" / "table1.csv")) == 4   # M1, M2, M3, M1b
+
