@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -22,9 +21,7 @@ from .runs import RunKey
 def validation_images(experiment_dir, data, normal: str = "normal"):
     """The abnormal validation images with a lesion mask: (images (N, 3, H, W), masks, their true coarse class
     indices, their disease names)."""
-    val = data.rows("val")
-    rows = data.manifest.iloc[val].reset_index(drop=True)
-    x = torch.from_numpy(np.array(data.images[val])).permute(0, 3, 1, 2).float() / 255
+    rows, x = views.held_out_images(data, "val")
     masks = [load_mask(runs.manifest_path(experiment_dir), r.image, r.mask, x.shape[-1]) for r in rows.itertuples()]
     scored, targets = views.cam_targets(rows, masks, data.labels.coarse, "T1", normal)
     return x[scored], [masks[i] for i in scored], targets, rows.coarse.iloc[scored]

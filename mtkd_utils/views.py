@@ -102,11 +102,11 @@ def student_predictions(finished: pd.DataFrame) -> dict[str, pd.DataFrame]:
             .assign(bleu=lambda d: pd.to_numeric(d.bleu, errors="coerce")) for r in finished.itertuples()}
 
 
-def held_out_images(data: FundusData) -> tuple[pd.DataFrame, torch.Tensor]:
-    """The test split's manifest rows and images as one float batch (N, 3, H, W) in [0, 1]."""
-    test = data.rows("test")
-    x = torch.from_numpy(np.array(data.images[test])).permute(0, 3, 1, 2).float() / 255
-    return data.manifest.iloc[test].reset_index(drop=True), x
+def held_out_images(data: FundusData, role: str = "test") -> tuple[pd.DataFrame, torch.Tensor]:
+    """One split's (default: test) manifest rows and images as one float batch (N, 3, H, W) in [0, 1]."""
+    rows = data.rows(role)
+    x = torch.from_numpy(np.array(data.images[rows])).permute(0, 3, 1, 2).float() / 255
+    return data.manifest.iloc[rows].reset_index(drop=True), x
 
 
 def has_lesion(masks: list) -> np.ndarray:
