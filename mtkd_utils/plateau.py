@@ -26,14 +26,19 @@ from .training import new_model
 SHOWN = ["val_score", "val_T1_acc", "val_T2_acc", "val_T3_bleu4"]
 
 
-def curve(experiment_dir: str | Path, p: float, updates: int, preset: str = "demo", **overrides) -> pd.DataFrame:
-    """M1's validation history at fraction p over a schedule of `updates` updates (patience off)."""
+def curve(experiment_dir: str | Path, p: float, updates: int | None = None, preset: str = "demo",
+          **overrides) -> pd.DataFrame:
+    """M1's validation history at fraction p over a schedule of `updates` updates (None: the preset's own),
+    patience off. Initialisation and data order are M1's teacher run's (02), so on the teacher's schedule the
+    probe retraces the teacher's history."""
     cfg = preset_config(preset, patience=10**6, **overrides)
     setup_runtime(cfg)
     data = load_data(experiment_dir, p, cfg)
-    model = new_model(cfg, data, TASKS, cfg.model_seed("teacher", TASKS))
+    own_seed = cfg.model_seed("teacher", TASKS)
+    model = new_model(cfg, data, TASKS, own_seed)
     with tempfile.TemporaryDirectory() as scratch:
-        return fit(model, data, data.rows("train"), cfg, scratch, cfg.epochs, updates=updates, desc=f"p={p:g}")
+        return fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), scratch, cfg.epochs,
+                   updates=updates, desc=f"p={p:g}")
 
 
 def summary(history: pd.DataFrame, p: float, updates: int) -> dict:

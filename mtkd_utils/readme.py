@@ -173,6 +173,18 @@ def _comparisons(exp: Path) -> list[str]:
             "runs exist:", "", to_markdown(comparison_table(comparisons))]
 
 
+def busy_seconds(started: pd.Series, finished: pd.Series) -> float:
+    """Seconds during which at least one run was running: overlapping runs (Dask workers) count once, and the
+    idle gap between two invocations of the runner (a grid extended later) not at all."""
+    total, end = 0.0, None
+    for start, stop in sorted(zip(pd.to_datetime(started), pd.to_datetime(finished))):
+        if end is None or start > end:
+            total, end = total + (stop - start).total_seconds(), stop
+        elif stop > end:
+            total, end = total + (stop - end).total_seconds(), stop
+    return total
+
+
 def _timings(exp: Path) -> str:
     summary = exp / "runs" / "summary.csv"
     if not summary.exists():
@@ -182,10 +194,9 @@ def _timings(exp: Path) -> str:
     if not col:
         return ""
     if {"started", "finished"} <= set(s) and s.started.notna().all():
-        # runs overlap on Dask workers: the wall time is first start to last finish, not the sum
-        span = pd.to_datetime(s.finished).max() - pd.to_datetime(s.started).min()
-        return (f"Wall time of the whole grid, first start to last end: {span.total_seconds() / 60:.1f} min "
-                f"({len(s)} notebook runs, {s[col].sum() / 60:.1f} min of notebook time).")
+        busy = busy_seconds(s.started, s.finished) / 60
+        return (f"Wall time of the grid, counting the time any notebook ran: {busy:.1f} min ({len(s)} notebook runs, "
+                f"{s[col].sum() / 60:.1f} min of notebook time).")
     return f"Wall time of the whole grid: {s[col].sum() / 60:.1f} min ({len(s)} cells)."
 
 

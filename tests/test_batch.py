@@ -282,18 +282,20 @@ def test_ensure_kernel_registers_this_python_once(tmp_path):
     assert (folder / "kernel.json").stat().st_mtime_ns == mtime   # present: not installed again
 
 
-def test_the_readme_reports_the_span_of_overlapping_runs(tmp_path):
+def test_the_readme_reports_the_time_any_run_was_running(tmp_path):
     from mtkd_utils.readme import _timings
 
     runs = tmp_path / "runs"
     runs.mkdir()
-    # two runs side by side on two workers, 60 s each, then one of 30 s: 1.5 min of wall time, 2.5 of notebook time
-    pd.DataFrame({"cell": ["a", "b", "c"], "status": "done", "seconds": [60, 60, 30],
-                  "started": ["2026-01-01T10:00:00", "2026-01-01T10:00:00", "2026-01-01T10:01:00"],
-                  "finished": ["2026-01-01T10:01:00", "2026-01-01T10:01:00", "2026-01-01T10:01:30"]}
-                 ).to_csv(runs / "summary.csv", index=False)
-    assert _timings(tmp_path) == ("Wall time of the whole grid, first start to last end: 1.5 min "
-                                  "(3 notebook runs, 2.5 min of notebook time).")
+    # two runs side by side on two workers, 60 s each, then one of 30 s; a day later the grid is extended by a
+    # 30 s run: 2 min of wall time (the day between is no grid time), 3 min of notebook time
+    pd.DataFrame({"cell": ["a", "b", "c", "d"], "status": "done", "seconds": [60, 60, 30, 30],
+                  "started": ["2026-01-01T10:00:00", "2026-01-01T10:00:00", "2026-01-01T10:01:00",
+                              "2026-01-02T10:00:00"],
+                  "finished": ["2026-01-01T10:01:00", "2026-01-01T10:01:00", "2026-01-01T10:01:30",
+                               "2026-01-02T10:00:30"]}).to_csv(runs / "summary.csv", index=False)
+    assert _timings(tmp_path) == ("Wall time of the grid, counting the time any notebook ran: 2.0 min "
+                                  "(4 notebook runs, 3.0 min of notebook time).")
 
 
 def test_a_free_worker_takes_the_longest_chain_first(tmp_path, dummy):
