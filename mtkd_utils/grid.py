@@ -159,9 +159,9 @@ def expand_grid(preset: str, experiment_dir: str | Path | None = None, *, notebo
                            tuple(deps))
 
     combos = [task_key(parse_tasks(t)) for t in grid["tasks"]]
-    # one 02 run trains the union's full task set, another every smaller subset (M3's other teachers): the
-    # two run side by side on two workers; a p without KD students trains each combination's M1 alone
-    union = task_key(parse_tasks(sorted({t for c in combos for t in parse_tasks(c)})))
+    # one 02 run per teacher, so that as many train side by side as there are workers: at a p with KD students
+    # every subset of the combinations' union (M1 and M3's ensemble), elsewhere each combination's M1 alone
+    union = parse_tasks(sorted({t for c in combos for t in parse_tasks(c)}))
     points = [(p, s) for s in grid["seeds"] for p in grid["p"]]   # seed-major: seed 0 completes first
     kd_p = grid["kd_p"]
     data = run("data", "all", dict(data_parameters or {}), [])
@@ -169,17 +169,13 @@ def expand_grid(preset: str, experiment_dir: str | Path | None = None, *, notebo
     for p, s in points:
         point = dict(p=p, seed=s, overrides=dict(overrides))
         kd = p in kd_p
-        groups = {union: "full", "subsets": "subsets"} if kd else {c: "full" for c in combos}
-        for name, group in groups.items():
-            if group == "subsets" and len(parse_tasks(union)) == 1:
-                continue
-            tasks = union if kd else name
-            teachers[p, s, name] = run("teachers", f"p{p:g}_s{s}/{name}", dict(tasks=tasks, group=group, **point),
+        # the largest first: M1 unlocks M2 soonest, and the longest runs start before the short ones
+        for name in [task_key(t) for t in sorted(task_subsets(union), key=len, reverse=True)] if kd else combos:
+            teachers[p, s, name] = run("teachers", f"p{p:g}_s{s}/{name}", dict(tasks=name, group="full", **point),
                                        [data.name])
 
         def teacher_runs(subsets: list[tuple[str, ...]]) -> list[str]:
-            names = {task_key(t) if not kd or task_key(t) == union else "subsets" for t in subsets}
-            return [teachers[p, s, n].name for n in sorted(names)]
+            return [teachers[p, s, task_key(t)].name for t in subsets]
 
         models = [m for m in grid["models"] if kd or m == "M1"]
         for combo in combos:

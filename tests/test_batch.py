@@ -55,7 +55,7 @@ def statuses(cells) -> dict[str, str]:
 # smoke: p=15 trains M1 + M3's other teachers and M1, M2, M3, M1b; p=70 M1 alone (kd_p); the demo the same at
 # p=5, and M1 alone at p=15 and 70; paper: 15 (p, seed) points x (full, subsets) teacher runs, x 4 combinations
 # x 4 models
-@pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 3, 5), ("demo", 4, 6), ("paper", 30, 240)])
+@pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 8, 5), ("demo", 9, 6), ("paper", 105, 240)])
 def test_grid_counts(preset, n_teachers, n_students, tmp_path):
     cells = batch.expand_grid(preset, tmp_path)
     stages = Counter(c.stage for c in cells)
@@ -70,26 +70,28 @@ def test_paper_grid_shares_teachers(tmp_path):
     cells = batch.expand_grid("paper", tmp_path)
     teachers = [c for c in cells if c.stage == "teachers"]
     students = {c.name: c for c in cells if c.stage == "students"}
-    # two 02 runs per (p, seed), on the union of the combinations: M1 alone, and every smaller subset
-    assert {c.parameters["tasks"] for c in teachers} == {"T1+T2+T3"}
+    # one 02 run per teacher and (p, seed): every subset of the combinations' union, shared by the combinations
+    subsets = {"T1", "T2", "T3", "T1+T2", "T1+T3", "T2+T3", "T1+T2+T3"}
+    assert {c.parameters["tasks"] for c in teachers} == subsets
     assert Counter((c.parameters["p"], c.parameters["seed"]) for c in teachers) == \
-        {(p, s): 2 for p in (15, 30, 45, 60, 70) for s in (0, 1, 2)}
-    assert {c.parameters["group"] for c in teachers} == {"full", "subsets"}
+        {(p, s): 7 for p in (15, 30, 45, 60, 70) for s in (0, 1, 2)}
+    assert {c.parameters["group"] for c in teachers} == {"full"}
     assert {c.parameters["tasks"] for c in students.values()} == {"T1+T2", "T1+T3", "T2+T3", "T1+T2+T3"}
-    full, rest = "teachers/p30_s1/T1+T2+T3", "teachers/p30_s1/subsets"
+    full = "teachers/p30_s1/T1+T2+T3"
     need = {m: set(students[f"students/T1+T2+T3/p30_s1/{m}"].deps) for m in ("M1", "M2", "M3", "M1b")}
     assert need["M1"] == need["M2"] == {"data/all", full}
-    assert need["M3"] == {"data/all", full, rest}
+    assert need["M3"] == {"data/all", *(f"teachers/p30_s1/{t}" for t in subsets)}
     # M1b matches the budget of the students: it waits for them
     assert need["M1b"] == {"data/all", full, "students/T1+T2+T3/p30_s1/M2", "students/T1+T2+T3/p30_s1/M3"}
-    assert set(students["students/T1+T2/p30_s1/M3"].deps) == {"data/all", rest}   # T1, T2, T1+T2 are all "subsets"
+    assert set(students["students/T1+T2/p30_s1/M3"].deps) == {"data/all", *(f"teachers/p30_s1/{t}"
+                                                                           for t in ("T1", "T2", "T1+T2"))}
     assert all(c.parameters["models"] == [c.key.rsplit("/", 1)[1]] for c in students.values())
 
 
 def test_fractions_outside_kd_p_train_m1_alone(tmp_path):
     cells = {c.name: c for c in batch.expand_grid("demo", tmp_path)}
     assert {n for n in cells if "p70" in n} == {"teachers/p70_s0/T1+T2+T3", "students/T1+T2+T3/p70_s0/M1"}
-    assert {n for n in cells if "p5_" in n} >= {"teachers/p5_s0/subsets", "students/T1+T2+T3/p5_s0/M1b"}
+    assert {n for n in cells if "p5_" in n} >= {"teachers/p5_s0/T1+T3", "students/T1+T2+T3/p5_s0/M1b"}
     assert cells["teachers/p70_s0/T1+T2+T3"].parameters["group"] == "full"
     # --p names fractions: each gets the whole method unless --kd-p says otherwise
     named = batch.expand_grid("demo", tmp_path, dims=dict(p=[30, 70]))
@@ -114,9 +116,9 @@ def test_cell_parameters_and_folders(tmp_path):
     # each model from its run's config.json
     assert cells["data/all"].parameters == {"experiment_dir": exp, "preset": "demo", "overrides": {"epochs": 3}}
     assert "overrides" not in cells["gradcam/all"].parameters
-    assert cells["teachers/p5_s0/subsets"].parameters == {"experiment_dir": exp, "preset": "demo",
-                                                          "tasks": "T1+T2+T3", "group": "subsets", "p": 5,
-                                                          "seed": 0, "overrides": {"epochs": 3}}
+    assert cells["teachers/p5_s0/T1+T3"].parameters == {"experiment_dir": exp, "preset": "demo",
+                                                        "tasks": "T1+T3", "group": "full", "p": 5,
+                                                        "seed": 0, "overrides": {"epochs": 3}}
     student = cells["students/T1+T2+T3/p5_s0/M3"]
     assert student.parameters == {"experiment_dir": exp, "preset": "demo", "tasks": "T1+T2+T3", "p": 5, "seed": 0,
                                   "models": ["M3"], "overrides": {"epochs": 3}}
@@ -145,7 +147,8 @@ def test_a_notebook_that_would_ignore_a_set_is_refused(tmp_path):
 def test_tasks_p_and_seeds_replace_the_presets(tmp_path):
     cells = batch.expand_grid("demo", tmp_path, dims=dict(p=[15.0, 30], seeds=[0, 1], tasks=None))
     assert {c.key for c in cells if c.stage == "teachers"} == \
-        {f"p{p}_s{s}/{g}" for p in (15, 30) for s in (0, 1) for g in ("T1+T2+T3", "subsets")}
+        {f"p{p}_s{s}/{t}" for p in (15, 30) for s in (0, 1)
+         for t in ("T1+T2+T3", "T1+T2", "T1+T3", "T2+T3", "T1", "T2", "T3")}
     assert {c.parameters["p"] for c in cells if c.stage == "teachers"} == {15, 30}   # 15.0 is the cell p15
     cells = batch.expand_grid("demo", tmp_path, dims=dict(tasks=["T1+T2", "T3"]))
     assert {c.parameters["tasks"] for c in cells if c.stage == "students"} == {"T1+T2", "T3"}
@@ -171,7 +174,7 @@ def test_bad_arguments_name_the_allowed_values(tmp_path):
 
 def test_only_stage_selects(tmp_path):
     cells = batch.select_stages(batch.expand_grid("paper", tmp_path), ["teachers", "results"])
-    assert Counter(c.stage for c in cells) == {"teachers": 30, "results": 1}
+    assert Counter(c.stage for c in cells) == {"teachers": 105, "results": 1}
 
 
 def test_dry_run_runs_nothing(tmp_path, dummy, capsys):
@@ -193,11 +196,12 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     assert batch.main(argv, dummy) == 1
     out = capsys.readouterr().out
     assert statuses(cells) == {
-        "data/all": "done", "teachers/p15_s0/T1+T2+T3": "done", "teachers/p15_s0/subsets": "done",
+        "data/all": "done", **{f"teachers/p15_s0/{t}": "done" for t in ("T1+T2+T3", "T1+T2", "T1+T3", "T2+T3",
+                                                                        "T1", "T2", "T3")},
         "teachers/p70_s0/T1+T2+T3": "failed", **{f"students/T1+T2+T3/p15_s0/{m}": "done" for m in MODELS},
         "students/T1+T2+T3/p70_s0/M1": "skipped",
         "error_analysis/all": "skipped", "gradcam/all": "skipped", "results/all": "skipped"}
-    assert executions(exp) == 8    # data, three teacher runs (one failing), the four p15 students
+    assert executions(exp) == 13   # data, eight teacher runs (p70's failing), the four p15 students
     failed = json.loads((exp / "runs/teachers/p70_s0/T1+T2+T3/cell.json").read_text())
     assert failed["error"]["type"] == "RuntimeError"
     assert failed["error"]["message"] == "planted failure at p=70"
@@ -216,15 +220,15 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
 
     # a plain re-run runs nothing: finished cells are kept, the failed one is not retried
     assert batch.main(argv, dummy) == 1
-    assert executions(exp) == 8
+    assert executions(exp) == 13
 
     # --retry-failed, with the cause gone: the failed cell and everything it blocked run, nothing else
     (exp / "FAIL").unlink()
     assert batch.main(argv + ["--retry-failed"], dummy) == 0
-    assert executions(exp) == 8 + 5
+    assert executions(exp) == 13 + 5
     assert set(statuses(cells).values()) == {"done"}
     assert batch.main(argv, dummy) == 0
-    assert executions(exp) == 13
+    assert executions(exp) == 18
     documented = architecture_paths({"<stage>": "teachers", "<key>": "p70_s0/T1+T2+T3"}, under="runs/")
     assert [path for path in documented if not (exp / path).exists()] == []   # docs/ARCHITECTURE.md's runs/ paths
 
@@ -234,17 +238,17 @@ def test_a_grown_grid_reruns_the_summaries_only(tmp_path, dummy, capsys):
     argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--p", "15",
             "--scheduler", "sync"]   # the same plan as on Dask (test above), without starting a cluster each time
     assert batch.main(argv, dummy) == 0
-    assert executions(exp) == 10              # data, two teacher runs, four students, three analyses
+    assert executions(exp) == 15              # data, seven teacher runs, four students, three analyses
     assert batch.main(argv, dummy) == 0
-    assert executions(exp) == 10              # nothing changed: nothing runs
+    assert executions(exp) == 15              # nothing changed: nothing runs
     capsys.readouterr()
     assert batch.main(argv + ["--seeds", "0", "1", "--dry-run"], dummy) == 0
     assert capsys.readouterr().out.count("inputs changed: runs again") == 3   # the three analyses
     assert batch.main(argv + ["--seeds", "0", "1"], dummy) == 0
-    # the new seed's teachers and students, then the analyses, which now need them: 6 + 3
-    assert executions(exp) == 19
-    ran = [json.loads(line) for line in (exp / "executions.txt").read_text().splitlines()[10:]]
-    assert [r["seed"] for r in ran] == [1] * 6 + [None] * 3
+    # the new seed's teachers and students, then the analyses, which now need them: 11 + 3
+    assert executions(exp) == 29
+    ran = [json.loads(line) for line in (exp / "executions.txt").read_text().splitlines()[15:]]
+    assert [r["seed"] for r in ran] == [1] * 11 + [None] * 3
 
 
 def test_a_killed_cell_runs_again(tmp_path, dummy):
@@ -305,4 +309,4 @@ def test_a_free_worker_takes_the_longest_chain_first(tmp_path, dummy):
             "--p", "70", "15", "--kd-p", "15"]
     assert batch.main(argv, dummy) == 0
     ran = [json.loads(line) for line in (exp / "executions.txt").read_text().splitlines()]
-    assert [(r["p"], r["models"]) for r in ran[:4]] == [(None, None), (15, None), (15, None), (70, None)]
+    assert [(r["p"], r["models"]) for r in ran[:9]] == [(None, None), *[(15, None)] * 7, (70, None)]

@@ -41,7 +41,7 @@ def test_gpu_workers_are_pinned_and_training_asks_for_a_gpu(tmp_path):
     assert len(seen) == len(runs) and {s["gpu"] for s in seen} <= {"0", "1"}
     # the nanny's malloc setting (1.8x slower training) stays in the worker; the notebooks run on glibc's defaults
     assert {s["malloc_trim"] for s in seen} == {None}
-    assert {r.name: grid.read_record(r)["gpu"] for r in runs}["teachers/p15_s0/subsets"] in ("0", "1")
+    assert {r.name: grid.read_record(r)["gpu"] for r in runs}["teachers/p15_s0/T1+T3"] in ("0", "1")
 
 
 def test_slurm_job_script_has_the_requested_options():
@@ -125,6 +125,6 @@ def test_the_longest_chains_start_first(tmp_path):
     runs = grid.expand_grid("demo", tmp_path)
     chain = executor.chain_lengths(runs)
     # data -> p=5 teachers -> M2 / M3 -> M1b -> analyses: the p=5 teachers outrank the M1-only fractions'
-    assert chain["data/all"] == 5 and chain["teachers/p5_s0/subsets"] == 4 and chain["teachers/p70_s0/T1+T2+T3"] == 3
+    assert chain["data/all"] == 5 and chain["teachers/p5_s0/T1+T3"] == 4 and chain["teachers/p70_s0/T1+T2+T3"] == 3
     assert chain["students/T1+T2+T3/p5_s0/M3"] == 3 and chain["students/T1+T2+T3/p5_s0/M1b"] == 2
     assert {chain[r.name] for r in runs if r.stage in grid.ANALYSES} == {1}
