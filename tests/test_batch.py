@@ -52,9 +52,8 @@ def statuses(cells) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the grid
 
-# smoke: p=15 trains M1 + M3's other teachers and M1, M2, M3, M1b; p=70 M1 alone (kd_p); the demo the same at
-# p=5, and M1 alone at p=15 and 70; paper: 15 (p, seed) points x (full, subsets) teacher runs, x 4 combinations
-# x 4 models
+# smoke: p=15 trains its 7 teachers (one run each) and M1, M2, M3, M1b; p=70 M1 alone (kd_p); the demo the same
+# at p=5, and M1 alone at p=15 and 70; paper: 15 (p, seed) points x 7 teacher runs, x 4 combinations x 4 models
 @pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 8, 5), ("demo", 9, 6), ("paper", 105, 240)])
 def test_grid_counts(preset, n_teachers, n_students, tmp_path):
     cells = batch.expand_grid(preset, tmp_path)

@@ -83,7 +83,7 @@ def test_two_runners_started_together_run_each_notebook_once(tmp_path):
     for p in procs:
         p.join()
     assert codes == [0, 3]                      # one ran the grid, the other was refused
-    assert executions(exp) == 10                # data, two teacher runs, four students, three analyses: each once
+    assert executions(exp) == 15                # data, seven teacher runs, four students, three analyses: each once
     assert not (exp / lock.LOCK_NAME).exists()
     for record in (exp / "runs").glob("**/cell.json"):
         assert json.loads(record.read_text())["status"] == "done"
