@@ -176,12 +176,10 @@ def _comparisons(exp: Path) -> list[str]:
 def busy_seconds(started: pd.Series, finished: pd.Series) -> float:
     """Seconds during which at least one run was running: overlapping runs (Dask workers) count once, and the
     idle gap between two invocations of the runner (a grid extended later) not at all."""
-    total, end = 0.0, None
+    total, end = 0.0, pd.Timestamp.min
     for start, stop in sorted(zip(pd.to_datetime(started), pd.to_datetime(finished))):
-        if end is None or start > end:
-            total, end = total + (stop - start).total_seconds(), stop
-        elif stop > end:
-            total, end = total + (stop - end).total_seconds(), stop
+        total += max(0.0, (stop - max(start, end)).total_seconds())   # only the part not yet counted
+        end = max(end, stop)
     return total
 
 
