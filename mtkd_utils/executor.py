@@ -2,7 +2,7 @@
 of this machine, its GPUs, a running Dask scheduler or a batch-queue cluster (Slurm, PBS, SGE, LSF).
 
 Each notebook run is one Dask task, submitted once the runs it needs have finished and a worker thread is free
-for it, the run with the longest chain of runs after it first; a failed run skips only its descendants. The tasks
+for it, the run with the costliest expected path after it first; a failed run skips only its descendants. The tasks
 share nothing but the experiment folder (records, run folders), so every worker must see it at the same path.
 """
 from __future__ import annotations
@@ -150,13 +150,29 @@ def _task(run: NotebookRun, kernel_name: str, cwd: str, parents: dict[str, str |
     return run.name, run_or_skip(run, parents, kernel_name, cwd)
 
 
-def chain_lengths(runs: list[NotebookRun]) -> dict[str, int]:
-    """Per run, the most runs on a path from it to the end of the grid (itself included): the critical path."""
-    length: dict[str, int] = {}
+# What a run costs, roughly, relative to a teacher at a small p (measured on the demo here: docs/PERFORMANCE.md).
+# Only the order in which ready runs start depends on it; counting runs instead started M3, the demo's longest
+# path, after p = 70's teacher and M2 (1,715 s instead of ~1,500).
+RELATIVE_COST = {"data": 0.3, "M1": 0.1, "M1b": 1.4, "M2": 3.0, "M3": 3.0, "error_analysis": 0.2, "gradcam": 0.3,
+                 "results": 0.4}
+
+
+def expected_cost(run: NotebookRun) -> float:
+    """RELATIVE_COST of the run; a teacher's grows with p once its epochs outlast the min_steps stretch."""
+    if run.stage == "teachers":
+        return max(1.0, float(run.parameters["p"]) / 30)
+    if run.stage == "students":
+        return RELATIVE_COST[run.parameters["models"][0]]
+    return RELATIVE_COST[run.stage]
+
+
+def critical_paths(runs: list[NotebookRun]) -> dict[str, float]:
+    """Per run, the expected cost of the costliest path from its start to the end of the grid (itself included)."""
+    path: dict[str, float] = {}
     for run in reversed(runs):                      # grid order is topological: children come later
-        children = [length[r.name] for r in runs if run.name in r.deps]
-        length[run.name] = 1 + max(children, default=0)
-    return length
+        children = [path[r.name] for r in runs if run.name in r.deps]
+        path[run.name] = expected_cost(run) + max(children, default=0.0)
+    return path
 
 
 def submit_run(client, run: NotebookRun, parents: dict[str, str | None], kernel_name: str, cwd: str, gpu: bool,
@@ -169,13 +185,14 @@ def submit_run(client, run: NotebookRun, parents: dict[str, str | None], kernel_
 def run_dask(runs: list[NotebookRun], status: dict[str, str | None], client, *, kernel_name: str, cwd: str,
              gpu: bool, bar) -> None:
     """Each run becomes a Dask task once every run it needs has finished, and only when a worker thread is free
-    for it: then the ready run with the longest chain of runs after it goes first (ties: grid order). Dask places
+    for it: then the ready run with the costliest expected path after it goes first (ties: grid order). Dask places
     any task it is given at once (a lone task is no 'root-ish' task it would queue), so holding the rest back
     here is what lets the critical path start first. Updates `status`."""
     from distributed import as_completed
 
-    chain, token = chain_lengths(runs), uuid.uuid4().hex[:8]   # a fresh key per runner: schedulers remember keys
-    waiting = sorted((r for r in runs if status[r.name] is None), key=lambda r: (-chain[r.name], runs.index(r)))
+    path, token = critical_paths(runs), uuid.uuid4().hex[:8]   # a fresh key per runner: schedulers remember keys
+    waiting = sorted((r for r in runs if status[r.name] is None), key=lambda r: (-path[r.name], runs.index(r)))
+    priority = {r.name: len(waiting) - i for i, r in enumerate(waiting)}
     bar.update(len(runs) - len(waiting))
     futures, running = {}, as_completed()
 
@@ -189,7 +206,7 @@ def run_dask(runs: list[NotebookRun], status: dict[str, str | None], client, *, 
         for run in [r for r in waiting if all(status.get(d, DONE) is not None for d in r.deps)][:max(0, free)]:
             waiting.remove(run)
             future = submit_run(client, run, {d: status.get(d, DONE) for d in run.deps}, kernel_name, cwd, gpu,
-                                chain[run.name] * len(runs) - runs.index(run), token)
+                                priority[run.name], token)
             futures[future] = run
             running.add(future)
         bar.set_postfix_str(counts(status))

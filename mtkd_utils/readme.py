@@ -223,7 +223,8 @@ def _study(exp: Path, rel: Path) -> list[str]:
                           "− M1 [95 % CI]": interval_text(t.minus_M1, t.lo, t.hi, sign="+"),
                           "M3 − variant [95 % CI]": interval_text(t.M3_minus, t.M3_lo, t.M3_hi, sign="+"),
                           "seeds": t.n_seeds})
-    return ["", f"**Notebook 07, when KD pays** (`make study`; T1 on the test split, paired bootstrap pooled over "
+    at = f" at p = {t.p.iloc[0]:g}" if "p" in t and t.p.notna().all() else ""
+    return ["", f"**Notebook 07, when KD pays{at}** (`make study`; T1 on the test split, paired bootstrap pooled over "
             f"{int(t.n_seeds.max())} seed(s); the ablations remove one ingredient from M3; all metrics in "
             "`study/study.csv`):", "", to_markdown(table), "", f"![the study]({rel}/study.png)"]
 

@@ -33,11 +33,13 @@ class Variant:
     overrides: dict = field(default_factory=dict)
     ingredient: str | None = None                # the recipe ingredient this ablation removes (M3 with vs without)
     hard_targets: bool = False                   # self-training: the teacher's argmax as labels
+    schedule: float = 1.0                        # M1's schedule (epochs, min_steps, patience) times this
 
 
 VARIANTS = {
-    "M1": Variant("M1 (to convergence)", "M1"),
+    "M1": Variant("M1 (its measured schedule)", "M1"),
     "M1b": Variant("M1 at the student's budget", "M1b"),
+    "M1_long": Variant("M1, twice its schedule", "M1", schedule=2.0),   # is M1 at its plateau?
     "self_training": Variant("M1 + pool, hard pseudo-labels", "M2", {"t3_kd": "topk", "tau_grid": (1.0,)},
                              hard_targets=True),
     "M2": Variant("M2 (one teacher)", "M2"),
@@ -70,7 +72,8 @@ def variant_experiment(experiment_dir: Path, name: str) -> Path:
     data/ (and teachers/, when the variant does not change them) linked in."""
     if name in MAIN:
         return Path(experiment_dir)
-    shares_teachers = set(VARIANTS[name].overrides) <= TEACHER_FREE
+    variant = VARIANTS[name]
+    shares_teachers = set(variant.overrides) <= TEACHER_FREE and variant.schedule == 1
     return linked_folder(experiment_dir, name, ("data", "teachers") if shares_teachers else ("data",))
 
 
@@ -95,7 +98,8 @@ def variant_config(experiment_dir: Path, name: str, key: RunKey, cfg: Config) ->
     """The variant's Config: the recipe, its overrides, and for ablations the recipe's chosen (tau, alpha)."""
     variant = VARIANTS[name]
     pinned = chosen_setting(experiment_dir, key) if variant.ingredient else {}
-    return cfg.updated(**{**pinned, **variant.overrides})
+    longer = {f: round(getattr(cfg, f) * variant.schedule) for f in ("epochs", "min_steps", "patience")}
+    return cfg.updated(**{**pinned, **variant.overrides, **(longer if variant.schedule != 1 else {})})
 
 
 def run_variant(experiment_dir: Path, name: str, key: RunKey, cfg: Config, data: FundusData) -> Path:
@@ -105,8 +109,8 @@ def run_variant(experiment_dir: Path, name: str, key: RunKey, cfg: Config, data:
         return teacher_ensemble_run(experiment_dir, key, data)
     exp = variant_experiment(experiment_dir, name)
     vcfg = variant_config(experiment_dir, name, key, cfg)
-    if name not in MAIN and not (exp / "teachers").is_symlink():
-        training.train_teachers(exp, key.tasks, key.p, key.seed, vcfg)
+    if name not in MAIN and not (exp / "teachers").is_symlink():     # an M1 variant needs only the full-set teacher
+        training.train_teachers(exp, key.tasks, key.p, key.seed, vcfg, "full" if variant.model == "M1" else "all")
     if variant.hard_targets:
         hard_pseudo_labels(exp, key.with_model(variant.model), vcfg, data)
     training.run_student(exp, variant.model, key.tasks, key.p, key.seed, vcfg, data)
@@ -153,16 +157,17 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, metric: str, n_boot: int) -> dict:
     return paired_bootstrap(a, b, metric, n_boot=n_boot)
 
 
-def study_table(folders: dict[tuple[str, int], Path], names, seeds, n_boot: int = 2000) -> pd.DataFrame:
-    """One row per (variant, metric): its score, it minus M1 with CI, and M3 minus it with CI (for an ablation:
-    what the ingredient it removes is worth)."""
+def study_table(folders: dict[tuple[str, int], Path], names, seeds, n_boot: int = 2000, p: float | None = None
+                ) -> pd.DataFrame:
+    """One row per (variant, metric) at fraction p: its score, it minus M1 with CI, and M3 minus it with CI (for an
+    ablation: what the ingredient it removes is worth)."""
     preds = {n: pooled_predictions(folders, n, seeds) for n in names}
     rows = []
     for name in names:
         variant = VARIANTS[name]
         for metric in METRICS:
             vs_m1 = compare(preds["M1"], preds[name], metric, n_boot)
-            row = {"variant": name, "label": variant.label, "metric": metric, "score": vs_m1["b"],
+            row = {"variant": name, "label": variant.label, "p": p, "metric": metric, "score": vs_m1["b"],
                    "minus_M1": vs_m1["diff"], "lo": vs_m1["lo"], "hi": vs_m1["hi"], "p_value": vs_m1["p_value"],
                    "ingredient": variant.ingredient, "n_seeds": len(seeds), "n": len(preds[name]),
                    "M3_minus": np.nan, "M3_lo": np.nan, "M3_hi": np.nan}
@@ -241,7 +246,10 @@ def conclusion(table: pd.DataFrame, metric: str = "T1_acc") -> str:
         lines.append(f"M3 − M1 on {metric}: {_ci(m3.minus_M1, m3.lo, m3.hi)}, n = {int(m3.n)} (seed, image) pairs: "
                      + ("KD pays against M1 trained to convergence." if pays else
                         "the CI does not exclude 0 (or lies below it): KD does not pay here against M1."))
-        for other, what in (("M1b", "M1 at the student's budget"), ("ensemble", "its teacher ensemble")):
+        if pays and (_beats_m1(rows, "M1b") or _beats_m1(rows, "M1_long")):
+            lines[-1] = lines[-1].replace("M1 trained to convergence", "M1 on its schedule (not yet converged)")
+        for other, what in (("M1b", "M1 at the student's budget"), ("M1_long", "M1 trained twice as long"),
+                            ("ensemble", "its teacher ensemble")):
             if other in rows.index and not np.isnan(rows.loc[other].M3_minus):
                 r = rows.loc[other]
                 verdict = "beats" if r.M3_lo > 0 else "does not beat" if r.M3_hi >= 0 else "is worse than"
@@ -265,11 +273,21 @@ def _why(rows: pd.DataFrame) -> list[str]:
         ens = rows.loc["ensemble"]
         lines.append(f"The teacher ensemble itself minus M1: {_ci(ens.minus_M1, ens.lo, ens.hi)}"
                      + ("." if ens.lo > 0 else ": the teachers know no more than M1, so there is little to distil."))
-    if "M1b" in rows.index and rows.loc["M1b"].lo > 0:
+    if _beats_m1(rows, "M1b"):
         m1b = rows.loc["M1b"]
         lines.append(f"M1 given the student's updates beats M1 ({_ci(m1b.minus_M1, m1b.lo, m1b.hi)}): M1 was not "
                      "trained to convergence, and a gain over M1 alone would credit the extra steps.")
+    if "M1_long" in rows.index and not np.isnan(rows.loc["M1_long"].minus_M1):
+        long = rows.loc["M1_long"]
+        lines.append(f"M1 trained twice as long minus M1: {_ci(long.minus_M1, long.lo, long.hi)}: "
+                     + ("M1's schedule stops short of its plateau; the longer M1 is the fair baseline."
+                        if long.lo > 0 else "M1's schedule is at its plateau (within this test split's resolution)."))
     return lines
+
+
+def _beats_m1(rows: pd.DataFrame, name: str) -> bool:
+    """Whether a longer-trained M1 beats M1 with its CI above 0."""
+    return name in rows.index and bool(rows.loc[name].lo > 0)
 
 
 def save_outputs(experiment_dir, table: pd.DataFrame, gains: pd.DataFrame, curve: pd.DataFrame) -> Path:

@@ -121,10 +121,17 @@ def test_two_workers_racing_on_one_run_folder_cannot_both_claim_it(tmp_path):
     assert not list(tmp_path.glob("*/.config.json.*.tmp"))
 
 
-def test_the_longest_chains_start_first(tmp_path):
+def test_the_costliest_paths_start_first(tmp_path):
     runs = grid.expand_grid("demo", tmp_path)
-    chain = executor.chain_lengths(runs)
-    # data -> p=5 teachers -> M2 / M3 -> M1b -> analyses: the p=5 teachers outrank the M1-only fractions'
-    assert chain["data/all"] == 5 and chain["teachers/p5_s0/T1+T3"] == 4 and chain["teachers/p70_s0/T1+T2+T3"] == 3
-    assert chain["students/T1+T2+T3/p5_s0/M3"] == 3 and chain["students/T1+T2+T3/p5_s0/M1b"] == 2
-    assert {chain[r.name] for r in runs if r.stage in grid.ANALYSES} == {1}
+    path = executor.critical_paths(runs)
+    cost = executor.RELATIVE_COST
+    # data -> p=5 teachers -> M3 -> M1b -> results: the p=5 teachers outrank p=70's longer teacher, and M2 / M3
+    # (a student's long KD run ahead of M1b) outrank it too: counting runs had put p=70's teacher before M3
+    after_m3 = cost["M3"] + cost["M1b"] + cost["results"]
+    assert path["students/T1+T2+T3/p5_s0/M3"] == pytest.approx(after_m3)
+    assert path["teachers/p5_s0/T1+T3"] == pytest.approx(1 + after_m3)
+    assert path["data/all"] == pytest.approx(cost["data"] + 1 + after_m3)
+    p70 = path["teachers/p70_s0/T1+T2+T3"]
+    assert p70 == pytest.approx(70 / 30 + cost["M1"] + cost["results"]) and p70 < after_m3
+    assert path["teachers/p15_s0/T1+T2+T3"] < p70           # a teacher's cost grows with p past the min_steps stretch
+    assert {path[r.name] for r in runs if r.stage in grid.ANALYSES} == {cost[s] for s in grid.ANALYSES}

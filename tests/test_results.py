@@ -457,7 +457,9 @@ def test_the_readme_shows_the_study_when_07_ran(tmp_path):
     write_csv(pd.DataFrame(rows), tmp_path / "study" / "study.csv")
     text = "\n".join(readme._study(tmp_path, Path("docs/figures")))
     assert "| M3, no student noise | 0.7 | +0.020 [-0.010, +0.050] | +0.021 [+0.004, +0.038] | 1 |" in text
-    assert "T2_acc" not in text and "![the study](docs/figures/study.png)" in text
+    assert "T2_acc" not in text and "![the study](docs/figures/study.png)" in text and "at p =" not in text
+    write_csv(pd.DataFrame(rows).assign(p=15.0), tmp_path / "study" / "study.csv")     # 07 now records its p
+    assert "**Notebook 07, when KD pays at p = 15**" in "\n".join(readme._study(tmp_path, Path("docs/figures")))
 
 
 def test_ece_interval_is_moved_by_the_bootstrap_bias_and_contains_the_estimate():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import run_notebook
-from mtkd_utils import study
+from mtkd_utils import presets, study
+from mtkd_utils.runs import RunKey
 from mtkd_utils.study_baselines import harden
 
 
@@ -29,11 +30,19 @@ def test_variants_need_the_baseline_and_the_recipe():
     assert study.check_variants(["topk_t3", "M3", "M1"]) == ["M1", "M3", "topk_t3"]     # table order
 
 
-def test_only_the_same_seed_ablation_trains_its_own_teachers(tmp_path):
-    for name in ("same_seed", "no_noise", "topk_t3", "natural_share", "self_training"):
+def test_only_the_same_seed_ablation_and_the_longer_m1_train_their_own_teachers(tmp_path):
+    for name in ("same_seed", "M1_long", "no_noise", "topk_t3", "natural_share", "self_training"):
         folder = study.variant_experiment(tmp_path, name)
-        assert (folder / "data").is_symlink() and (folder / "teachers").is_symlink() == (name != "same_seed")
+        own = name in ("same_seed", "M1_long")
+        assert (folder / "data").is_symlink() and (folder / "teachers").is_symlink() == (not own)
     assert study.variant_experiment(tmp_path, "M3") == tmp_path
+
+
+def test_the_longer_m1_doubles_every_part_of_its_schedule(tmp_path):
+    cfg = presets.config("demo")
+    long = study.variant_config(tmp_path, "M1_long", RunKey("T1+T2+T3", 15, 0), cfg)
+    assert (long.epochs, long.min_steps, long.patience) == (80, 1200, 80)
+    assert long.updated(epochs=cfg.epochs, min_steps=cfg.min_steps, patience=cfg.patience) == cfg   # nothing else
 
 
 def _row(variant, diff, lo, hi, ingredient=None, gain=np.nan, glo=np.nan, ghi=np.nan):
@@ -53,6 +62,12 @@ def test_the_conclusion_follows_the_numbers():
     fails = pays.assign(lo=pays.lo - 0.1, M3_lo=pays.M3_lo - 0.1)
     assert "does not pay" in study.conclusion(fails) and "none" in study.conclusion(fails)
     assert "little to distil" in study.conclusion(fails)
+    short = pd.concat([pays, pd.DataFrame([_row("M1_long", 0.03, 0.01, 0.05, gain=0.02, glo=-0.01, ghi=0.05)])])
+    text = study.conclusion(short)
+    assert "M3 does not beat M1 trained twice as long" in text and "stops short of its plateau" in text
+    assert "not yet converged" in text and "trained to convergence" not in text
+    plateau = short.assign(lo=short.lo.where(short.variant != "M1_long", -0.01))
+    assert "M1's schedule is at its plateau" in study.conclusion(plateau)
 
 
 def test_notebook_07_runs_on_smoke(tmp_path):
