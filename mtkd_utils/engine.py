@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 from .progress import progress
 
 from . import losses
@@ -294,6 +295,9 @@ def setup_runtime(cfg) -> torch.device:
     """Threads and determinism for this process; returns the device runs will use."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+        # numpy's BLAS as well: a bootstrap's matrix product then rounds alike whoever started the kernel (a sync
+        # runner's kernel inherits every core, a Dask worker's its share: CIs differed in the 17th digit)
+        threadpool_limits(cfg.threads)
     device = pick_device(cfg.device)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)   # same seed on CPU -> same numbers

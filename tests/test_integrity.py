@@ -1,5 +1,6 @@
 """Nothing lost, nothing leaked: resume after a real kill, atomic files, refusals, reproducibility."""
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -200,3 +201,15 @@ def test_a_run_recorded_before_an_option_existed_holds_its_default(tmp_path):
     assert runs.refuse_other_settings(tmp_path, cfg, kind="teacher")
     with pytest.raises(FileExistsError, match="other settings.*mbr_samples"):
         runs.claim_run(tmp_path, cfg.updated(mbr_samples=8), kind="teacher")
+
+
+def test_numpy_blas_follows_config_threads(tmp_path):
+    """A kernel started by the sync runner inherits every core; one on a Dask worker OMP_NUM_THREADS=1. Both must
+    compute with Config.threads BLAS threads, or a bootstrap's matrix product rounds differently."""
+    code = ("from threadpoolctl import threadpool_info\n"
+            "from mtkd_utils import engine\nfrom mtkd_utils.presets import config\n"
+            "engine.setup_runtime(config('smoke', threads=1))\n"
+            "print(sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[1]"
