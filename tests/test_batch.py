@@ -301,11 +301,13 @@ def test_the_readme_reports_the_time_any_run_was_running(tmp_path):
                                   "(4 notebook runs, 3.0 min of notebook time).")
 
 
-def test_a_free_worker_takes_the_longest_chain_first(tmp_path, dummy):
+def test_a_free_worker_takes_the_costliest_path_first(tmp_path, dummy):
     exp = tmp_path / "exp"
-    # p=70 comes first in the grid, but p=15's teachers head the longer chains (M2, M3, then M1b)
+    # p=70 comes first in the grid, but p=15's teachers head the costlier paths (M2, M3, then M1b), and M2 and M3,
+    # long KD runs with M1b after them, go before p=70's teacher; M1b (shorter) after it
     argv = ["--preset", "smoke", "--experiment-dir", str(exp), "--kernel", TEST_KERNEL, "--workers", "1",
             "--p", "70", "15", "--kd-p", "15"]
     assert batch.main(argv, dummy) == 0
     ran = [json.loads(line) for line in (exp / "executions.txt").read_text().splitlines()]
-    assert [(r["p"], r["models"]) for r in ran[:9]] == [(None, None), *[(15, None)] * 7, (70, None)]
+    assert [(r["p"], r["models"]) for r in ran[:12]] == [(None, None), *[(15, None)] * 7, (15, ["M2"]),
+                                                          (15, ["M3"]), (70, None), (15, ["M1b"])]
