@@ -243,11 +243,11 @@ def conclusion(table: pd.DataFrame, metric: str = "T1_acc") -> str:
     if "M3" in rows.index:
         m3 = rows.loc["M3"]
         pays = m3.lo > 0
+        converged = not (_beats_m1(rows, "M1b") or _beats_m1(rows, "M1_long"))
+        against = "M1 trained to convergence" if converged else "M1 on its schedule (not yet converged)"
         lines.append(f"M3 − M1 on {metric}: {_ci(m3.minus_M1, m3.lo, m3.hi)}, n = {int(m3.n)} (seed, image) pairs: "
-                     + ("KD pays against M1 trained to convergence." if pays else
+                     + (f"KD pays against {against}." if pays else
                         "the CI does not exclude 0 (or lies below it): KD does not pay here against M1."))
-        if pays and (_beats_m1(rows, "M1b") or _beats_m1(rows, "M1_long")):
-            lines[-1] = lines[-1].replace("M1 trained to convergence", "M1 on its schedule (not yet converged)")
         for other, what in (("M1b", "M1 at the student's budget"), ("M1_long", "M1 trained twice as long"),
                             ("ensemble", "its teacher ensemble")):
             if other in rows.index and not np.isnan(rows.loc[other].M3_minus):
