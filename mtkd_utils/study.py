@@ -98,8 +98,9 @@ def variant_config(experiment_dir: Path, name: str, key: RunKey, cfg: Config) ->
     """The variant's Config: the recipe, its overrides, and for ablations the recipe's chosen (tau, alpha)."""
     variant = VARIANTS[name]
     pinned = chosen_setting(experiment_dir, key) if variant.ingredient else {}
-    longer = {f: round(getattr(cfg, f) * variant.schedule) for f in ("epochs", "min_steps", "patience")}
-    return cfg.updated(**{**pinned, **variant.overrides, **(longer if variant.schedule != 1 else {})})
+    longer = ({f: round(getattr(cfg, f) * variant.schedule) for f in ("epochs", "min_steps", "patience")}
+              if variant.schedule != 1 else {})
+    return cfg.updated(**pinned, **variant.overrides, **longer)
 
 
 def run_variant(experiment_dir: Path, name: str, key: RunKey, cfg: Config, data: FundusData) -> Path:
