@@ -100,7 +100,7 @@ def variant_config(experiment_dir: Path, name: str, key: RunKey, cfg: Config) ->
     pinned = chosen_setting(experiment_dir, key) if variant.ingredient else {}
     longer = ({f: round(getattr(cfg, f) * variant.schedule) for f in ("epochs", "min_steps", "patience")}
               if variant.schedule != 1 else {})
-    return cfg.updated(**pinned, **variant.overrides, **longer)
+    return cfg.updated(**{**pinned, **variant.overrides, **longer})   # later keys win, as before
 
 
 def run_variant(experiment_dir: Path, name: str, key: RunKey, cfg: Config, data: FundusData) -> Path:
