@@ -16,7 +16,7 @@ $(KERNEL): .venv/ready | git-filter
 	$(PY) -m ipykernel install --sys-prefix --name mtkd --display-name "mtkd (.venv)"
 
 # Committed notebooks stay free of outputs and widget state however they are used: git sees every notebook through
-# nbstripout (.gitattributes names the filter; mtkd_utils/lab.py writes it into this clone's git config).
+# nbstripout (.gitattributes names the filter; mtkd_utils/tools/lab.py writes it into this clone's git config).
 git-filter: .venv/ready    ## set-up: the nbstripout git filter (a no-op outside a git clone)
 	if git rev-parse --git-dir >/dev/null 2>&1; then $(PY) -m mtkd_utils.lab --install-git-filter; fi
 

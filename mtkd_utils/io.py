@@ -14,7 +14,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -171,7 +170,7 @@ def write_npy(array, path: str | Path, checksum: bool = False) -> Path:
 
 def git_commit() -> str:
     """The workbook's git commit (with '+dirty' when there are uncommitted changes), or 'unknown'."""
-    root = Path(__file__).resolve().parent.parent
+    root = REPO_ROOT
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -184,7 +183,9 @@ def git_commit() -> str:
 
 def environment() -> dict[str, str]:
     """Versions that decide the numbers: recorded in every run folder."""
-    import numpy, torch, torchvision  # noqa: E401  (lazy: keeps `import mtkd_utils` light)
+    import numpy  # noqa: E401  (lazy: keeps `import mtkd_utils` light)
+    import torch
+    import torchvision
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import MODELS, Config, check_fraction, parse_tasks, task_key
-from .io import create_json, environment, fingerprint, read_json
+from .io import REPO_ROOT, create_json, environment, fingerprint, read_json
 
 DEFAULTS = Config().to_dict()                           # what a config.json written before a field existed means
 RUNTIME_FIELDS = ("device", "threads")                   # change how fast, not what is computed
@@ -87,12 +87,35 @@ def data_dir(experiment_dir: str | Path) -> Path:
     return Path(experiment_dir) / "data"
 
 
+# dataset.json stores the manifest relative to one of these, so an experiment folder can move (MANIFEST_BASES).
+MANIFEST_BASES = ("experiment", "repository", "absolute")
+
+
+def manifest_record(manifest_path: str | Path, experiment_dir: str | Path, repo_root: str | Path = REPO_ROOT) -> dict:
+    """How dataset.json stores the manifest: relative to the experiment folder when it lies inside it (built from
+    a source), to the repository for the embedded datasets, absolute only for data elsewhere (e.g. /data/ODIR-5K)."""
+    path = Path(manifest_path).resolve()
+    for base, root in zip(MANIFEST_BASES, (Path(experiment_dir).resolve(), Path(repo_root).resolve())):
+        if path.is_relative_to(root):
+            return {"manifest": path.relative_to(root).as_posix(), "manifest_base": base}
+    return {"manifest": str(path), "manifest_base": "absolute"}
+
+
+def manifest_location(experiment_dir: str | Path, info: dict | None = None, repo_root: str | Path = REPO_ROOT) -> Path:
+    """The manifest an experiment was prepared from (its dataset.json, or `info`), wherever the folder now lives."""
+    info = info or read_json(Path(experiment_dir) / "data" / "dataset.json")
+    base = info.get("manifest_base", "absolute")             # experiments prepared before stored absolute paths
+    if base not in MANIFEST_BASES:
+        raise ValueError(f"{experiment_dir}/data/dataset.json: manifest_base={base!r}, expected one of {MANIFEST_BASES}")
+    root = {"experiment": Path(experiment_dir), "repository": Path(repo_root), "absolute": Path("/")}[base]
+    return root / info["manifest"]
+
+
 def manifest_path(experiment_dir: str | Path) -> str:
     """The manifest the experiment was prepared from (01 records it in data/dataset.json)."""
     info = data_dir(experiment_dir) / "dataset.json"
     if not info.exists():
         raise FileNotFoundError(f"{info} missing: run notebooks/01_data_prep.ipynb for this experiment first")
-    from .data import manifest_location     # lazy: data imports this module
     return str(manifest_location(experiment_dir, read_json(info)))
 
 

@@ -3,15 +3,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import papermill as pm
 import pytest
 import torch
-import papermill as pm
 from PIL import Image
 
-from mtkd_utils.data import FundusData
-from mtkd_utils.manifest import COLUMNS, LabelMap
-from mtkd_utils.model import MTLModel
-from mtkd_utils.text import PAD_ID, Vocab
+from mtkd_utils.data.dataset import FundusData
+from mtkd_utils.data.manifest import COLUMNS, LabelMap
+from mtkd_utils.data.text import PAD_ID, Vocab
+from mtkd_utils.train.model import MTLModel
 
 torch.set_num_threads(1)   # small models on a 2-core machine: one thread is fastest and immune to contention
 

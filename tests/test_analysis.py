@@ -4,8 +4,17 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from mtkd_utils.analysis import (available_tasks, bleu_bucket, cell_examples, compare_counts, compare_tables,
-                                 error_table, outcome_cells, paper_counts, supplement_counts)
+from mtkd_utils.analysis.errors import (
+    available_tasks,
+    bleu_bucket,
+    cell_examples,
+    compare_counts,
+    compare_tables,
+    error_table,
+    outcome_cells,
+    paper_counts,
+    supplement_counts,
+)
 
 # (coarse_true, coarse_pred, fine_true, fine_pred, bleu)  -> cell (coarse, fine, bucket at edges 0.2 / 0.5)
 ROWS = [

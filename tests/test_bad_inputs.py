@@ -4,15 +4,15 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import LABELS
 from PIL import Image
 
-from conftest import LABELS
-from mtkd_utils import batch
 from mtkd_utils.config import check_fraction, parse_tasks
+from mtkd_utils.data.csv_folder import from_csv, from_folder
+from mtkd_utils.data.manifest import LabelMap, ManifestError, check_trainable, read_manifest, validate_manifest
+from mtkd_utils.data.splits import warn_single_image_classes
+from mtkd_utils.grid import batch
 from mtkd_utils.presets import config as preset
-from mtkd_utils.manifest import LabelMap, ManifestError, check_trainable, read_manifest, validate_manifest
-from mtkd_utils.csv_folder import from_csv, from_folder
-from mtkd_utils.splits import warn_single_image_classes
 
 
 def dry_run(tmp_path, *args: str, capsys) -> str:

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from conftest import architecture_paths
 
-from mtkd_utils import batch
 from mtkd_utils.config import MODELS
+from mtkd_utils.grid import batch
 
 TEST_KERNEL = "python3"   # ipykernel's own kernel in the venv: tests leave the 'mtkd' registration alone
 
@@ -286,7 +286,7 @@ def test_ensure_kernel_registers_this_python_once(tmp_path):
 
 
 def test_the_readme_reports_the_time_any_run_was_running(tmp_path):
-    from mtkd_utils.readme import _timings
+    from mtkd_utils.tools.readme import _timings
 
     runs = tmp_path / "runs"
     runs.mkdir()

@@ -3,17 +3,17 @@ import numpy as np
 import pytest
 import torch
 
-from mtkd_utils import bench
-from mtkd_utils.bench_setup import synthetic_data
-from mtkd_utils.bench_timing import MODES
-from mtkd_utils.text import PAD_ID, SOS_ID
+from mtkd_utils.data.text import PAD_ID, SOS_ID
+from mtkd_utils.tools import bench
+from mtkd_utils.tools.bench_setup import synthetic_data
+from mtkd_utils.tools.bench_timing import MODES
 
 TINY = ["--image-size", "32", "--batch-size", "4", "--steps", "2", "--repeats", "1", "--threads", "1", "--device", "cpu"]
 
 
 @pytest.fixture(autouse=True)
 def keep_torch_settings():
-    """benchmark() sets threads and determinism as engine.setup_runtime does: give the other tests theirs back."""
+    """benchmark() sets threads and determinism as runtime.setup_runtime does: give the other tests theirs back."""
     threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     yield
     torch.set_num_threads(threads)

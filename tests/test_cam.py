@@ -7,12 +7,25 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from pytorch_grad_cam.utils.image import scale_cam_image
 from torch import nn
 
-from mtkd_utils.cam import (METHODS, CamError, TaskOutput, block_at_stride, block_strides, cam_extractor, check_cams,
-                            compute_cams, figure_rows, gradcam_figure, predicted_classes, randomized_copy, target_layer)
-from mtkd_utils.model import SUPPORTED_BACKBONES, MTLModel
-from pytorch_grad_cam.utils.image import scale_cam_image
+from mtkd_utils.analysis.cam import (
+    METHODS,
+    CamError,
+    TaskOutput,
+    block_at_stride,
+    block_strides,
+    cam_extractor,
+    check_cams,
+    compute_cams,
+    figure_rows,
+    gradcam_figure,
+    predicted_classes,
+    randomized_copy,
+    target_layer,
+)
+from mtkd_utils.train.model import SUPPORTED_BACKBONES, MTLModel
 
 PX = 64   # every backbone reduces 64 px to a 2 x 2 map: the smallest size with something to localise
 

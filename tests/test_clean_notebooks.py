@@ -1,4 +1,4 @@
-"""Committed notebooks stay clean however they are used: JupyterLab saves them stripped (mtkd_utils.lab's pre-save
+"""Committed notebooks stay clean however they are used: JupyterLab saves them stripped (mtkd_utils.tools.lab's pre-save
 hook), and git sees any other write through nbstripout (the set-up's filter)."""
 import json
 import shutil
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jupyter_server.services.contents.filemanager import FileContentsManager
 
-from mtkd_utils.lab import install_notebook_filter, strip_committed_notebook
+from mtkd_utils.tools.lab import install_notebook_filter, strip_committed_notebook
 
 REPO = Path(__file__).resolve().parent.parent
 GIT_USER = ["-c", "user.name=mtkd test", "-c", "user.email=test@mtkd.invalid"]
@@ -60,7 +60,7 @@ def run_all(nb: dict) -> dict:
 def test_notebooks_run_and_saved_in_the_lab_leave_git_status_clean(tmp_path):
     repo = scratch_repo(tmp_path / "clone", ("01_data_prep.ipynb", "02_teachers.ipynb"))
     lab = FileContentsManager(root_dir=str(repo))
-    lab.register_pre_save_hook(strip_committed_notebook)    # as mtkd_utils.lab's command line does
+    lab.register_pre_save_hook(strip_committed_notebook)    # as mtkd_utils.tools.lab's command line does
     for path in sorted((repo / "notebooks").glob("*.ipynb")):
         rel = path.relative_to(repo).as_posix()
         lab.save({"type": "notebook", "format": "json", "content": run_all(lab.get(rel)["content"])}, rel)

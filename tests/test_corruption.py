@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from mtkd_utils import prep, training
-from mtkd_utils.checkpoint import load_checkpoint, save_checkpoint
-from mtkd_utils.presets import config as preset
-from mtkd_utils.data import load_data
+from mtkd_utils.analysis.results import collect_metrics, read_probs
+from mtkd_utils.data import prep
+from mtkd_utils.data.dataset import load_data
 from mtkd_utils.io import DamagedFileError, checksum_path, read_json, verify_file, write_json
-from mtkd_utils.results import collect_metrics, read_probs
+from mtkd_utils.presets import config as preset
 from mtkd_utils.runs import RunKey, soft_targets_path, student_dir, teacher_dir
-from mtkd_utils.trained import load_model, student_teachers
+from mtkd_utils.train import steps
+from mtkd_utils.train.checkpoint import load_checkpoint, save_checkpoint
+from mtkd_utils.train.reload import load_model, student_teachers
 
 CFG = preset("smoke", epochs=1)
 TASKS = ("T1", "T3")
@@ -27,8 +28,8 @@ def trained(tmp_path_factory) -> Path:
     exp = tmp_path_factory.mktemp("trained")
     prep.prepare_data(exp, CFG)
     data = load_data(exp, 15, CFG)
-    training.train_teacher(exp, TASKS, 15, 0, CFG, data)
-    training.run_student(exp, "M1", TASKS, 15, 0, CFG, data)
+    steps.train_teacher(exp, TASKS, 15, 0, CFG, data)
+    steps.run_student(exp, "M1", TASKS, 15, 0, CFG, data)
     student_teachers(exp, "M2", TASKS, 15, 0, CFG, data)
     return exp
 
@@ -99,7 +100,7 @@ def test_a_damaged_checkpoint_is_refused_by_path_with_the_fix_that_works(exp, da
                        "then .*--retry-failed"):
         load_model(run, CFG, data, TASKS)
     shutil.rmtree(run)                                              # the fix the message gives
-    training.train_teacher(exp, TASKS, 15, 0, CFG, data)
+    steps.train_teacher(exp, TASKS, 15, 0, CFG, data)
     assert load_model(run, CFG, data, TASKS) is not None
 
 

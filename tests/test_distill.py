@@ -3,14 +3,20 @@ import numpy as np
 import torch
 from conftest import fake_data, model_for
 
-from mtkd_utils import losses
 from mtkd_utils.config import TASKS, task_subsets
-from mtkd_utils.distill import OnlineTeachers, build_soft_targets, ensemble_greedy, ensemble_outputs, load_soft_targets
-from mtkd_utils.engine import MultiTaskLoss, caption_terms
+from mtkd_utils.data.text import EOS_ID, PAD_ID, SOS_ID
 from mtkd_utils.presets import config as preset
-from mtkd_utils.trained import teachers_for
-from mtkd_utils.model import CaptionDecoder, build_model
-from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID
+from mtkd_utils.train import losses
+from mtkd_utils.train.distill import (
+    OnlineTeachers,
+    build_soft_targets,
+    ensemble_greedy,
+    ensemble_outputs,
+    load_soft_targets,
+)
+from mtkd_utils.train.engine import MultiTaskLoss, caption_terms
+from mtkd_utils.train.model import CaptionDecoder, build_model
+from mtkd_utils.train.reload import teachers_for
 
 MAX_LEN, TOPK = 8, 5
 

@@ -3,11 +3,10 @@ import json
 import multiprocessing as mp
 
 import pytest
-
-from mtkd_utils import batch, executor, grid
-from mtkd_utils.presets import config as preset
-
 from test_batch import TEST_KERNEL, write_dummy_notebook
+
+from mtkd_utils.grid import batch, dag, executor
+from mtkd_utils.presets import config as preset
 
 GPU_BODY = '''
 import json, os, pathlib
@@ -21,7 +20,7 @@ def test_gpu_workers_are_pinned_and_training_asks_for_a_gpu(tmp_path):
     from distributed import Client
 
     nb = write_dummy_notebook(tmp_path / "dummy.ipynb", body=GPU_BODY)
-    runs = grid.expand_grid("smoke", tmp_path / "exp", notebooks={s: str(nb) for s in grid.STAGES})
+    runs = dag.expand_grid("smoke", tmp_path / "exp", notebooks={s: str(nb) for s in dag.STAGES})
     # two fake GPUs: nothing touches CUDA, the workers only carry the pinning and the resource
     with Client(executor.local_cluster(gpus=["0", "1"])) as client:
         client.wait_for_workers(2, timeout=120)   # a loaded machine starts them one by one
@@ -30,7 +29,7 @@ def test_gpu_workers_are_pinned_and_training_asks_for_a_gpu(tmp_path):
         info = client.scheduler_info()["workers"].values()
         assert [w["resources"] for w in info] == [{"GPU": 1}, {"GPU": 1}]
         assert "stealing" not in client.cluster.scheduler.extensions   # a task never runs on two workers at once
-        futures = {executor.submit_run(client, r, {}, TEST_KERNEL, str(grid.REPO_ROOT), True, 0, "t"): r
+        futures = {executor.submit_run(client, r, {}, TEST_KERNEL, str(dag.REPO_ROOT), True, 0, "t"): r
                    for r in runs}   # each alone: the dummy notebook needs nothing
         client.gather(list(futures))   # the futures held: the scheduler still knows their tasks
         asked = {r.stage: client.cluster.scheduler.tasks[f.key].resource_restrictions for f, r in futures.items()}
@@ -41,7 +40,7 @@ def test_gpu_workers_are_pinned_and_training_asks_for_a_gpu(tmp_path):
     assert len(seen) == len(runs) and {s["gpu"] for s in seen} <= {"0", "1"}
     # the nanny's malloc setting (1.8x slower training) stays in the worker; the notebooks run on glibc's defaults
     assert {s["malloc_trim"] for s in seen} == {None}
-    assert {r.name: grid.read_record(r)["gpu"] for r in runs}["teachers/p15_s0/T1+T3"] in ("0", "1")
+    assert {r.name: dag.read_record(r)["gpu"] for r in runs}["teachers/p15_s0/T1+T3"] in ("0", "1")
 
 
 def test_slurm_job_script_has_the_requested_options():
@@ -122,7 +121,7 @@ def test_two_workers_racing_on_one_run_folder_cannot_both_claim_it(tmp_path):
 
 
 def test_the_costliest_paths_start_first(tmp_path):
-    runs = grid.expand_grid("demo", tmp_path)
+    runs = dag.expand_grid("demo", tmp_path)
     path = executor.critical_paths(runs)
     cost = executor.RELATIVE_COST
     # data -> p=5 teachers -> M3 -> M1b -> results: the p=5 teachers outrank p=70's longer teacher, and M2 / M3
@@ -134,4 +133,4 @@ def test_the_costliest_paths_start_first(tmp_path):
     p70 = path["teachers/p70_s0/T1+T2+T3"]
     assert p70 == pytest.approx(70 / 30 + cost["M1"] + cost["results"]) and p70 < after_m3
     assert path["teachers/p15_s0/T1+T2+T3"] < p70           # a teacher's cost grows with p past the min_steps stretch
-    assert {path[r.name] for r in runs if r.stage in grid.ANALYSES} == {cost[s] for s in grid.ANALYSES}
+    assert {path[r.name] for r in runs if r.stage in dag.ANALYSES} == {cost[s] for s in dag.ANALYSES}

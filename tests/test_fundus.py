@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtkd_utils.fundus import crop_to_fov, fov_bbox, prepare_image
+from mtkd_utils.data.fundus import crop_to_fov, fov_bbox, prepare_image
 
 
 def _fundus(h, w, cy, cx, r, seed=0):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mtkd_utils import batch
-from mtkd_utils.manifest import LabelMap, validate_manifest
+from mtkd_utils.data.manifest import LabelMap, validate_manifest
+from mtkd_utils.data.splits import load_evaluation_only, make_splits
+from mtkd_utils.grid import batch
 from mtkd_utils.runs import manifest_path
-from mtkd_utils.splits import load_evaluation_only, make_splits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def experiments(tmp_path_factory) -> dict[str, Path]:
     argv = batch_argv(sync, "--scheduler", "sync", "--only-stage", "teachers", "students")
     log = root / "sync.log"
     with log.open("w") as out:
-        one_by_one = subprocess.Popen([sys.executable, "-m", "mtkd_utils.batch", *argv], cwd=REPO, stdout=out,
+        one_by_one = subprocess.Popen([sys.executable, "-m", "mtkd_utils.grid.batch", *argv], cwd=REPO, stdout=out,
                                       stderr=subprocess.STDOUT)
         try:
             run_batch(dask, "--scheduler", "dask", "--workers", "2", "--only-stage", "teachers", "students")

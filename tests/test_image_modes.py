@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mtkd_utils.fundus import prepare_image, read_rgb8, to_rgb8
-from mtkd_utils.manifest import warn_tiny_images
+from mtkd_utils.data.fundus import prepare_image, read_rgb8, to_rgb8
+from mtkd_utils.data.manifest import warn_tiny_images
 
 
 def fundus_like(h: int = 96, w: int = 128) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from test_clean_notebooks import git, scratch_repo
 
-from mtkd_utils.lab import lab_command
+from mtkd_utils.tools.lab import lab_command
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "figures" / "jupyterlab.png"
@@ -32,11 +32,11 @@ if os.environ.get("MTKD_TEST_LAB") != "1":
 if not (shutil.which("chromium") and shutil.which("chromedriver")):
     pytest.skip(f"chromium or chromedriver missing: {HOW}", allow_module_level=True)
 
-from selenium import webdriver                                    # noqa: E402  (only when the test runs)
+from selenium import webdriver  # noqa: E402  (only when the test runs)
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
-from selenium.webdriver.common.by import By                       # noqa: E402
-from selenium.webdriver.common.keys import Keys                   # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait           # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 def free_port() -> int:

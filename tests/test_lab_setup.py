@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mtkd_utils import lab
+from mtkd_utils.tools import lab
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -15,7 +15,7 @@ def test_lab_command(monkeypatch, uid):
     assert f"--ServerApp.root_dir={REPO}" in cmd and "--ip=127.0.0.1" in cmd
     assert "--IdentityProvider.token=secret" in cmd and "--ServerApp.port=8890" in cmd
     assert "--KernelSpecManager.allowed_kernelspecs=mtkd" in cmd
-    assert "--ContentsManager.pre_save_hook=mtkd_utils.lab.strip_committed_notebook" in cmd
+    assert "--ContentsManager.pre_save_hook=mtkd_utils.tools.lab.strip_committed_notebook" in cmd
     assert ("--allow-root" in cmd) == (uid == 0)
     assert not any(a.startswith("--IdentityProvider.token") for a in lab.lab_command())   # JupyterLab makes one
 

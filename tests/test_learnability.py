@@ -5,11 +5,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mtkd_utils import synthetic
-from mtkd_utils.baseline import split_baseline
-from mtkd_utils.manifest import LabelMap, read_manifest, validate_manifest
-from mtkd_utils.splits import load_evaluation_only, make_splits, select_fraction
-from mtkd_utils.views import class_counts
+from mtkd_utils.analysis.views import class_counts
+from mtkd_utils.data import synthetic
+from mtkd_utils.data.learnability import split_baseline
+from mtkd_utils.data.manifest import LabelMap, read_manifest, validate_manifest
+from mtkd_utils.data.splits import load_evaluation_only, make_splits, select_fraction
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtkd_utils.data import load_samples
-from mtkd_utils.localisation import (default_tolerance, energy_inside, fov_mask, localisation_scores,
-                                     localisation_table, pointing_chance, pointing_game)
-from mtkd_utils.views import cam_targets, class_indices, pick_images, scored_images
+from mtkd_utils.analysis.localisation import (
+    default_tolerance,
+    energy_inside,
+    fov_mask,
+    localisation_scores,
+    localisation_table,
+    pointing_chance,
+    pointing_game,
+)
+from mtkd_utils.analysis.views import cam_targets, class_indices, pick_images, scored_images
+from mtkd_utils.data.dataset import load_samples
 
 
 def disc_image(size: int = 16, lesion: tuple[int, int] | None = None) -> np.ndarray:

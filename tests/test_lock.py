@@ -1,16 +1,15 @@
 """One runner per experiment: the lock names its holder, refuses a second runner, takes over a stale one."""
+import json
 import multiprocessing as mp
 import os
 import socket
 import subprocess
 import sys
-import json
 
 import pytest
-
-from mtkd_utils import batch, lock
-
 from test_batch import TEST_KERNEL, executions, write_dummy_notebook
+
+from mtkd_utils.grid import batch, lock
 
 
 def write_lock(exp, pid, host=None):

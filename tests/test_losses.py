@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mtkd_utils import losses
+from mtkd_utils.train import losses
 
 
 def test_kd_equals_tau_squared_kl_by_hand():

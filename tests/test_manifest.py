@@ -2,10 +2,9 @@ import re
 
 import pandas as pd
 import pytest
-
-from mtkd_utils.manifest import LabelMap, ManifestError, read_manifest, validate_manifest
-
 from conftest import LABELS
+
+from mtkd_utils.data.manifest import LabelMap, ManifestError, read_manifest, validate_manifest
 
 
 def edit(manifest, line: int, **values):

@@ -6,13 +6,20 @@ import pandas as pd
 import pytest
 from nltk.translate.bleu_score import corpus_bleu
 from rouge_score.rouge_scorer import RougeScorer
-from sklearn.metrics import (average_precision_score, balanced_accuracy_score, cohen_kappa_score, f1_score, log_loss,
-                             roc_auc_score)
+from sklearn.metrics import (
+    average_precision_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    f1_score,
+    log_loss,
+    roc_auc_score,
+)
 from sklearn.preprocessing import label_binarize
 
-from mtkd_utils import bootstrap, metrics
-from mtkd_utils.manifest import LabelMap
-from mtkd_utils.text import tokenize
+from mtkd_utils.analysis import bootstrap
+from mtkd_utils.data.manifest import LabelMap
+from mtkd_utils.data.text import tokenize
+from mtkd_utils.train import metrics
 
 LABELS = LabelMap.from_pairs(["normal", "dr", "amd"], [("normal", "normal"), ("dr_mild", "dr"), ("dr_severe", "dr"),
                                                         ("amd_dry", "amd")])
@@ -177,7 +184,7 @@ def test_metric_figures_exist_and_are_not_empty(tmp_path):
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from mtkd_utils import plots
+    from mtkd_utils.analysis import plots
 
     runs, calib = {}, {}
     for seed, name in enumerate(["M1 p=15", "M3 p=15", "M1 p=70", "M3 p=70"]):

@@ -1,8 +1,8 @@
 """A T3 model that decodes only empty sentences still gets T3 metrics (BLEU 0), so val_score can rank it."""
 import pandas as pd
 
-from mtkd_utils.manifest import LabelMap
-from mtkd_utils.metrics import task_metrics, val_score
+from mtkd_utils.data.manifest import LabelMap
+from mtkd_utils.train.metrics import task_metrics, val_score
 
 LABELS = LabelMap.from_pairs(["a", "b"], [("a1", "a"), ("b1", "b")])
 PREDS = pd.DataFrame(dict(coarse_true=["a", "b"], coarse_pred=["a", "a"], fine_true=["a1", "b1"],

@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import fake_data, model_for
 
 from mtkd_utils.config import TASKS, task_subsets
-from mtkd_utils.engine import MultiTaskLoss, decode_sentences
+from mtkd_utils.data.text import EOS_ID, PAD_ID, SOS_ID
 from mtkd_utils.presets import config as preset
-from mtkd_utils.model import CaptionDecoder, MTLModel, build_encoder
-from mtkd_utils.text import EOS_ID, PAD_ID, SOS_ID
+from mtkd_utils.train.engine import MultiTaskLoss, decode_sentences
+from mtkd_utils.train.model import CaptionDecoder, MTLModel, build_encoder
 
 
 @pytest.mark.parametrize("tasks", task_subsets(TASKS), ids=lambda t: "+".join(t))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import papermill as pm
 import pytest
-
-from conftest import architecture_paths, run_notebook as run
+from conftest import architecture_paths
+from conftest import run_notebook as run
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ def test_notebooks_run_in_order(experiment):
 
 def test_cam_choice_scores_blocks_on_validation(experiment):
     """The CAM probe on the smoke experiment's validation split: one row per (block, method), scores in [0, 1]."""
-    from mtkd_utils import cam_choice
     from mtkd_utils.runs import RunKey
+    from mtkd_utils.tools import cam_choice
 
     table = cam_choice.validation_scores(experiment, RunKey(("T1", "T2", "T3"), 15, 0, "M3"), ("gradcam", "layercam"))
     assert list(table.columns[:4]) == ["block", "stride", "map", "method"] and set(table.method) == {"gradcam", "layercam"}

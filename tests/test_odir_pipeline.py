@@ -2,10 +2,11 @@
 import json
 
 import pandas as pd
+from conftest import ODIR_HEADER, ODIR_ROWS
+from conftest import odir_jpeg as _jpeg
+from conftest import run_notebook as run
 
 from mtkd_utils.runs import manifest_path
-
-from conftest import ODIR_HEADER, ODIR_ROWS, odir_jpeg as _jpeg, run_notebook as run
 
 
 def odir_folder(root, n_patients: int = 36):

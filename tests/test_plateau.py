@@ -1,10 +1,12 @@
 """The budget probe: M1's validation curve per (p, schedule length)."""
 import pandas as pd
 
-from mtkd_utils import plateau, prep, training
 from mtkd_utils.config import TASKS
-from mtkd_utils.data import load_data
+from mtkd_utils.data import prep
+from mtkd_utils.data.dataset import load_data
 from mtkd_utils.presets import config as preset
+from mtkd_utils.tools import plateau
+from mtkd_utils.train import steps
 
 
 def test_the_probe_trains_a_schedule_of_the_asked_length(tmp_path):
@@ -19,7 +21,7 @@ def test_the_probe_retraces_m1s_teacher_run(tmp_path):
     """Same initialisation, same data order: on the teacher's own schedule the probe is the teacher's run."""
     cfg = preset("smoke")
     prep.prepare_data(tmp_path, cfg)
-    run = training.train_teacher(tmp_path, TASKS, 70, 0, cfg, load_data(tmp_path, 70, cfg))
+    run = steps.train_teacher(tmp_path, TASKS, 70, 0, cfg, load_data(tmp_path, 70, cfg))
     teacher = pd.read_csv(run / "history.csv")
     probe = plateau.curve(tmp_path, 70, None, "smoke")
     assert len(teacher) >= 2

@@ -12,17 +12,19 @@ import torch
 import torch.nn.functional as F
 from conftest import fake_data, model_for
 
-from mtkd_utils import losses, prep, presets, runs, trained, training
-from mtkd_utils.checkpoint import load_checkpoint
+from mtkd_utils import presets, runs
 from mtkd_utils.config import TASKS, task_subsets
-from mtkd_utils.data import labeled_share_batches, load_data
-from mtkd_utils.distill import OnlineTeachers, build_soft_targets, ensemble_outputs, load_soft_targets
-from mtkd_utils.engine import TrainBatches, schedule
+from mtkd_utils.data import prep
+from mtkd_utils.data.dataset import labeled_share_batches, load_data
+from mtkd_utils.data.text import PAD_ID
 from mtkd_utils.io import read_json
-from mtkd_utils.noise import NoiseSpec, apply_params, draw_params, student_noise
 from mtkd_utils.runs import RunKey
 from mtkd_utils.seeds import derive_seed
-from mtkd_utils.text import PAD_ID
+from mtkd_utils.train import losses, reload, steps
+from mtkd_utils.train.checkpoint import load_checkpoint
+from mtkd_utils.train.distill import OnlineTeachers, build_soft_targets, ensemble_outputs, load_soft_targets
+from mtkd_utils.train.engine import TrainBatches, schedule
+from mtkd_utils.train.noise import NoiseSpec, apply_params, draw_params, student_noise
 
 
 # ---------------------------------------------------------------- diverse teachers
@@ -133,13 +135,13 @@ def bucket_kl_by_hand(student, teacher, idx, tau):
     return tau**2 * (pt * (pt.log() - ps.log())).sum(-1)
 
 
-def steps(V, L=5, seed=0, spread=3.0):
+def step_logits(V, L=5, seed=0, spread=3.0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(1, L - 1, V, generator=g) * spread, torch.randn(1, L - 1, V, generator=g) * spread
 
 
 def test_exact_kd_is_the_full_vocabulary_kl_when_k_covers_the_vocabulary():
-    student, teacher = steps(V=12)
+    student, teacher = step_logits(V=12)
     tokens = torch.tensor([[1, 4, 5, 6, 2]])
     val, idx = teacher.topk(12, -1)
     rest = losses.rest_log_prob(teacher, idx, 2.0)                     # empty rest: ignored when k >= V
@@ -151,7 +153,7 @@ def test_exact_kd_is_the_full_vocabulary_kl_when_k_covers_the_vocabulary():
 @pytest.mark.parametrize("tau", [1.0, 2.0, 5.0])
 def test_the_rest_bucket_is_exact_for_the_bucketed_distributions_and_a_lower_bound(tau):
     V, k = 150, 32                                                     # the demo's vocabulary and top-k
-    student, teacher = steps(V, L=41, seed=1)
+    student, teacher = step_logits(V, L=41, seed=1)
     tokens = torch.tensor([[1] + [4] * 39 + [2]])
     val, idx = teacher.topk(k, -1)
     rest = losses.rest_log_prob(teacher, idx, tau)
@@ -218,8 +220,8 @@ def test_m1b_gets_the_students_updates_and_every_model_records_its_own_seed(smok
     tasks = ("T1", "T3")
     cfg = presets.config("smoke", t3_topk=4)                           # below the vocabulary: the rest bucket
     data = load_data(smoke_experiment, 15, cfg)
-    training.train_teacher(smoke_experiment, tasks, 15, 0, cfg, data)
-    m2 = training.run_student(smoke_experiment, "M2", tasks, 15, 0, cfg, data)
+    steps.train_teacher(smoke_experiment, tasks, 15, 0, cfg, data)
+    m2 = steps.run_student(smoke_experiment, "M2", tasks, 15, 0, cfg, data)
     run = runs.student_dir(smoke_experiment, RunKey(tasks, 15, 0, "M2"))
     assert sorted(p.name for p in run.glob("tau_*_alpha_*")) == [f"tau_2_alpha_{a:g}" for a in sorted(cfg.alpha_grid)]
     assert m2["alpha"] in cfg.alpha_grid and m2["updates"] > 0
@@ -229,19 +231,19 @@ def test_m1b_gets_the_students_updates_and_every_model_records_its_own_seed(smok
     student_cfg = read_json(runs.setting_dir(run, m2["tau"], m2["alpha"]) / "config.json")
     assert teacher_cfg["model_seed"] == derive_seed(0, "teacher", tasks)
     assert student_cfg["model_seed"] == derive_seed(0, "student", tasks) != teacher_cfg["model_seed"]
-    m1b = training.run_student(smoke_experiment, "M1b", tasks, 15, 0, cfg, data)
+    m1b = steps.run_student(smoke_experiment, "M1b", tasks, 15, 0, cfg, data)
     history = pd.read_csv(runs.student_dir(smoke_experiment, RunKey(tasks, 15, 0, "M1b")) / "history.csv")
     per_epoch = history.updates.iloc[0]
     assert m1b["updates"] == m2["updates"] and m1b["budget_of"] == "M2"
     assert m2["updates"] <= history.updates.max() < m2["updates"] + per_epoch    # patience stretches with the budget
-    model, _ = trained.load_student(smoke_experiment, RunKey(tasks, 15, 0, "M1b"))
+    model, _ = reload.load_student(smoke_experiment, RunKey(tasks, 15, 0, "M1b"))
     assert model.tasks == tasks
 
 
 def test_same_seed_teachers_for_the_ablation(smoke_experiment):
     cfg = presets.config("smoke", diverse_seeds=False)
     assert {cfg.model_seed(role, s) for role in ("teacher", "student") for s in task_subsets(TASKS)} == {0}
-    assert training.student_epochs(presets.config("smoke", student_passes=1.5, unlabeled_per_epoch=0.5)) == 3
+    assert steps.student_epochs(presets.config("smoke", student_passes=1.5, unlabeled_per_epoch=0.5)) == 3
 
 
 def test_schedule_stretches_to_min_steps_or_matches_a_budget():

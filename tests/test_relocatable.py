@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from mtkd_utils import prep, runs, sources, training
-from mtkd_utils.presets import config as preset
-from mtkd_utils.data import load_data, manifest_location, manifest_record
+from mtkd_utils import runs
+from mtkd_utils.data import prep, sources
+from mtkd_utils.data.dataset import load_data
 from mtkd_utils.io import choose_experiment, current_experiment
+from mtkd_utils.presets import config as preset
+from mtkd_utils.runs import manifest_location, manifest_record
+from mtkd_utils.train import steps
 
 CFG = preset("smoke")
 
@@ -63,11 +66,11 @@ def test_refused_runs_leave_nothing_behind(tmp_path):
     key = runs.RunKey(("T1",), 15, 0)
     run = runs.teacher_dir(exp, key)
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({**training.teacher_meta(key, CFG),
+    (run / "config.json").write_text(json.dumps({**steps.teacher_meta(key, CFG),
                                                  "config": CFG.updated(seed=0).to_dict()}))
     before = files_under(exp)
     with pytest.raises(FileExistsError, match="image_size"):        # a preset of another size: no new image cache
-        training.train_teachers(exp, "T1", 15, 0, CFG.updated(image_size=48))
+        steps.train_teachers(exp, "T1", 15, 0, CFG.updated(image_size=48))
     assert files_under(exp) == before
 
 

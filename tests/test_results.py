@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mtkd_utils import bootstrap, results
+from mtkd_utils.analysis import bootstrap, comparisons, convergence, results
+from mtkd_utils.data.text import corpus_bleu4, tokenize
 from mtkd_utils.io import write_csv, write_json
-from mtkd_utils.text import corpus_bleu4, tokenize
 
 
 def write_run(exp, tasks, p, seed, model, tau, **test):
@@ -193,7 +193,7 @@ def test_compare_m3_m1_reads_predictions(tmp_path):
         write_csv(make_preds(n, np.arange(n) < 200), run / "M1" / "predictions.csv")
         write_csv(make_preds(n, np.arange(n) < 260), run / "M3" / "predictions.csv")
     write_csv(make_preds(n, np.arange(n) < 200), exp / "students" / "T1+T3" / "p70_s0" / "M1" / "predictions.csv")
-    table = results.compare_m3_m1(exp, n_boot=300)
+    table = comparisons.compare_m3_m1(exp, n_boot=300)
     # T2 is absent from these predictions; p70 has no M3 yet; the two seeds also pooled, after them
     assert set(zip(table.metric, table.seed)) == {(m, s) for m in ("T1_acc", "T3_bleu4") for s in (0, 1, "pooled")}
     t1 = table[table.metric == "T1_acc"]
@@ -221,8 +221,8 @@ def test_constant_baseline_is_the_commonest_test_class(tmp_path):
 
 
 def test_bootstrap_any_metric_covers_the_estimate():
-    from mtkd_utils.manifest import LabelMap
-    from mtkd_utils.metrics import task_metrics
+    from mtkd_utils.data.manifest import LabelMap
+    from mtkd_utils.train.metrics import task_metrics
 
     labels = LabelMap.from_pairs(["amd", "dr", "glaucoma"], [("amd", "amd"), ("dr", "dr"), ("glaucoma", "glaucoma")])
     rng = np.random.default_rng(3)
@@ -255,8 +255,8 @@ def test_bootstrap_any_metric_covers_the_estimate():
 
 def test_bootstrap_sums_give_scikit_learns_values():
     """Balanced accuracy, macro-F1, kappa (plain and quadratic), top-k, ECE, NLL from per-image sums, as sklearn."""
-    from mtkd_utils.manifest import LabelMap
-    from mtkd_utils.metrics import task_metrics
+    from mtkd_utils.data.manifest import LabelMap
+    from mtkd_utils.train.metrics import task_metrics
 
     fine = [f"g{i}" for i in range(6)]
     labels = LabelMap.from_pairs(["normal", "dr"], [(f, "normal" if i < 2 else "dr") for i, f in enumerate(fine)],
@@ -290,9 +290,9 @@ def test_weighted_auroc_and_average_precision_match_scikit_learn_with_ties():
 
 def test_cis_figures_and_screening_of_an_experiment(tmp_path):
     """run_cis / ci_table / metric_figures / screening_table / the README block on hand-made run folders."""
-    from mtkd_utils import readme
-    from mtkd_utils.manifest import LabelMap
-    from mtkd_utils.metrics import disease_vs_normal
+    from mtkd_utils.data.manifest import LabelMap
+    from mtkd_utils.tools import readme
+    from mtkd_utils.train.metrics import disease_vs_normal
 
     labels = LabelMap.from_pairs(["normal", "amd", "dr"], [("normal", "normal"), ("amd", "amd"), ("dr", "dr")])
     exp = tmp_path / "exp"
@@ -348,9 +348,9 @@ def write_history(path, scores, per_epoch=10):
 
 def test_last_quarter_gain_says_whether_validation_still_improves():
     # 8 epochs: the last quarter is epochs 7-8; best before 0.5, best in it 0.6
-    assert results.last_quarter_gain(pd.Series([0.1, 0.2, 0.3, 0.5, 0.4, 0.45, 0.55, 0.6])) == pytest.approx(0.1)
-    assert results.last_quarter_gain(pd.Series([0.1, 0.5, 0.5, 0.4, 0.3])) == pytest.approx(-0.1)   # tail: 2 epochs
-    assert math.isnan(results.last_quarter_gain(pd.Series([0.3])))
+    assert convergence.last_quarter_gain(pd.Series([0.1, 0.2, 0.3, 0.5, 0.4, 0.45, 0.55, 0.6])) == pytest.approx(0.1)
+    assert convergence.last_quarter_gain(pd.Series([0.1, 0.5, 0.5, 0.4, 0.3])) == pytest.approx(-0.1)   # tail: 2 epochs
+    assert math.isnan(convergence.last_quarter_gain(pd.Series([0.3])))
 
 
 def test_training_progress_of_every_trained_model(tmp_path):
@@ -365,7 +365,7 @@ def test_training_progress_of_every_trained_model(tmp_path):
     write_json({"test": {}}, run / "M1" / "metrics.json")                                        # M1: its teacher
     write_json({"test": {}}, run / "M1b" / "metrics.json")
     write_history(run / "M1b" / "history.csv", [0.4, 0.45, 0.5, 0.5, 0.5])
-    progress = results.training_progress(exp).set_index(["model", "tasks"])
+    progress = convergence.training_progress(exp).set_index(["model", "tasks"])
     assert list(progress.index) == [("M1", "T1+T2+T3"), ("M1b", "T1+T2+T3"), ("M3", "T1+T2+T3"), ("teacher", "T1")]
     m1 = progress.loc[("M1", "T1+T2+T3")]
     assert (m1.p, m1.n_seeds, m1.updates, m1.best_epoch, m1.epochs) == (70, 2, 40, 4, 4)
@@ -373,7 +373,7 @@ def test_training_progress_of_every_trained_model(tmp_path):
     assert progress.loc[("teacher", "T1"), "last_quarter_gain"] == pytest.approx(-0.1)
     assert progress.loc[("M3", "T1+T2+T3"), "updates"] == 100 and progress.loc[("M3", "T1+T2+T3"), "val_score"] == 0.5
     assert progress.loc[("M1b", "T1+T2+T3"), "best_epoch"] == 3
-    assert results.training_progress(tmp_path / "empty").empty
+    assert convergence.training_progress(tmp_path / "empty").empty
 
 
 def fake_target_experiment(exp, t1_at_15=0.70):
@@ -392,7 +392,8 @@ def fake_target_experiment(exp, t1_at_15=0.70):
 
 
 def test_targets_are_checked_on_the_experiments_files(tmp_path):
-    from mtkd_utils import metrics, readme
+    from mtkd_utils.tools import readme
+    from mtkd_utils.train import metrics
 
     assert readme.T3_ORACLE in metrics.T3_BASELINES
     exp = tmp_path / "exp"
@@ -411,7 +412,7 @@ def test_targets_are_checked_on_the_experiments_files(tmp_path):
 
 
 def test_targets_without_their_inputs_say_not_run(tmp_path):
-    from mtkd_utils import readme
+    from mtkd_utils.tools import readme
 
     assert set(readme.targets(tmp_path / "empty").status) == {"not run"}
     exp = tmp_path / "exp"
@@ -426,26 +427,26 @@ def test_targets_without_their_inputs_say_not_run(tmp_path):
 
 
 def test_kd_comparisons_only_where_both_runs_exist(tmp_path):
-    from mtkd_utils import readme
+    from mtkd_utils.tools import readme
 
     exp = tmp_path / "exp"
     n = 400
     run = exp / "students" / "T1+T3" / "p15_s0"
     for model, right in (("M1", 200), ("M1b", 240), ("M3", 260)):             # no M2 here
         write_csv(make_preds(n, np.arange(n) < right), run / model / "predictions.csv")
-    comparisons = results.kd_comparisons(exp, ["T1_acc"], n_boot=200)
-    assert comparisons.comparison.tolist() == ["M3 − M1", "M3 − M1b"]
-    assert comparisons["diff"].tolist() == pytest.approx([0.15, 0.05])
-    table = results.comparison_table(comparisons)
+    kd = comparisons.kd_comparisons(exp, ["T1_acc"], n_boot=200)
+    assert kd.comparison.tolist() == ["M3 − M1", "M3 − M1b"]
+    assert kd["diff"].tolist() == pytest.approx([0.15, 0.05])
+    table = comparisons.comparison_table(kd)
     assert table.loc[("T1+T3", 15, 0, "M3 − M1b"), "T1_acc"].startswith("+0.050 [")
     (exp / "results").mkdir()
-    comparisons.to_csv(exp / "results" / "kd_comparisons.csv", index=False)
+    kd.to_csv(exp / "results" / "kd_comparisons.csv", index=False)
     assert "| T1+T3 | 15 | 0 | M3 − M1b | +0.050 [" in "\n".join(readme._comparisons(exp))
-    assert results.kd_comparisons(tmp_path / "none", ["T1_acc"]).empty
+    assert comparisons.kd_comparisons(tmp_path / "none", ["T1_acc"]).empty
 
 
 def test_the_readme_shows_the_study_when_07_ran(tmp_path):
-    from mtkd_utils import readme
+    from mtkd_utils.tools import readme
 
     assert readme._study(tmp_path, Path("docs/figures")) == []           # no study: nothing
     rows = [dict(variant="M1", label="M1 (to convergence)", metric="T1_acc", score=0.68, minus_M1=0.0, lo=0.0, hi=0.0,
@@ -465,7 +466,7 @@ def test_the_readme_shows_the_study_when_07_ran(tmp_path):
 def test_ece_interval_is_moved_by_the_bootstrap_bias_and_contains_the_estimate():
     """Calibrated probabilities: ECE's resampled draws sit above the plug-in value (|Σ| of noisier sums), so the
     plain percentile interval can miss it; the reported interval keeps the draws' spread around the estimate."""
-    from mtkd_utils.manifest import LabelMap
+    from mtkd_utils.data.manifest import LabelMap
 
     labels = LabelMap.from_pairs(["a", "b"], [("a", "a"), ("b", "b")])
     rng = np.random.default_rng(0)

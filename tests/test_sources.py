@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import ODIR_HEADER, ODIR_ROWS
+from conftest import odir_jpeg as _jpeg
 
-from mtkd_utils.manifest import LabelMap, validate_manifest
-from conftest import ODIR_HEADER, ODIR_ROWS, odir_jpeg as _jpeg
+from mtkd_utils.data.csv_folder import from_csv, from_folder
+from mtkd_utils.data.manifest import LabelMap, validate_manifest
+from mtkd_utils.data.odir import from_odir, from_odir_folder, odir_fine_name, split_keywords
 
-from mtkd_utils.csv_folder import from_csv, from_folder
-from mtkd_utils.odir import from_odir, from_odir_folder, odir_fine_name, split_keywords
 
 @pytest.fixture
 def odir(tmp_path):

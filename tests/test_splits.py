@@ -3,8 +3,14 @@ import pandas as pd
 import pytest
 
 from mtkd_utils.config import FRACTIONS
-from mtkd_utils.splits import (LeakageError, check_leakage, load_evaluation_only, load_user_splits, make_splits,
-                               select_fraction)
+from mtkd_utils.data.splits import (
+    LeakageError,
+    check_leakage,
+    load_evaluation_only,
+    load_user_splits,
+    make_splits,
+    select_fraction,
+)
 
 CLASSES, PRIOR = ["normal", "dr", "amd", "glaucoma", "melanoma"], [0.45, 0.25, 0.15, 0.1, 0.05]
 

@@ -5,11 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import run_notebook
-from mtkd_utils import presets, study
+
+from mtkd_utils import presets
+from mtkd_utils.analysis import study
+from mtkd_utils.analysis.study_rows import harden
 from mtkd_utils.runs import RunKey
-from mtkd_utils.study_baselines import harden
 
 
 def test_harden_puts_all_mass_on_the_teachers_argmax():

@@ -8,14 +8,13 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from mtkd_utils import synthetic
-from mtkd_utils import prep
-from mtkd_utils.baseline import quick_baseline
+from mtkd_utils.data import prep, synthetic
+from mtkd_utils.data.dataset import load_mask
+from mtkd_utils.data.learnability import quick_baseline
+from mtkd_utils.data.manifest import COLUMNS, LabelMap, read_manifest, validate_manifest
+from mtkd_utils.data.splits import load_evaluation_only, load_splits, make_splits, select_fraction
+from mtkd_utils.data.synthetic import dataset as synthetic_dataset
 from mtkd_utils.presets import config as preset
-from mtkd_utils.data import load_mask
-from mtkd_utils.manifest import COLUMNS, LabelMap, read_manifest, validate_manifest
-from mtkd_utils.splits import load_evaluation_only, load_splits, make_splits, select_fraction
-from mtkd_utils.synthetic import dataset as synthetic_dataset
 
 TINY = {"n_patients": 6, "n_unlabeled_patients": 2, "image_size": 48}
 

@@ -1,9 +1,20 @@
-from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
-
 import random
 
-from mtkd_utils.text import (EOS_ID, PAD_ID, SOS_ID, UNK_ID, Vocab, _Ngrams, _smoothed_bleu4, corpus_bleu4, mbr_index,
-                             sentence_bleu4, tokenize)
+from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
+
+from mtkd_utils.data.text import (
+    EOS_ID,
+    PAD_ID,
+    SOS_ID,
+    UNK_ID,
+    Vocab,
+    _Ngrams,
+    _smoothed_bleu4,
+    corpus_bleu4,
+    mbr_index,
+    sentence_bleu4,
+    tokenize,
+)
 
 
 def test_tokenize_lowercases_and_splits_punctuation():

@@ -1,0 +1,87 @@
+"""Model against model on the same test images: paired bootstrap differences per seed and pooled over seeds."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import task_key
+from ..runs import student_dir, student_runs
+from .bootstrap import SUM_METRICS, has_task, needs_probs, paired_bootstrap
+from .results import POOLED, TABLE1_METRICS, interval_table, load_labels, read_predictions, read_probs, sort_key
+
+# (a, b): the paired comparisons b − a of the students against M1 and against M1b, M1 given the student's updates
+KD_PAIRS = (("M1", "M3"), ("M1b", "M3"), ("M1", "M2"), ("M1b", "M2"))
+
+
+def compare_models(experiment_dir: str | Path, a: str = "M1", b: str = "M3", metrics: Sequence[str] = TABLE1_METRICS,
+                   n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per (tasks, p, seed, metric): model b − model a on the same test images, with a 95 % paired bootstrap CI;
+    where several seeds have both runs, also one row with seed POOLED: every seed's test images at once."""
+    rows, points = [], {}
+    for key, run_b in student_runs(experiment_dir, "predictions.csv"):
+        path_a = student_dir(experiment_dir, key.with_model(a)) / "predictions.csv"
+        if key.model != b or not path_a.exists():
+            continue   # the grid is not finished there yet
+        pair = [(read_predictions(path_a), read_probs(path_a.parent)),
+                (read_predictions(run_b / "predictions.csv"), read_probs(run_b))]
+        point = dict(tasks=task_key(key.tasks), p=key.p_label)
+        points.setdefault(tuple(point.values()), {})[key.seed] = pair
+        rows += _compared(pair, metrics, experiment_dir, n_boot, seed, **point, seed_label=key.seed)
+    for (tasks, p), pairs in points.items():
+        if len(pairs) > 1:
+            rows += _compared(_pooled(pairs), metrics, experiment_dir, n_boot, seed, tasks=tasks, p=p,
+                              seed_label=POOLED)
+    cols = ["tasks", "p", "seed", "metric", "a", "b", "diff", "lo", "hi", "p_value", "n", "n_boot"]
+    out = pd.DataFrame(rows, columns=cols).rename(columns={"a": a, "b": b, "diff": f"{b}-{a}"})
+    return out.sort_values(["tasks", "metric", "p", "seed"], key=sort_key).reset_index(drop=True)
+
+
+def _compared(pair: list, metrics: Sequence[str], experiment_dir, n_boot: int, seed: int, **where) -> list[dict]:
+    """The paired bootstrap rows of one (predictions, probabilities) pair, a then b, for each metric both have."""
+    (preds_a, probs_a), (preds_b, probs_b) = pair
+    rows = []
+    for metric in metrics:
+        if has_task(preds_a, metric) and has_task(preds_b, metric):
+            if needs_probs(metric) and not (metric[:2] in probs_a and metric[:2] in probs_b):
+                continue   # runs from before probabilities were saved
+            labels = None if metric in SUM_METRICS else load_labels(experiment_dir)
+            res = paired_bootstrap(preds_a, preds_b, metric, n_boot=n_boot, seed=seed, probs_a=probs_a,
+                                   probs_b=probs_b, labels=labels)
+            rows.append({"tasks": where["tasks"], "p": where["p"], "seed": where["seed_label"], **res})
+    return rows
+
+
+def _pooled(pairs: dict[int, list]) -> list:
+    """Every seed's pair as one: image ids made unique per seed, so that the bootstrap resamples (seed, image)
+    pairs, and each model's probabilities stacked in the same order (tasks every seed saved)."""
+    pooled = []
+    for side in (0, 1):
+        frames = [pair[side][0].assign(image_id=f"s{s}:" + pair[side][0].image_id) for s, pair in pairs.items()]
+        tasks = set.intersection(*(set(pair[side][1]) for pair in pairs.values()))
+        probs = {t: np.concatenate([pair[side][1][t] for pair in pairs.values()]) for t in sorted(tasks)}
+        pooled.append((pd.concat(frames, ignore_index=True), probs))
+    return pooled
+
+
+def kd_comparisons(experiment_dir: str | Path, metrics: Sequence[str] = TABLE1_METRICS, n_boot: int = 2000,
+                   seed: int = 0) -> pd.DataFrame:
+    """Every KD_PAIRS comparison b − a whose two runs exist, in one long table ('comparison': 'M3 − M1b')."""
+    cols = ["tasks", "p", "seed", "comparison", "metric", "a", "b", "diff", "lo", "hi", "p_value", "n"]
+    frames = [compare_models(experiment_dir, a, b, metrics, n_boot, seed)
+              .rename(columns={a: "a", b: "b", f"{b}-{a}": "diff"}).assign(comparison=f"{b} − {a}")
+              for a, b in KD_PAIRS]
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+def comparison_table(comparisons: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """kd_comparisons as rows (tasks, p, seed, comparison), columns metric: 'difference [95 % CI]'."""
+    return interval_table(comparisons, "diff", ["tasks", "p", "seed", "comparison"], digits, "+")
+
+
+def compare_m3_m1(experiment_dir: str | Path, metrics: Sequence[str] = TABLE1_METRICS, n_boot: int = 2000,
+                  seed: int = 0) -> pd.DataFrame:
+    """M3 − M1 per (tasks, p, seed, metric) with paired bootstrap CIs: does the teacher ensemble help?"""
+    return compare_models(experiment_dir, "M1", "M3", metrics, n_boot=n_boot, seed=seed)

@@ -1,0 +1,206 @@
+"""The workbook's training steps: teachers (02), students M1/M2/M3 and their one test read (03).
+
+Each step writes into the experiment folder (mtkd_utils.runs, docs/ARCHITECTURE.md) and skips work already done,
+so any notebook can be re-run alone and a killed run resumes.
+"""
+from __future__ import annotations
+
+import math
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import runs
+from ..config import Config, task_key, task_subsets
+from ..data.dataset import FundusData, load_data
+from ..io import read_json, write_csv, write_json, write_npy
+from ..runs import RunKey
+from .engine import fit, predict
+from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
+from .model import MTLModel, build_model
+from .reload import load_model, student_teachers, teachers_for
+from .runtime import eval_batch_size, pick_device
+
+BLEU_NOTE = ("T3_bleu1..4: nltk corpus BLEU, no smoothing; "
+             "T3_sentence_bleu: mean nltk sentence BLEU-4, smoothing method1")
+
+
+def write_split(run: Path, data: FundusData) -> None:
+    """The exact split of this run, beside its results."""
+    write_csv(data.roles[["image_id", "patient_id", "role"]], run / "split.csv")
+
+
+def new_model(cfg: Config, data: FundusData, tasks: tuple[str, ...], seed: int, student: bool = False) -> MTLModel:
+    torch.manual_seed(seed)
+    return build_model(cfg, tasks, len(data.labels.coarse), len(data.labels.fine), len(data.vocab), student)
+
+
+def student_epochs(cfg: Config) -> int:
+    """Student epochs: student_passes over the unlabeled pool, unlabeled_per_epoch of a pass per epoch."""
+    return max(1, math.ceil(round(cfg.student_passes / cfg.unlabeled_per_epoch, 9)))
+
+
+def _progress(history: pd.DataFrame) -> dict:
+    """Best epoch and score, and the updates made in all (the budget M1b matches)."""
+    best = history.loc[history.val_score.idxmax()]
+    return dict(best_epoch=int(best.epoch), val_score=float(best.val_score), updates=int(history.updates.iloc[-1]))
+
+
+# ---------------------------------------------------------------- teachers (02)
+def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data: FundusData) -> Path:
+    """An MTL model on the labeled fraction (M1 when tasks is the full set)."""
+    key = RunKey(tasks, p, seed)
+    run, cfg = runs.teacher_dir(experiment_dir, key), cfg.updated(seed=seed)
+    own_seed = cfg.model_seed("teacher", key.tasks)
+    runs.claim_run(run, cfg, runs.DISTILL_FIELDS, **teacher_meta(key, cfg))
+    if (run / "metrics.json").exists():
+        return run
+    write_split(run, data)
+    model = new_model(cfg, data, key.tasks, own_seed)
+    history = fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), run, cfg.epochs,
+                  signature=runs.signature(data, cfg, key.tasks), desc=f"teacher {task_key(key.tasks)}")
+    write_csv(history, run / "history.csv")
+    write_json(dict(tasks=list(key.tasks), p=key.p, seed=seed, model_seed=own_seed, **_progress(history),
+                    init=model.init_note), run / "metrics.json", checksum=True)  # last: marks done
+    return run
+
+
+TEACHER_GROUPS = ("all", "full", "subsets")
+
+
+def teacher_subsets(tasks: tuple[str, ...], group: str = "all") -> list[tuple[str, ...]]:
+    """The teachers one 02 run trains: every non-empty subset of `tasks` ("all": M1 and M3's ensemble), the full
+    set alone ("full": M1) or every smaller subset ("subsets": the rest of M3's ensemble, beside a "full" run)."""
+    if group not in TEACHER_GROUPS:
+        raise ValueError(f"group={group!r}: choose one of {TEACHER_GROUPS}")
+    return {"all": task_subsets(tasks), "full": [tasks], "subsets": task_subsets(tasks)[:-1]}[group]
+
+
+def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config, group: str = "all") -> pd.DataFrame:
+    """The teachers of `group` (teacher_subsets) at fraction p; M1 is the one on the full task set."""
+    key = RunKey(tasks, p, seed)
+    subsets = teacher_subsets(key.tasks, group)
+    for subset in subsets:   # refuse other settings before load_data writes an image cache of a new size
+        sub = RunKey(subset, key.p, seed)
+        runs.refuse_other_settings(runs.teacher_dir(experiment_dir, sub), cfg.updated(seed=seed), runs.DISTILL_FIELDS,
+                                   **teacher_meta(sub, cfg))
+    data = load_data(experiment_dir, key.p, cfg)
+    rows = []
+    for subset in subsets:
+        run = train_teacher(experiment_dir, subset, key.p, seed, cfg, data)
+        rows.append({"teacher": task_key(subset), **read_json(run / "metrics.json"), "folder": str(run)})
+    return pd.DataFrame(rows).round(4)       # for people: nltk's zero-BLEU floor (~5e-232) shows as 0
+
+
+def teacher_meta(key: RunKey, cfg: Config) -> dict:
+    """What a teacher's config.json records beside its Config, its own seed included."""
+    own_seed = cfg.updated(seed=key.seed).model_seed("teacher", key.tasks)
+    return dict(role="teacher", tasks=list(key.tasks), p=key.p, seed=key.seed, model_seed=own_seed)
+
+
+# ---------------------------------------------------------------- students (03)
+def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, alpha: float, cfg: Config,
+                  data: FundusData) -> dict:
+    """One M2/M3 student at temperature tau and KD weight alpha; returns its validation metrics (never touches test)."""
+    key = RunKey(tasks, p, seed, model_name)
+    run, cfg = runs.setting_dir(runs.student_dir(experiment_dir, key), tau, alpha), cfg.updated(seed=seed)
+    own_seed = cfg.model_seed("student", key.tasks)
+    runs.claim_run(run, cfg, ("tau_grid", "alpha_grid"), model=model_name, tasks=list(key.tasks), p=key.p, seed=seed,
+                   tau=tau, alpha=alpha, model_seed=own_seed,
+                   teachers=[task_key(t) for t in teachers_for(model_name, key.tasks)])
+    if (run / "val.json").exists():
+        return read_json(run / "val.json")
+    write_split(run, data)
+    teachers = student_teachers(experiment_dir, model_name, key.tasks, p, seed, cfg, data, tau)
+    model = new_model(cfg, data, key.tasks, own_seed, student=True)
+    history = fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), run, student_epochs(cfg),
+                  teachers=teachers, tau=tau, unlabeled_rows=data.rows("unlabeled"),
+                  signature=runs.signature(data, cfg, key.tasks), desc=f"{model_name} tau={tau:g} alpha={alpha:g}",
+                  alpha=alpha, student=True)
+    write_csv(history, run / "history.csv")
+    val = dict(tau=tau, alpha=alpha, **_progress(history))
+    write_json(val, run / "val.json", checksum=True)
+    return val
+
+
+def student_budget(experiment_dir, key: RunKey) -> tuple[int, str]:
+    """The most updates a finished M2/M3 run of this (tasks, p, seed) took at its chosen setting, and which run."""
+    done = {m: runs.student_dir(experiment_dir, key.with_model(m)) / "metrics.json" for m in ("M2", "M3")}
+    budgets = {m: read_json(path)["updates"] for m, path in done.items() if path.exists()}
+    if not budgets:
+        raise FileNotFoundError(f"M1b is M1 retrained for as many updates as the student: train M2 or M3 at "
+                                f"p={key.p:g}, seed={key.seed} first (03_student_mtl_kd.ipynb, models before M1b)")
+    model = max(budgets, key=budgets.get)
+    return budgets[model], model
+
+
+def train_m1_at_budget(experiment_dir, key: RunKey, updates: int, cfg: Config, data: FundusData) -> MTLModel:
+    """M1b: M1's recipe and seed (labeled rows, CE), trained for `updates` updates in the M1b run folder."""
+    run, own_seed = runs.student_dir(experiment_dir, key), cfg.model_seed("teacher", key.tasks)
+    model = new_model(cfg, data, key.tasks, own_seed)
+    history = fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), run, cfg.epochs,
+                  signature=runs.signature(data, cfg, key.tasks), desc=f"M1b ({updates} updates)", updates=updates)
+    write_csv(history, run / "history.csv")
+    return model
+
+
+def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
+    """The one read of the test split: predictions.csv, probs_T1/T2.npy, metrics.json, confusion.csv."""
+    device, batch = pick_device(cfg.device), eval_batch_size(cfg)
+    decoding = dict(mbr_samples=cfg.mbr_samples, seed=cfg.seed)
+    preds, probs = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device, with_probs=True,
+                           **decoding)
+    val = task_metrics(predict(model, data, data.rows("val"), batch, cfg.max_len, cfg.beam_size, device, **decoding),
+                       data.labels)
+    metrics = dict(**meta, val=val, test=task_metrics(preds, data.labels, probs),
+                   per_disease=per_disease(preds, data.labels), per_class_auroc=per_class_auroc(preds, data.labels, probs),
+                   disease_vs_normal=disease_vs_normal(preds, data.labels), bleu_note=BLEU_NOTE)
+    write_csv(preds, run / "predictions.csv", checksum=True)
+    for task, p in probs.items():
+        write_npy(p, run / f"probs_{task}.npy", checksum=True)
+    if "T1" in model.tasks:
+        confusion(preds, data.labels).to_csv(run / "confusion_T1.csv")
+    write_json(metrics, run / "metrics.json", checksum=True)   # written last: marks the run done
+    return metrics
+
+
+def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg: Config,
+                data: FundusData | None = None) -> dict:
+    """M1 (the teacher on the full task set), M2/M3 with (tau, alpha) chosen on validation, or M1b (M1 retrained for
+    as many updates as the M2/M3 student took); then the test split."""
+    key = RunKey(tasks, p, seed, model_name)
+    run, cfg = runs.student_dir(experiment_dir, key), cfg.updated(seed=seed)
+    meta = dict(model=model_name, tasks=list(key.tasks), p=key.p, seed=seed)
+    if model_name == "M1b":
+        meta["updates"], meta["budget_of"] = student_budget(experiment_dir, key)
+    runs.claim_run(run, cfg, runs.DISTILL_FIELDS if model_name == "M1" else (), **meta)
+    if (run / "metrics.json").exists():
+        return read_json(run / "metrics.json")
+    data = data or load_data(experiment_dir, key.p, cfg)
+    write_split(run, data)
+    if model_name == "M1":
+        source = runs.teacher_dir(experiment_dir, key.with_model(None))
+        if not (source / "metrics.json").exists():
+            raise FileNotFoundError(f"M1 is the teacher {task_key(key.tasks)} at p={key.p:g}, seed={seed}; "
+                                    f"run 02_teachers.ipynb first ({source})")
+        teacher = read_json(source / "metrics.json")
+        return evaluate_on_test(load_model(source, cfg, data, key.tasks), data, cfg, run,
+                                {**meta, "tau": None, "alpha": None, "updates": teacher.get("updates"),
+                                 "model_seed": teacher.get("model_seed"),
+                                 "checkpoint": (source / "checkpoint.pt").relative_to(experiment_dir).as_posix()})
+    if model_name == "M1b":
+        model = train_m1_at_budget(experiment_dir, key, meta["updates"], cfg, data)
+        return evaluate_on_test(model, data, cfg, run, {**meta, "tau": None, "alpha": None,
+                                                        "model_seed": cfg.model_seed("teacher", key.tasks)})
+    search = pd.DataFrame([train_student(experiment_dir, model_name, key.tasks, key.p, seed, tau, alpha, cfg, data)
+                           for tau, alpha in product(cfg.tau_grid, cfg.alpha_grid)])
+    write_csv(search, run / "tau_search.csv")
+    best = search.loc[search.val_score.idxmax()]       # ties: the first setting in the grid (smallest tau, then alpha)
+    tau, alpha = float(best.tau), float(best.alpha)
+    model = load_model(runs.setting_dir(run, tau, alpha), cfg, data, key.tasks)
+    return evaluate_on_test(model, data, cfg, run, {**meta, "tau": tau, "alpha": alpha, "updates": int(best.updates),
+                                                    "model_seed": cfg.model_seed("student", key.tasks),
+                                                    "tau_search": search.to_dict("records")})
