@@ -268,3 +268,29 @@ def test_csv_split_column_is_kept(tmp_path):
     pd.DataFrame(rows).assign(split=["holdout"] + ["train"] * 23).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match=r"line 2: 'split' is 'holdout'; write train, val or test"):
         from_csv(tmp_path / "bad.csv", tmp_path / "o2", image_col="file", coarse_col="dx", split_col="split")
+
+
+def test_deepeyenet_fixture_runs_through_the_notebooks(den, tmp_path):
+    """01-06 end to end on the smoke preset: the shipped splits kept, the left-out images counted, all three tasks."""
+    from conftest import run_notebook as run
+
+    exp = tmp_path / "exp"
+    executed = run("01_data_prep.ipynb", exp, source="deepeyenet", source_path=str(den)).read_text()
+    assert "cannot be ruled out" in executed and "left out 2: angiogram" in executed
+    info = json.loads((exp / "data" / "dataset.json").read_text())
+    assert (info["source"], info["splits"]) == ("deepeyenet", "shipped")
+    splits = pd.read_csv(exp / "data" / "splits.csv", dtype=str, keep_default_na=False)
+    m = _manifest(exp / "data" / "source" / "manifest.csv")
+    assert (splits.split.to_numpy() == m.split.to_numpy()).all()
+    run("02_teachers.ipynb", exp, p=45, tasks="T1+T2+T3")
+    run("03_student_mtl_kd.ipynb", exp, p=45, tasks="T1+T2+T3", models=["M1", "M3"])
+    student = exp / "students" / "T1+T2+T3" / "p45_s0" / "M3"
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"T1_acc", "T2_acc", "T3_bleu4"}
+    tested = pd.read_csv(student / "split.csv", dtype=str, keep_default_na=False)
+    assert set(tested.image_id[tested.role == "test"]) == set(m.image_id[m.split == "test"])
+    assert set(tested.image_id[tested.role == "train"]) <= set(m.image_id[m.split == "train"])
+    run("04_error_analysis.ipynb", exp, focus="M3")
+    run("05_gradcam.ipynb", exp, n_per_disease=1)
+    run("06_results.ipynb", exp, metrics=["T1_acc", "T2_acc", "T3_bleu4"], n_boot=100)
+    assert (exp / "results" / "table1.csv").exists()

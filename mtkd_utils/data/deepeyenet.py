@@ -227,7 +227,7 @@ def _print_summary(table: pd.DataFrame, rows: pd.DataFrame, coarse: dict[str, st
     print(f"  {len(coarse)} diseases from the file names; {from_kw.sum()} images without a disease in the file "
           "name took it from their first keyword naming a known disease")
     for what, n in Counter(kind[table.reason != ""]).most_common():
-        print(f"  left out {n}: {what}")
+        print(f"  left out {n}: {what}" + (" (modality='colour'; modality='all' keeps them)" if what == "angiogram" else ""))
     if (table.reason != "").any():
         print(f"  every left-out image is listed, with its reason, in {out_dir / 'excluded.csv'}")
     others = sorted(d for d, c in coarse.items() if c == OTHER)
