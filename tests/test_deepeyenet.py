@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mtkd_utils.data.csv_folder import from_csv
-from mtkd_utils.data.deepeyenet import disease_of, from_deepeyenet, is_grey, norm
+from mtkd_utils.data.deepeyenet import disease_of, from_deepeyenet, is_grey, load_coarse_map, norm
 from mtkd_utils.data.manifest import LabelMap, ManifestError, validate_manifest
 from mtkd_utils.data.splits import LeakageError, make_splits, select_fraction
 
@@ -98,7 +98,8 @@ def _manifest(path) -> pd.DataFrame:
 
 
 def test_names_and_greyness(den):
-    assert disease_of("eyenet0420/train_set/central-serous-chorioretinopathy-12.jpg") == "central serous chorioretinopathy"
+    name = "eyenet0420/train_set/central-serous-chorioretinopathy-12.jpg"
+    assert disease_of(name) == "central serous chorioretinopathy"
     assert disease_of("eyenet0420/train_set/group41-177.jpg") == ""
     assert norm("Dry Age-Related Macular Degeneration (dry AMD)") == "dry age related macular degeneration"
     assert is_grey(den / "eyenet0420/train_set/central-serous-chorioretinopathy-900.jpg")
@@ -176,16 +177,25 @@ def test_rare_classes_fold_by_their_train_images(den, tmp_path, capsys):
                                 "tumour_other", "optic_nerve_other", "toxoplasmosis", "other"}
 
 
-def test_custom_coarse_map_replaces_the_shipped_one(den, tmp_path, capsys):
+def test_custom_coarse_map_replaces_the_shipped_one(den, tmp_path):
+    assert list(load_coarse_map()) == ["tumour", "inherited_dystrophy", "inflammatory_infectious", "optic_nerve",
+                                       "retinal_vascular", "macular"]          # the shipped map, 'about' no class
     cmap = tmp_path / "my_map.json"
-    cmap.write_text(json.dumps({"classes": {"posterior_pole": ["serous", "optic"], "periphery": ["lattice|pigmentosa"]}}))
+    classes = {"posterior_pole": ["serous", "optic"], "periphery": ["lattice|pigmentosa"], "mass": ["tumour"]}
+    cmap.write_text(json.dumps({"classes": classes}))
     m = _manifest(from_deepeyenet(den, tmp_path / "out", coarse_map=str(cmap)))
     coarse = dict(zip(m.fine, m.coarse))
-    assert coarse["central_serous_chorioretinopathy"] == "posterior_pole" and coarse["optic_neuritis"] == "posterior_pole"
-    assert coarse["lattice_degeneration"] == "periphery" and coarse["choroidal_melanoma"] == "other"
-    assert LabelMap.load(tmp_path / "out" / "label_map.json").coarse == ["posterior_pole", "periphery", "other"]
+    assert coarse["central_serous_chorioretinopathy"] == coarse["optic_neuritis"] == "posterior_pole"
+    assert coarse["lattice_degeneration"] == "periphery" and coarse["toxoplasmosis"] == "other"
+    assert coarse["choroidal_melanoma"] == "mass"               # by its keyword 'tumour': the name matches nothing
+    assert LabelMap.load(tmp_path / "out" / "label_map.json").coarse == ["posterior_pole", "periphery", "mass", "other"]
+    bare = _manifest(from_deepeyenet(den, tmp_path / "bare", coarse_map=classes))   # a dict of the classes alone
+    assert dict(zip(bare.fine, bare.coarse)) == coarse
     cmap.write_text(json.dumps({"classes": {"x": ["(unclosed"]}}))
     with pytest.raises(ValueError, match=r"my_map.json: class 'x': pattern '\(unclosed'"):
+        from_deepeyenet(den, tmp_path / "bad", coarse_map=cmap)
+    cmap.write_text(json.dumps(["serous"]))
+    with pytest.raises(ValueError, match=r'my_map.json: a coarse map is \{"classes"'):
         from_deepeyenet(den, tmp_path / "bad", coarse_map=cmap)
 
 
@@ -294,3 +304,16 @@ def test_deepeyenet_fixture_runs_through_the_notebooks(den, tmp_path):
     run("05_gradcam.ipynb", exp, n_per_disease=1)
     run("06_results.ipynb", exp, metrics=["T1_acc", "T2_acc", "T3_bleu4"], n_boot=100)
     assert (exp / "results" / "table1.csv").exists()
+
+
+def test_batch_runner_takes_the_source_and_the_preset_needs_it(den, tmp_path, capsys):
+    from mtkd_utils.grid import batch
+
+    argv = ["--experiment-dir", str(tmp_path / "exp"), "--dry-run", "--source", "deepeyenet", "--source-path", str(den)]
+    assert batch.main(["--preset", "deepeyenet", *argv], batch.NOTEBOOKS) == 0
+    data = {c.name: c for c in batch.expand_grid("deepeyenet", tmp_path / "exp", data_parameters={
+        "source": "deepeyenet", "source_path": str(den)})}["data/all"]
+    assert (data.parameters["source"], data.parameters["preset"]) == ("deepeyenet", "deepeyenet")
+    with pytest.raises(SystemExit) as exit_:     # a real-data preset without its data: refused before anything runs
+        batch.main(["--preset", "deepeyenet", "--dry-run", "--experiment-dir", str(tmp_path / "e2")], batch.NOTEBOOKS)
+    assert exit_.value.code == 2 and "--source deepeyenet --source-path FOLDER" in capsys.readouterr().err

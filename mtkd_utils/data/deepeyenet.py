@@ -51,27 +51,32 @@ def split_keywords(cell: str) -> list[str]:
     return list(dict.fromkeys(k for k in (norm(part) for part in cell.split(",")) if k))
 
 
+def _read_map_file(path: Path) -> object:
+    """A coarse-map JSON file's content; FileNotFoundError / ValueError naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"coarse_map={str(path)!r}: no such file; give a JSON file like {COARSE_MAP}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); see {COARSE_MAP} for the format") from None
+
+
 def load_coarse_map(coarse_map: str | Path | Mapping | None = None) -> dict[str, list[re.Pattern]]:
-    """The coarse map as {class: compiled patterns} (the shipped one for None; a JSON path or a dict otherwise)."""
-    where = str(COARSE_MAP if coarse_map is None else coarse_map if not isinstance(coarse_map, Mapping) else "coarse_map")
-    if not isinstance(coarse_map, Mapping):
-        path = Path(where)
-        if not path.is_file():
-            raise FileNotFoundError(f"coarse_map={where!r}: no such file; give a JSON file like {COARSE_MAP}")
-        try:
-            coarse_map = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); see {COARSE_MAP} for the format") from None
-    classes = coarse_map.get("classes", coarse_map)
+    """The coarse map as {class: compiled patterns}: the shipped one for None, else a JSON file or a dict
+    ({"classes": {class: [regex, ...]}}, or the classes alone)."""
+    where = "coarse_map (a dict)" if isinstance(coarse_map, Mapping) else str(coarse_map or COARSE_MAP)
+    raw = coarse_map if isinstance(coarse_map, Mapping) else _read_map_file(Path(where))
+    classes = raw.get("classes", {k: v for k, v in raw.items() if k != "about"}) if isinstance(raw, Mapping) else None
     if not isinstance(classes, Mapping) or not all(isinstance(v, list) for v in classes.values()):
-        raise ValueError(f"{where}: a coarse map is {{\"classes\": {{\"<coarse class>\": [\"<regex>\", ...], ...}}}} "
+        raise ValueError(f'{where}: a coarse map is {{"classes": {{"<coarse class>": ["<regex>", ...], ...}}}} '
                          f"(see {COARSE_MAP})")
     out = {}
     for name, patterns in classes.items():
         try:
             out[str(name)] = [re.compile(str(p)) for p in patterns]
         except re.error as e:
-            raise ValueError(f"{where}: class {name!r}: pattern {e.pattern!r} is not a regular expression ({e})") from None
+            raise ValueError(f"{where}: class {name!r}: pattern {e.pattern!r} is not a regular expression "
+                             f"({e})") from None
     return out
 
 
@@ -227,7 +232,8 @@ def _print_summary(table: pd.DataFrame, rows: pd.DataFrame, coarse: dict[str, st
     print(f"  {len(coarse)} diseases from the file names; {from_kw.sum()} images without a disease in the file "
           "name took it from their first keyword naming a known disease")
     for what, n in Counter(kind[table.reason != ""]).most_common():
-        print(f"  left out {n}: {what}" + (" (modality='colour'; modality='all' keeps them)" if what == "angiogram" else ""))
+        how = " (modality='colour'; modality='all' keeps them)" if what == "angiogram" else ""
+        print(f"  left out {n}: {what}{how}")
     if (table.reason != "").any():
         print(f"  every left-out image is listed, with its reason, in {out_dir / 'excluded.csv'}")
     others = sorted(d for d, c in coarse.items() if c == OTHER)
