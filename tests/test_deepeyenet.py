@@ -229,6 +229,9 @@ def test_shipped_split_problems_are_refused(den, tmp_path):
     with pytest.raises(ValueError, match=r"no labeled image to \['val'\]"):
         make_splits(m.assign(split=m.split.replace("val", "train")))
     bad = _manifest(path)
+    bad.assign(split="").to_csv(tmp_path / "out" / "manifest.csv", index=False)   # an empty column: seeded splits
+    seeded = validate_manifest(tmp_path / "out" / "manifest.csv", labels, check_images=False)
+    assert "split" not in seeded and set(make_splits(seeded).split) == {"train", "val", "test"}
     bad.loc[0, "split"] = "holdout"
     bad.loc[1, "split"] = ""
     bad.to_csv(tmp_path / "out" / "manifest.csv", index=False)

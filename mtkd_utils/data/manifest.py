@@ -11,13 +11,13 @@ from PIL import Image
 
 from ..io import atomic_path, read_json, write_json
 from ..progress import progress
+from .splits import SPLITS
 
 COLUMNS = ["image_id", "image", "patient_id", "eye", "labeled", "coarse", "fine", "text", "mask"]
 REQUIRED = ["image_id", "image", "patient_id", "eye", "labeled"]
 # Kept when a manifest has them: `split` (train / val / test: the source's own splits, honoured by data prep) and
 # `keywords` (a source's finding keywords, e.g. DeepEyeNet's, for clinical-correctness metrics)
 OPTIONAL = ["split", "keywords"]
-SHIPPED_SPLITS = ("train", "val", "test")
 EYES = ("left", "right")
 MIN_LABELED_PATIENTS = 3   # one each for train, validation and test: the least a split can hold
 MIN_IMAGE_SIDE = 32   # pixels: a smaller photograph holds too little to show a lesion; warned by name
@@ -199,10 +199,10 @@ def _row_problems(row: pd.Series, labels: LabelMap, root: Path, check_images: bo
             out.append("empty diagnosis text on a labeled row; write the sentence or set labeled=0")
     elif row.labeled == "0" and (row.coarse or row.fine or row.text):
         out.append("labeled=0 but the row has labels; set labeled=1, or clear coarse/fine/text")
-    if "split" in row and row.split not in SHIPPED_SPLITS + ("",):
-        out.append(f"split is {row.split!r}; write one of {SHIPPED_SPLITS} (or leave it empty on an unlabeled row)")
+    if "split" in row and row.split not in SPLITS + ("",):
+        out.append(f"split is {row.split!r}; write one of {SPLITS} (or leave it empty on an unlabeled row)")
     elif "split" in row and row.labeled == "1" and not row.split:
-        out.append(f"empty split on a labeled row; with a split column every labeled row needs one of {SHIPPED_SPLITS}")
+        out.append(f"empty split on a labeled row; with a split column every labeled row needs one of {SPLITS}")
     return out
 
 
@@ -231,6 +231,8 @@ def validate_manifest(path: str | Path, labels: LabelMap, check_images: bool = T
     """Return the manifest if every row is sound; else raise ManifestError listing every bad row."""
     path = Path(path)
     df = read_manifest(path)
+    if "split" in df and (df.split == "").all():
+        df = df.drop(columns="split")   # an empty split column is no split: 01 splits by seed
     problems = []
     rows = progress(df.iterrows(), "validate", total=len(df)) if len(df) >= 2000 else df.iterrows()
     for i, row in rows:
