@@ -255,7 +255,11 @@ def test_bad_folders_say_what_is_wrong(den, tmp_path):
     (gone / "eyenet0420/test_set/toxoplasmosis-18.jpg").unlink()
     with pytest.raises(ValueError, match=r"(?s)1 listed image.*test eyenet0420/test_set/toxoplasmosis-18.jpg"):
         from_deepeyenet(gone, tmp_path / "o4")
-    m = _manifest(from_deepeyenet(gone, tmp_path / "o5", skip_missing=True))
+    (gone / "eyenet0420/val_set/toxoplasmosis-17.jpg").write_bytes(b"not a jpeg")   # corrupt: named by the validator
+    path = from_deepeyenet(gone, tmp_path / "o5", skip_missing=True)
+    with pytest.raises(ManifestError, match=r"toxoplasmosis-17.jpg: unreadable or truncated image"):
+        validate_manifest(path, LabelMap.load(tmp_path / "o5" / "label_map.json"))
+    m = _manifest(path)
     excluded = _manifest(tmp_path / "o5" / "excluded.csv")
     assert "toxoplasmosis-18" not in " ".join(m.image)
     assert excluded.reason[excluded.key.str.endswith("toxoplasmosis-18.jpg")].iat[0].startswith("missing on disk")

@@ -162,6 +162,50 @@ def _fold_rare(rows: pd.DataFrame, min_class_images: int) -> dict[str, str]:
     return {f: to for f, to in folds.items() if f != to}
 
 
+def _modality(table: pd.DataFrame, present: np.ndarray) -> np.ndarray:
+    """'colour', 'near-grey image' or "'angiography' in the keywords" per image (an unreadable one counts as
+    colour here: the manifest's validator lists it by name)."""
+    def grey(path: Path) -> bool:
+        try:
+            return is_grey(path)
+        except Exception:  # noqa: BLE001  PIL raises many types for a corrupt file
+            return False
+    is_grey_ = np.array([grey(p) if ok else False for p, ok in zip(table.path, present)], dtype=bool)
+    keyword = table.keywords.str.lower().str.contains(ANGIO_KEYWORD).to_numpy()
+    return np.where(is_grey_, "near-grey image", np.where(keyword, "'angiography' in the keywords", "colour"))
+
+
+def _listed(root: Path, modality: str, skip_missing: bool) -> pd.DataFrame:
+    """Every listed image with its disease, modality and why it is left out ('' when kept)."""
+    table = read_deepeyenet(root)
+    table["path"] = [root / k for k in table.key]
+    present = np.array([p.is_file() for p in table.path], dtype=bool)
+    if not present.all() and not skip_missing:
+        raise_missing([f"{s} {k}: {p}" for s, k, p, ok in zip(table.split, table.key, table.path, present) if not ok],
+                      root)
+    table["disease"] = table.key.map(disease_of)
+    table["kw"] = table.keywords.map(split_keywords)
+    table["fine_disease"] = _label(table, set(table.disease) - {""})
+    table["modality"] = _modality(table, present)
+    table["reason"] = _reasons(table, modality).where(present, "missing on disk (skip_missing=True)")
+    return table
+
+
+def _labelled(kept: pd.DataFrame, cmap: Mapping[str, list[re.Pattern]], min_class_images: int,
+              out_dir: Path) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
+    """The manifest rows of the kept images, each disease's coarse class and the folds of rare diseases."""
+    rows = kept.copy()
+    train_kw = rows[rows.split == "train"].groupby("fine_disease").kw.sum()   # the map reads no test keyword
+    coarse = {d: coarse_of(d, train_kw.get(d, []), cmap) for d in sorted(set(rows.fine_disease))}
+    rows["coarse"] = rows.fine_disease.map(coarse)
+    rows["fine"] = rows.fine_disease.map(slug)
+    folds = _fold_rare(rows, min_class_images)
+    rows = rows.assign(image_id=[f"{s}_{Path(k).stem}" for s, k in zip(rows.split, rows.key)],
+                       image=[relpath(p, out_dir) for p in rows.path], eye="left", labeled=1).reset_index(drop=True)
+    rows["patient_id"] = rows.image_id                   # no patient ids: each image is its own patient
+    return rows, coarse, folds
+
+
 def from_deepeyenet(root: str | Path, out_dir: str | Path, *, coarse_map: str | Path | Mapping | None = None,
                     modality: str = "colour", min_class_images: int = 5, skip_missing: bool = False) -> Path:
     """A DeepEyeNet folder (the three JSON files beside eyenet0420/) -> out_dir/manifest.csv (returned),
@@ -176,34 +220,14 @@ def from_deepeyenet(root: str | Path, out_dir: str | Path, *, coarse_map: str | 
         raise FileNotFoundError(f"{root}: not a folder; source_path is the folder holding "
                                 f"{', '.join(JSON_FILES.values())} and eyenet0420/")
     cmap = load_coarse_map(coarse_map)
-    table = read_deepeyenet(root)
-    table["path"] = [root / k for k in table.key]
-    present = np.array([p.is_file() for p in table.path], dtype=bool)
-    if not present.all() and not skip_missing:
-        raise_missing([f"{table.split[i]} {k}: {p}" for i, k, p in zip(table.index, table.key, table.path)
-                       if not present[i]], root)
-    table["disease"] = table.key.map(disease_of)
-    table["kw"] = table.keywords.map(split_keywords)
-    table["fine_disease"] = _label(table, set(table.disease) - {""})
-    grey = np.array([is_grey(p) if ok else False for p, ok in zip(table.path, present)], dtype=bool)
-    keyword = table.keywords.str.lower().str.contains(ANGIO_KEYWORD).to_numpy()
-    table["modality"] = np.where(grey, "near-grey image", np.where(keyword, "'angiography' in the keywords", "colour"))
-    table["reason"] = _reasons(table, modality).where(present, "missing on disk (skip_missing=True)")
-
-    rows = table[table.reason == ""].copy()
-    train_kw = rows[rows.split == "train"].groupby("fine_disease").kw.sum()   # the map reads no test keyword
-    coarse = {d: coarse_of(d, train_kw.get(d, []), cmap) for d in sorted(set(rows.fine_disease))}
-    rows["coarse"] = rows.fine_disease.map(coarse)
-    rows["fine"] = rows.fine_disease.map(slug)
-    folds = _fold_rare(rows, min_class_images)
-    rows = rows.assign(image_id=[f"{s}_{Path(k).stem}" for s, k in zip(rows.split, rows.key)],
-                       image=[relpath(p, out_dir) for p in rows.path], eye="left", labeled=1).reset_index(drop=True)
-    rows["patient_id"] = rows.image_id                   # no patient ids: each image is its own patient
+    table = _listed(root, modality, skip_missing)
+    rows, coarse, folds = _labelled(table[table.reason == ""], cmap, min_class_images, out_dir)
     labels = label_map_of(rows, list(cmap) + [OTHER])
     labels.folded = folds
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    left_out = table[table.reason != ""].assign(image=[relpath(p, out_dir) for p in table.path[table.reason != ""]])
+    left_out = table[table.reason != ""]
+    left_out = left_out.assign(image=[relpath(p, out_dir) for p in left_out.path])
     write_csv(left_out[["key", "image", "split", "reason", "keywords"]], out_dir / "excluded.csv")
     path = write_dataset(rows, labels, out_dir)
     _print_summary(table, rows, coarse, folds, modality, min_class_images, out_dir)
