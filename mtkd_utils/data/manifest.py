@@ -11,6 +11,9 @@ from PIL import Image
 
 from ..io import atomic_path, read_json, write_json
 from ..progress import progress
+from .encoding import read_csv_text
+
+MANIFEST_FIX = "a manifest is UTF-8: save it as UTF-8 (data/README.md)"
 
 COLUMNS = ["image_id", "image", "patient_id", "eye", "labeled", "coarse", "fine", "text", "mask"]
 REQUIRED = ["image_id", "image", "patient_id", "eye", "labeled"]
@@ -114,7 +117,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no manifest here. Build one with 01_data_prep.ipynb or see data/README.md.")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = read_csv_text(path, fix=MANIFEST_FIX, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         problem = f"the file is empty; a manifest has the header {COLUMNS} (data/README.md)"
         raise ManifestError(path, [problem]) from None
