@@ -20,8 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..io import write_csv, write_json
+from ..io import REPO_ROOT, write_csv, write_json
 from ..presets import PRESETS
+from ..presets import config as preset_config
 from .dag import (
     ANALYSES,
     CONFIG_STAGES,
@@ -46,7 +47,7 @@ from .dag import (
 )
 from .executor import JOBQUEUES, SCHEDULERS, close, connect, parse_cluster_options, run_grid, visible_gpus
 from .lock import ExperimentBusy, acquire, release
-from .plan_checks import check_command_line
+from .plan_checks import check_command_line, check_image_size
 
 # the grid's names stay importable from here, where they lived before the split
 __all__ = ["ANALYSES", "CONFIG_STAGES", "DONE", "FAILED", "NOTEBOOKS", "RUNNING", "SKIPPED", "STAGES",
@@ -164,6 +165,12 @@ def _data_parameters(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
+def _notebook_path(grid: list[NotebookRun], stage: str) -> Path | None:
+    """The notebook a stage of the grid runs (relative paths are from the repository root), or None."""
+    notebook = next((Path(r.notebook) for r in grid if r.stage == stage), None)
+    return notebook if notebook is None or notebook.is_absolute() else REPO_ROOT / notebook
+
+
 def _check_place(args: argparse.Namespace) -> dict[str, Any]:
     """The executor's arguments, checked before anything starts."""
     if args.scheduler == "sync" and (args.cluster or args.scheduler_address):
@@ -205,9 +212,11 @@ def main(argv: list[str] | None = None, notebooks: dict[str, str] | None = None)
     args = parser.parse_args(argv)
     try:
         check_command_line(args, default_experiment_dir(args.preset))
-        grid = expand_grid(args.preset, args.experiment_dir, notebooks=notebooks, overrides=parse_overrides(args.overrides),
+        overrides = parse_overrides(args.overrides)
+        grid = expand_grid(args.preset, args.experiment_dir, notebooks=notebooks, overrides=overrides,
                            data_parameters=_data_parameters(args), dims=dict(tasks=args.tasks, p=args.p, seeds=args.seeds,
                                                                  kd_p=args.kd_p))
+        check_image_size(preset_config(args.preset, **overrides), _notebook_path(grid, "gradcam"))
         check_finished_parameters(grid)
         place = _check_place(args)
     except ValueError as err:
