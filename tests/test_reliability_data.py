@@ -158,3 +158,9 @@ def test_a_400_word_diagnosis_is_reported_with_the_setting_to_change(tmp_path, c
     assert info["long_sentences"]["cut"] == 1 and info["long_sentences"]["longest_tokens"] == 400
     assert "1 of 12 diagnosis sentences are longer than 28 tokens" in out
     assert "set max_len=402 (batch: --set max_len=402" in out
+
+
+def test_a_bad_duplicates_option_is_refused_at_plan_time(tmp_path, capsys):
+    err = dry_run_error("--source-options", '{"duplicates": "keep"}', "--experiment-dir", str(tmp_path / "e"),
+                        capsys=capsys)
+    assert "duplicates='keep': choose one of ('group', 'refuse')" in err

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..config import check_fraction
 from ..io import write_csv
+from .encoding import read_csv_text
 
 SPLITS = ("train", "val", "test")
 HELD_OUT = {"val": 0.15, "test": 0.15}   # fixed for every run; the rest is the train pool
@@ -176,7 +177,7 @@ def check_leakage(roles: pd.DataFrame) -> None:
 def load_user_splits(path: str | Path, manifest: pd.DataFrame) -> pd.DataFrame:
     """Read a user's split file (image_id, split) and check it before anything trains."""
     path = Path(path)
-    user = pd.read_csv(path, dtype=str, keep_default_na=False)
+    user = read_csv_text(path, fix="save it as UTF-8", dtype=str, keep_default_na=False)
     missing = {"image_id", "split"} - set(user.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a split file has image_id and split")

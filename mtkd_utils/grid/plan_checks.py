@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import parse_tasks, task_key
+from ..data.duplicates import check_policy
 from ..data.encoding import DEFAULT_ENCODING, check_encoding, read_csv_text
 from ..data.manifest import MANIFEST_FIX
 
@@ -25,6 +26,8 @@ def check_command_line(args: argparse.Namespace, default_experiment_dir: Path) -
     options = args.source_options or {}
     if not isinstance(options, dict):
         raise ValueError(f"--source-options {options!r}: give a JSON object, e.g. '{{\"encoding\": \"latin-1\"}}'")
+    if "duplicates" in options:
+        check_policy(options["duplicates"])
     if args.source_path is not None:
         check_source_path(args.source, Path(args.source_path), options.get("encoding", DEFAULT_ENCODING))
 
