@@ -11,7 +11,7 @@ import pytest
 from mtkd_utils.config import parse_tasks
 from mtkd_utils.data import prep
 from mtkd_utils.grid import batch
-from mtkd_utils.grid.repair import repair
+from mtkd_utils.grid.repair import damaged_files, repair
 from mtkd_utils.io import DamagedFileError, read_json, verify_file, write_json
 from mtkd_utils.presets import config as preset
 from mtkd_utils.runs import RunKey, soft_targets_path, student_dir, teacher_dir
@@ -118,3 +118,12 @@ def test_a_damaged_soft_target_cache_is_removed_not_rerun(tmp_path):
     cache.with_name("soft_targets.pt.sha256").write_text("0" * 64 + "  soft_targets.pt\n")   # does not match
     write_json(batch.new_record(cell, batch.DONE), cell.record_path)
     assert repair([cell]) == [] and not cache.exists() and (run / "metrics.json").exists()
+
+
+def test_a_missing_checkpoint_is_damage_a_removed_resume_point_is_not(tmp_path):
+    write_json({"a": 1}, tmp_path / "checkpoint.pt", checksum=True)
+    write_json({"a": 1}, tmp_path / "last.pt", checksum=True)
+    (tmp_path / "last.pt").unlink()        # as training left it before issue 33: its checksum stayed
+    assert damaged_files(tmp_path) == []
+    (tmp_path / "checkpoint.pt").unlink()
+    assert [e.path.name for e in damaged_files(tmp_path)] == ["checkpoint.pt"]

@@ -19,6 +19,7 @@ from .dag import ANALYSES, DONE, NotebookRun, recorded_status
 
 ANALYSIS_FOLDER = dict(zip(ANALYSES, layout.ANALYSES))   # batch stage -> its folder: error_analysis -> analysis/
 DAMAGED = "damaged"
+RESUME_POINT = "last.pt"   # train.engine's checkpoint to resume a killed training from, removed at its end
 
 
 def output_dirs(run: NotebookRun) -> list[Path]:
@@ -43,8 +44,11 @@ def damaged_files(folder: Path) -> list[DamagedFileError]:
     """Every file under `folder` whose checksum sidecar it no longer matches (missing included)."""
     found = []
     for side in sorted(folder.rglob("*.sha256")) if folder.is_dir() else []:
+        path = side.with_name(side.name[: -len(".sha256")])
+        if path.name == RESUME_POINT and not path.exists():   # removed when training ends (before issue 33, its
+            continue                                           # checksum stayed): not damage
         try:
-            verify_file(side.with_name(side.name[: -len(".sha256")]))
+            verify_file(path)
         except DamagedFileError as err:
             found.append(err)
     return found
