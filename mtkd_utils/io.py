@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # The experiment every notebook works on when its experiment_dir is None: chosen once, here, for all of them.
 CURRENT_EXPERIMENT = Path("outputs") / "experiment.json"
 DEFAULT_EXPERIMENT = "outputs/demo"          # what `make demo` builds
+BATCH_COMMAND = Path("runs") / "command.json"  # in an experiment: the batch command that ran it (grid.repair)
 
 
 @contextmanager
@@ -112,14 +114,30 @@ def repair_hint(path: str | Path) -> str:
     exp = next((a for a in path.parents if (a / "data" / "dataset.json").is_file()), None)
     # the run folder is the outermost folder under the experiment holding a config.json (a student, not its tau)
     runs = [a for a in path.parents if exp in a.parents and (a / "config.json").is_file()] if exp else []
+    if exp and (exp / BATCH_COMMAND).is_file():   # a batch run: its command checks every run and repairs it
+        command = read_json(exp / BATCH_COMMAND)
+        return (f"To repair it, run: {repair_command(command['argv'], command['cwd'], command['python'])}   (the "
+                "batch command of this experiment: it checks the files of every finished run and runs the damaged "
+                "ones again, with everything after them)")
+    if exp and (exp / "runs").is_dir():
+        return ("To repair it, run the batch command of this experiment again with --retry-failed: it checks the "
+                "files of every finished run and runs the damaged ones again, with everything after them")
     if not runs:
-        return (f"It cannot be rebuilt in place: delete {path.parent} and run the step that wrote it again "
-                "(the batch command with --retry-failed)")
-    run = runs[-1]
-    record = exp / "runs" / run.relative_to(exp).parent      # the batch cell that trains this run, if any
-    also = f" and its batch record {record}" if (record / "cell.json").is_file() else ""
-    return (f"It cannot be rebuilt: delete the run folder {run}{also}, then run the same batch command again "
-            "with --retry-failed (or re-run the notebook that trained it)")
+        return (f"It cannot be rebuilt in place: delete {path.parent} and run the step that wrote it again")
+    return f"It cannot be rebuilt: delete the run folder {runs[-1]}, then re-run the notebook that trained it"
+
+
+def repair_command(argv: list[str], cwd: str, python: str) -> str:
+    """The shell line that repairs an experiment: its batch command, failed runs retried, every stage."""
+    args, skip = [], False
+    for a in argv:
+        if skip and not a.startswith("--"):
+            continue
+        skip = a in ("--only-stage", "--dry-run")
+        if not skip and not a.startswith("--only-stage="):
+            args.append(a)
+    args += [] if "--retry-failed" in args else ["--retry-failed"]
+    return f"cd {shlex.quote(cwd)} && {shlex.quote(python)} -m mtkd_utils.batch {shlex.join(args)}"
 
 
 def write_json(obj: Any, path: str | Path, checksum: bool = False) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from .dataset_writer import IMAGE_EXTS, label_map_of, raise_missing, relpath, write_dataset
+from .encoding import DEFAULT_ENCODING, read_csv_text
 from .manifest import LabelMap, spelling_groups
 
 _EYE_VALUES = {"left": "left", "l": "left", "os": "left", "right": "right", "r": "right", "od": "right"}
@@ -67,10 +68,10 @@ def _label_text(coarse: str, fine: str) -> str:
     return _words(coarse) if fine == coarse else f"{_words(coarse)}: {_words(fine)}"
 
 
-def _read_table(csv_path: Path, roles: dict[str, str | None]) -> pd.DataFrame:
+def _read_table(csv_path: Path, roles: dict[str, str | None], encoding: str = DEFAULT_ENCODING) -> pd.DataFrame:
     """The CSV as stripped strings; every column named in `roles` must exist."""
     try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        table = read_csv_text(csv_path, encoding, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{csv_path}: the file is empty; a CSV needs a header row and one row per image") from None
     if table.empty:
@@ -110,17 +111,18 @@ def _csv_problems(t: pd.DataFrame, image_col: str, coarse: pd.Series, fine: pd.S
 def from_csv(csv_path: str | Path, out_dir: str | Path, *, image_col: str = "image",
              coarse_col: str | None = None, fine_col: str | None = None, text_col: str | None = None,
              patient_col: str | None = None, eye_col: str | None = None, image_root: str | Path | None = None,
-             skip_missing: bool = False, split_col: str | None = None) -> Path:
+             skip_missing: bool = False, split_col: str | None = None, encoding: str = DEFAULT_ENCODING) -> Path:
     """A CSV of image paths and (optional) labels -> out_dir/manifest.csv (returned) and label_map.json.
 
-    split_col: the CSV's own train/val/test split (kept by data prep; empty allowed on unlabeled rows)."""
+    split_col: the CSV's own train/val/test split (kept by data prep; empty allowed on unlabeled rows).
+    encoding: the CSV's text encoding (UTF-8, with or without a byte-order mark, unless named)."""
     csv_path, out_dir = Path(csv_path), Path(out_dir)
     if coarse_col is None and (fine_col or text_col):
         raise ValueError(f"{csv_path}: fine_col/text_col need coarse_col too: a labeled image needs its coarse (T1) "
                          f"class; pass coarse_col=<column>, or leave all three out for an unlabeled pool")
     t = _read_table(csv_path, {"image_col": image_col, "coarse_col": coarse_col, "fine_col": fine_col,
                                "text_col": text_col, "patient_col": patient_col, "eye_col": eye_col,
-                               "split_col": split_col})
+                               "split_col": split_col}, encoding)
     col = lambda name: t[name] if name else pd.Series("", index=t.index)  # noqa: E731  (absent column: empty)
     coarse, fine, text = col(coarse_col), col(fine_col), col(text_col)
     coarse, fine = _one_spelling(coarse, "coarse", csv_path), _one_spelling(fine, "fine", csv_path)

@@ -1,17 +1,22 @@
 """The one dataset format: manifest.csv + label_map.json, and the validator that guards it."""
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
 from ..io import atomic_path, read_json, write_json
 from ..progress import progress
+from .encoding import read_csv_text
 from .splits import SPLITS
+
+MANIFEST_FIX = "a manifest is UTF-8: save it as UTF-8 (data/README.md)"
 
 COLUMNS = ["image_id", "image", "patient_id", "eye", "labeled", "coarse", "fine", "text", "mask"]
 REQUIRED = ["image_id", "image", "patient_id", "eye", "labeled"]
@@ -124,7 +129,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no manifest here. Build one with 01_data_prep.ipynb or see data/README.md.")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        df = read_csv_text(path, fix=MANIFEST_FIX, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         problem = f"the file is empty; a manifest has the header {COLUMNS} (data/README.md)"
         raise ManifestError(path, [problem]) from None
@@ -145,16 +150,31 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
-def _image_problem(path: Path) -> str | None:
-    """None if the image decodes fully, else what is wrong with it."""
+def _image_problem(path: Path, hashes: dict[str, str] | None = None, key: str = "") -> str | None:
+    """None if the image decodes fully, else what is wrong with it; hashes[key]: its pixels' hash (pixel_hash)."""
     if not path.is_file():
         return "file not found"
     try:
         with Image.open(path) as im:
             im.load()  # decodes everything: catches truncated files, not just bad headers
+            if hashes is not None:   # the pixels are decoded here anyway: hashing them costs one pass more
+                hashes[key] = pixel_hash(im)
     except Exception as e:  # PIL raises many types for corrupt files
         return f"unreadable or truncated image ({type(e).__name__}: {e})"
     return None
+
+
+def pixel_hash(im: Image.Image) -> str:
+    """sha1 of the decoded RGB pixels and their shape: one photograph saved twice (another name, PNG and its
+    lossless copy, another folder) hashes the same; a re-encoded JPEG or a resized copy does not."""
+    from .fundus import to_rgb8  # lazy: cv2 only when images are checked
+
+    if im.mode == "RGB":   # the common case, without a copy: the same bytes to_rgb8 would give
+        shape, data = (im.height, im.width, 3), im.tobytes()
+    else:
+        rgb = np.ascontiguousarray(to_rgb8(im))
+        shape, data = rgb.shape, rgb.tobytes()
+    return hashlib.sha1(f"{tuple(shape)}".encode() + data).hexdigest()
 
 
 def warn_tiny_images(df: pd.DataFrame, root: Path, min_side: int = MIN_IMAGE_SIDE) -> list[str]:
@@ -174,7 +194,8 @@ def warn_tiny_images(df: pd.DataFrame, root: Path, min_side: int = MIN_IMAGE_SID
     return tiny
 
 
-def _row_problems(row: pd.Series, labels: LabelMap, root: Path, check_images: bool) -> list[str]:
+def _row_problems(row: pd.Series, labels: LabelMap, root: Path, check_images: bool,
+                  hashes: dict[str, str] | None = None) -> list[str]:
     out = []
     if row.eye not in EYES:
         out.append(f"eye is {row.eye!r}; write 'left' or 'right'")
@@ -182,7 +203,7 @@ def _row_problems(row: pd.Series, labels: LabelMap, root: Path, check_images: bo
         out.append(f"labeled is {row.labeled!r}; write 1 for a labeled row, 0 for the unlabeled pool")
     if not row.image:
         out.append("empty image path")
-    elif check_images and (why := _image_problem(root / row.image)):
+    elif check_images and (why := _image_problem(root / row.image, hashes, row.image)):
         out.append(f"{row.image}: {why}")
     if row["mask"] and check_images and (why := _image_problem(root / row["mask"])):
         out.append(f"mask {row['mask']}: {why}")
@@ -227,8 +248,11 @@ def _table_problems(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def validate_manifest(path: str | Path, labels: LabelMap, check_images: bool = True) -> pd.DataFrame:
-    """Return the manifest if every row is sound; else raise ManifestError listing every bad row."""
+def validate_manifest(path: str | Path, labels: LabelMap, check_images: bool = True,
+                      pixel_hashes: dict[str, str] | None = None) -> pd.DataFrame:
+    """Return the manifest if every row is sound; else raise ManifestError listing every bad row.
+
+    pixel_hashes: a dict filled with each image path's pixel_hash while the images are decoded (check_images)."""
     path = Path(path)
     df = read_manifest(path)
     if "split" in df and (df.split == "").all():
@@ -236,7 +260,8 @@ def validate_manifest(path: str | Path, labels: LabelMap, check_images: bool = T
     problems = []
     rows = progress(df.iterrows(), "validate", total=len(df)) if len(df) >= 2000 else df.iterrows()
     for i, row in rows:
-        problems += [f"line {i + 2} ({row.image_id or 'no id'}): {p}" for p in _row_problems(row, labels, path.parent, check_images)]
+        found = _row_problems(row, labels, path.parent, check_images, pixel_hashes)
+        problems += [f"line {i + 2} ({row.image_id or 'no id'}): {p}" for p in found]
     problems += _table_problems(df)
     if not df.empty and (df.patient_id == "").any():
         lines = ", ".join(str(i + 2) for i in df.index[df.patient_id == ""][:20])

@@ -9,10 +9,18 @@ from .. import runs
 from ..config import Config
 from ..io import file_sha1, read_json, write_json
 from .dataset import build_image_cache
+from .duplicates import check_policy, handle_duplicates
 from .manifest import LabelMap, check_trainable, validate_manifest
 from .sources import resolve_source
-from .splits import (has_shipped_splits, load_evaluation_only, load_user_splits, make_splits, save_splits,
-                     warn_single_image_classes)
+from .splits import (
+    has_shipped_splits,
+    load_evaluation_only,
+    load_user_splits,
+    make_splits,
+    save_splits,
+    warn_single_image_classes,
+)
+from .text import long_sentences
 
 
 def prepare_data(experiment_dir: str | Path, cfg: Config, source: str = "synthetic", source_path: str | None = None,
@@ -25,17 +33,23 @@ def prepare_data(experiment_dir: str | Path, cfg: Config, source: str = "synthet
     data_dir = runs.data_dir(exp)
     settings = dict(source=source, split_seed=cfg.split_seed, split_file=split_file, crop_fov=crop_fov)
     refuse_other_data(data_dir, settings)        # before anything is written (a source adapter writes data/source/)
-    manifest_path = resolve_source(source, source_path, source_options, cfg, exp).resolve()
+    options = dict(source_options or {})
+    policy = check_policy(options.pop("duplicates", "group"))   # for every source, not an adapter's option
+    manifest_path = resolve_source(source, source_path, options, cfg, exp).resolve()
     labels = LabelMap.load(manifest_path.parent / "label_map.json")
-    manifest = validate_manifest(manifest_path, labels)
+    hashes: dict[str, str] = {}
+    manifest = validate_manifest(manifest_path, labels, pixel_hashes=hashes)
     check_trainable(manifest, manifest_path)
     warn_single_image_classes(manifest)
     info = dict(**runs.manifest_record(manifest_path, exp), manifest_sha1=file_sha1(manifest_path), **settings)
     refuse_other_data(data_dir, {**settings, "manifest": manifest_path, "manifest_sha1": info["manifest_sha1"]})
+    grouped, info["duplicates"] = handle_duplicates(manifest, hashes, policy, data_dir, manifest_path)
+    info["long_sentences"] = report_long_sentences(manifest, cfg.max_len, manifest_path)
     # the source's own splits (a manifest `split` column) are kept: p and the unlabeled pool come from its train
     info["splits"] = "file" if split_file else "shipped" if has_shipped_splits(manifest) else "seeded"
-    splits = (load_user_splits(split_file, manifest) if split_file else
-              make_splits(manifest, cfg.split_seed, evaluation_only=load_evaluation_only(manifest_path)))
+    splits = (load_user_splits(split_file, grouped) if split_file else
+              make_splits(grouped, cfg.split_seed, evaluation_only=_grouped(load_evaluation_only(manifest_path),
+                                                                            manifest, grouped)))
     save_splits(splits, data_dir / "splits.csv")
     labels.save(data_dir / "label_map.json")
     build_image_cache(manifest_path, data_dir / "cache", cfg.image_size, crop_fov)
@@ -53,6 +67,27 @@ def split_note(info: dict, manifest: pd.DataFrame) -> str:
         how += (". The source has no patient ids, so each image is its own patient: leakage between the two eyes "
                 "(or two visits) of one person cannot be ruled out")
     return f"splits: {how}."
+
+
+def _grouped(patients: set[str], manifest, grouped) -> set[str]:
+    """Evaluation-only patients as split groups: a group holding one of them is tested only."""
+    return set(grouped.patient_id[manifest.patient_id.isin(patients)])
+
+
+def report_long_sentences(manifest, max_len: int, where: Path) -> dict:
+    """Count the labeled sentences that T3's max_len cuts, say so with the setting to change; the counts."""
+    labeled = manifest[manifest.labeled.astype(int) == 1]
+    found = long_sentences(labeled.text.tolist(), max_len)
+    at = found.pop("longest_at")
+    found["longest_image_id"] = labeled.image_id.iat[at] if at is not None else None
+    if found["cut"]:
+        n = found["max_len_for_all"]
+        print(f"NOTE {where}: {found['cut']} of {found['sentences']} diagnosis sentences are longer than "
+              f"{found['max_tokens']} tokens (words and punctuation; max_len={max_len} counts <sos> and <eos>) and "
+              f"are cut to {found['max_tokens']} in T3's targets; the longest ({found['longest_image_id']}) has "
+              f"{found['longest_tokens']}. To keep every sentence whole, set max_len={n} (batch: --set max_len={n}; "
+              f"notebooks: overrides={{'max_len': {n}}}).")
+    return found
 
 
 def refuse_other_data(data_dir: Path, expected: dict) -> None:

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..config import check_fraction
 from ..io import write_csv
+from .encoding import read_csv_text
 
 SPLITS = ("train", "val", "test")
 HELD_OUT = {"val": 0.15, "test": 0.15}   # fixed for every run; the rest is the train pool
@@ -63,8 +64,11 @@ def _shipped_held_out(manifest: pd.DataFrame, evaluation_only: set[str] | frozen
     spans = per_patient[per_patient.map(len) > 1]
     if len(spans):
         shown = "; ".join(f"{pid}: {sorted(s)}" for pid, s in spans.head(10).items())
-        raise LeakageError(f"{len(spans)} patient(s) have images in more than one shipped split ({shown}); splits "
-                           "must be by patient: correct the manifest's split column or the patient ids")
+        copies = (" ('+' joins patients that share an identical photograph, data/duplicates.csv: the source ships the "
+                  "same photograph in two splits; remove the copies from one of them)"
+                  if any("+" in str(pid) for pid in spans.index) else "")
+        raise LeakageError(f"{len(spans)} patient(s) have images in more than one shipped split ({shown}){copies}; "
+                           "splits must be by patient: correct the manifest's split column or the patient ids")
     empty = [s for s in SPLITS if not (lab.split == s).any()]
     if empty:
         raise ValueError(f"the manifest's split column gives no labeled image to {empty}; every one of {SPLITS} "
@@ -210,7 +214,7 @@ def check_leakage(roles: pd.DataFrame) -> None:
 def load_user_splits(path: str | Path, manifest: pd.DataFrame) -> pd.DataFrame:
     """Read a user's split file (image_id, split) and check it before anything trains."""
     path = Path(path)
-    user = pd.read_csv(path, dtype=str, keep_default_na=False)
+    user = read_csv_text(path, fix="save it as UTF-8", dtype=str, keep_default_na=False)
     missing = {"image_id", "split"} - set(user.columns)
     if missing:
         raise ValueError(f"{path}: missing column(s) {sorted(missing)}; a split file has image_id and split")

@@ -29,6 +29,17 @@ def tokenize(text: str) -> list[str]:
     return _TOKENIZER.tokenize(text.lower())
 
 
+def long_sentences(texts: Iterable[str], max_len: int) -> dict:
+    """How many sentences Vocab.encode(max_len) cuts (more than max_len - 2 tokens: <sos> and <eos> take two), the
+    longest's length and position, and the max_len that keeps every sentence whole."""
+    lengths = [len(tokenize(t)) for t in texts]
+    longest = max(range(len(lengths)), key=lengths.__getitem__) if lengths else None
+    room = max_len - 2
+    return {"cut": sum(n > room for n in lengths), "sentences": len(lengths), "max_tokens": room,
+            "longest_tokens": lengths[longest] if lengths else 0, "longest_at": longest,
+            "max_len_for_all": max(max_len, lengths[longest] + 2) if lengths else max_len}
+
+
 class Vocab:
     """Word <-> index, with <pad>, <sos>, <eos>, <unk> first."""
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..io import write_csv, write_json
+from ..io import REPO_ROOT, write_csv, write_json
 from ..presets import PRESETS
+from ..presets import config as preset_config
 from .dag import (
     ANALYSES,
     CONFIG_STAGES,
@@ -46,7 +47,8 @@ from .dag import (
 )
 from .executor import JOBQUEUES, SCHEDULERS, close, connect, parse_cluster_options, run_grid, visible_gpus
 from .lock import ExperimentBusy, acquire, release
-from .plan_checks import check_command_line
+from .plan_checks import check_command_line, check_image_size
+from .repair import record_command, repair
 
 # the grid's names stay importable from here, where they lived before the split
 __all__ = ["ANALYSES", "CONFIG_STAGES", "DONE", "FAILED", "NOTEBOOKS", "RUNNING", "SKIPPED", "STAGES",
@@ -142,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--source", help="01_data_prep: source (default: the notebook's)")
     ap.add_argument("--source-path", help="01_data_prep: source_path")
     ap.add_argument("--source-options", type=json.loads, help="01_data_prep: source_options as JSON")
+    ap.add_argument("--notebook", dest="notebooks", action="append", default=[], metavar="STAGE=PATH",
+                    help="run this notebook for a stage instead of the workbook's, e.g. --notebook gradcam=my_05.ipynb")
     ap.add_argument("--kernel", default=KERNEL_NAME,
                     help=f"Jupyter kernel (default {KERNEL_NAME}, registered if absent)")
     where = ap.add_argument_group("where it runs")
@@ -159,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_notebooks(items: list[str]) -> dict[str, str]:
+    """['gradcam=my_05.ipynb'] -> {'gradcam': '/abs/my_05.ipynb'}; the file must exist."""
+    out = {}
+    for item in items:
+        stage, sep, path = item.partition("=")
+        if not sep or stage not in STAGES:
+            raise ValueError(f"--notebook {item!r}: write STAGE=PATH with STAGE one of {list(STAGES)}")
+        if not Path(path).is_file():
+            raise ValueError(f"--notebook {item!r}: no notebook at {path}")
+        out[stage] = str(Path(path).resolve())
+    return out
+
+
 def _data_parameters(args: argparse.Namespace) -> dict[str, Any]:
     given = {"source": args.source, "source_path": args.source_path, "source_options": args.source_options}
     real_data = PRESETS[args.preset].synthetic is None   # a preset for real data (deepeyenet) has no synthetic set
@@ -166,6 +183,12 @@ def _data_parameters(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--preset {args.preset} is for real data: give its --source and --source-path, e.g. "
                          f"--source {args.preset} --source-path FOLDER (data/README.md)")
     return {k: v for k, v in given.items() if v is not None}
+
+
+def _notebook_path(grid: list[NotebookRun], stage: str) -> Path | None:
+    """The notebook a stage of the grid runs (relative paths are from the repository root), or None."""
+    notebook = next((Path(r.notebook) for r in grid if r.stage == stage), None)
+    return notebook if notebook is None or notebook.is_absolute() else REPO_ROOT / notebook
 
 
 def _check_place(args: argparse.Namespace) -> dict[str, Any]:
@@ -209,9 +232,12 @@ def main(argv: list[str] | None = None, notebooks: dict[str, str] | None = None)
     args = parser.parse_args(argv)
     try:
         check_command_line(args, default_experiment_dir(args.preset))
-        grid = expand_grid(args.preset, args.experiment_dir, notebooks=notebooks, overrides=parse_overrides(args.overrides),
+        overrides = parse_overrides(args.overrides)
+        notebooks = {**(notebooks or {}), **parse_notebooks(args.notebooks)}
+        grid = expand_grid(args.preset, args.experiment_dir, notebooks=notebooks, overrides=overrides,
                            data_parameters=_data_parameters(args), dims=dict(tasks=args.tasks, p=args.p, seeds=args.seeds,
                                                                  kd_p=args.kd_p))
+        check_image_size(preset_config(args.preset, **overrides), _notebook_path(grid, "gradcam"))
         check_finished_parameters(grid)
         place = _check_place(args)
     except ValueError as err:
@@ -219,7 +245,10 @@ def main(argv: list[str] | None = None, notebooks: dict[str, str] | None = None)
     runs, exp = select_stages(grid, args.only_stage), Path(grid[0].parameters["experiment_dir"])
     with pd.option_context("display.max_colwidth", 120, "display.width", 250):
         if args.dry_run:
+            again = repair(runs, dry_run=True)
             print(describe_grid(runs).to_string(index=False))
+            if again:
+                print(f"\ndamaged, they run again (with everything after them): {', '.join(again)}")
             return 0
         if args.kernel == KERNEL_NAME:
             ensure_kernel(KERNEL_NAME)
@@ -231,6 +260,8 @@ def main(argv: list[str] | None = None, notebooks: dict[str, str] | None = None)
         except OSError as err:   # the experiment folder is a file, or not writable
             parser.error(f"--experiment-dir {exp}: {err}")
         try:
+            record_command(exp, sys.argv[1:] if argv is None else argv)
+            repair(runs)             # under the lock: a damaged finished run is set aside and runs again
             table = _execute(args, grid, runs, place)
         except ValueError as err:   # a cluster that cannot be started as asked (dask-jobqueue's options)
             parser.error(str(err))

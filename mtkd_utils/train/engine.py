@@ -12,7 +12,7 @@ import torch
 
 from ..data.dataset import FundusData, augment, batch_rows, image_batch, labeled_share_batches
 from ..data.text import mbr_index, sentence_bleu4, tokenize, trim
-from ..io import add_seconds
+from ..io import add_seconds, checksum_path
 from ..progress import progress
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -283,4 +283,5 @@ def fit(model, data: FundusData, plan: TrainPlan, loss_fn: MultiTaskLoss, cfg, r
             break
     model.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt")["model"])
     last.unlink(missing_ok=True)
+    checksum_path(last).unlink(missing_ok=True)   # its checksum too: a checksum without its file reads as damage
     return pd.DataFrame(state["history"])
