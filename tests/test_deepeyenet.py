@@ -43,6 +43,7 @@ def fundus(path, seed: int, spot: int, grey: bool = False, size=(64, 72)) -> Non
     angle = 2 * np.pi * spot / 8
     cx, cy = size[1] / 2 + 18 * np.cos(angle), size[0] / 2 + 16 * np.sin(angle)
     d.ellipse([cx - 6, cy - 6, cx + 6, cy + 6], fill=(250, 230, 120))
+    d.rectangle([0, 0, 2, 2], fill=(seed % 251, seed // 251 % 251, 40))   # every photograph its own pixels
     if grey:
         img = img.convert("L").convert("RGB")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,7 @@ def deepeyenet_folder(root, per_split: dict[str, int] = PER_SPLIT):
 
     def add(split, name, keywords, text, spot, grey=False):
         key = f"eyenet0420/{FOLDER[split]}/{name}.jpg"
-        fundus(root / key, seed=len(items[split]) * 7 + spot, spot=spot, grey=grey)
+        fundus(root / key, seed=sum(map(len, items.values())) * 7 + spot, spot=spot, grey=grey)
         items[split].append({key: {"keywords": keywords, "clinical-description": text}})
 
     n = 0

@@ -91,7 +91,8 @@ def test_copies_of_a_photograph_under_other_patients_never_straddle_splits(tmp_p
     exp = tmp_path / "exp"
     info = prep.prepare_data(exp, CFG, "csv", str(tmp_path / "src" / "labels.csv"), OPTIONS)
     out = capsys.readouterr().out
-    assert info["duplicates"] == {"groups": 20, "images": 40, "patients_grouped": 40, "policy": "group"}
+    assert info["duplicates"] == {"groups": 20, "images": 40, "patients_grouped": 40, "policy": "group",
+                                  "excluded": []}
     assert json.loads((exp / "data" / "dataset.json").read_text())["duplicates"] == info["duplicates"]
     assert "20 photograph(s) appear more than once" in out and f"{tmp_path}/src/copy3.png (patient again3)" in out
     report = pd.read_csv(exp / "data" / "duplicates.csv", dtype=str)
@@ -164,3 +165,13 @@ def test_a_bad_duplicates_option_is_refused_at_plan_time(tmp_path, capsys):
     err = dry_run_error("--source-options", '{"duplicates": "keep"}', "--experiment-dir", str(tmp_path / "e"),
                         capsys=capsys)
     assert "duplicates='keep': choose one of ('group', 'refuse')" in err
+
+
+def test_a_photograph_shipped_in_two_splits_stays_where_it_is_tested_first():
+    import pandas as pd
+    from mtkd_utils.data.duplicates import shipped_copies
+    m = pd.DataFrame({"image_id": ["a", "b", "c", "d", "e", "f"], "split": ["train", "test", "val", "train", "train", ""]})
+    # a (train) = b (test) = c (val); d and e: the same photograph twice in train; f: an unlabeled copy of d
+    within, excluded = shipped_copies(m, [[0, 1, 2], [3, 4, 5]])
+    assert sorted(excluded) == ["a", "c", "f"]           # only the test copy of the first, the train copies of the second
+    assert within == [[3, 4]]                              # copies inside one shipped split are split together

@@ -13,6 +13,8 @@ import pandas as pd
 
 from ..io import write_csv
 
+# a photograph shipped in two splits stays in the first of these ('': no split, the unlabeled pool)
+SHIPPED_ORDER = ("test", "val", "train", "")
 POLICIES = ("group", "refuse")   # group: the copies' patients split as one; refuse: stop, listing every group
 DUPLICATES_CSV = "duplicates.csv"
 
@@ -73,17 +75,36 @@ def _describe(table: pd.DataFrame, limit: int = 20) -> str:
     return "\n  ".join(lines[:limit]) + more
 
 
+def shipped_copies(manifest: pd.DataFrame, groups: list[list[int]]) -> tuple[list[list[int]], list[str]]:
+    """With the source's own splits, a group's copies in one shipped split are split together; a copy whose
+    photograph the source also ships in a split tested first (SHIPPED_ORDER) is excluded: the image_ids."""
+    within, excluded = [], []
+    for rows in groups:
+        split = manifest.split.iloc[rows]
+        keep = min(split, key=SHIPPED_ORDER.index)
+        excluded += manifest.image_id.iloc[[r for r, s in zip(rows, split) if s != keep]].tolist()
+        within += [part for s in set(split) if len(part := [r for r, t in zip(rows, split) if t == s]) > 1]
+    return within, excluded
+
+
 def handle_duplicates(manifest: pd.DataFrame, hashes: dict[str, str], policy: str, data_dir: Path,
-                      where: Path) -> tuple[pd.DataFrame, dict]:
-    """The manifest to split (patient_id replaced by split_groups under 'group') and the counts for dataset.json;
-    every group is printed by file (`where`: the manifest) and written to data_dir/duplicates.csv. 'refuse' raises ValueError instead."""
+                      where: Path, shipped: bool = False) -> tuple[pd.DataFrame, dict]:
+    """The manifest to split (patient_id replaced by split_groups under 'group') and the counts for dataset.json
+    (with the source's own splits, `shipped`: also the copies to exclude, shipped_copies); every group is printed by
+    file (`where`: the manifest) and written to data_dir/duplicates.csv. 'refuse' raises ValueError instead."""
     check_policy(policy)
     groups = duplicate_groups(manifest, hashes)
-    table = group_table(manifest, groups, Path(where).parent)
+    excluded: list[str] = []
+    if shipped and policy == "group":
+        groups_all, (groups, excluded) = groups, shipped_copies(manifest, groups)
+        table = group_table(manifest, groups_all, Path(where).parent)
+    else:
+        table = group_table(manifest, groups, Path(where).parent)
     split_ids = split_groups(manifest, groups)
     merged = manifest.patient_id[split_ids != manifest.patient_id].nunique()
-    counts = {"groups": len(groups), "images": len(table), "patients_grouped": int(merged), "policy": policy}
-    if not groups:
+    counts = {"groups": int(table.group.nunique()), "images": len(table), "patients_grouped": int(merged),
+              "policy": policy, "excluded": excluded}
+    if table.empty:
         (Path(data_dir) / DUPLICATES_CSV).unlink(missing_ok=True)   # a report from other data would mislead
         return manifest, counts
     if policy == "refuse":
@@ -96,5 +117,8 @@ def handle_duplicates(manifest: pd.DataFrame, hashes: dict[str, str], policy: st
           f"listed in {Path(data_dir) / DUPLICATES_CSV}):\n  {_describe(table)}\n"
           + (f"The {merged} patients that share a photograph are split as one group (never across train, "
              "validation and test). Pass source_options={'duplicates': 'refuse'} to stop instead."
-             if merged else "Each group belongs to one patient: the splits are unchanged."))
+             if merged else "Each group belongs to one patient: the splits are unchanged.")
+          + (f"\nThe source ships {len(excluded)} of these copies in a second split: each is excluded from the "
+             "split it shares with a copy tested first (test, then validation, then train), so that no test or "
+             "validation photograph is also trained on." if excluded else ""))
     return manifest.assign(patient_id=split_ids), counts

@@ -43,13 +43,16 @@ def prepare_data(experiment_dir: str | Path, cfg: Config, source: str = "synthet
     warn_single_image_classes(manifest)
     info = dict(**runs.manifest_record(manifest_path, exp), manifest_sha1=file_sha1(manifest_path), **settings)
     refuse_other_data(data_dir, {**settings, "manifest": manifest_path, "manifest_sha1": info["manifest_sha1"]})
-    grouped, info["duplicates"] = handle_duplicates(manifest, hashes, policy, data_dir, manifest_path)
-    info["long_sentences"] = report_long_sentences(manifest, cfg.max_len, manifest_path)
     # the source's own splits (a manifest `split` column) are kept: p and the unlabeled pool come from its train
     info["splits"] = "file" if split_file else "shipped" if has_shipped_splits(manifest) else "seeded"
+    grouped, info["duplicates"] = handle_duplicates(manifest, hashes, policy, data_dir, manifest_path,
+                                                    shipped=info["splits"] == "shipped")
+    info["long_sentences"] = report_long_sentences(manifest, cfg.max_len, manifest_path)
     splits = (load_user_splits(split_file, grouped) if split_file else
               make_splits(grouped, cfg.split_seed, evaluation_only=_grouped(load_evaluation_only(manifest_path),
                                                                             manifest, grouped)))
+    copies = splits.image_id.isin(info["duplicates"]["excluded"])   # shipped twice: kept where tested first
+    splits.loc[copies, ["split", "train_rank"]] = ["excluded", -1]
     save_splits(splits, data_dir / "splits.csv")
     labels.save(data_dir / "label_map.json")
     build_image_cache(manifest_path, data_dir / "cache", cfg.image_size, crop_fov)
