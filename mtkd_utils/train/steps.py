@@ -22,6 +22,7 @@ from .engine import fit, predict
 from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
 from .model import MTLModel, build_model
 from .reload import load_model, student_teachers, teachers_for
+from .retrieval import RETRIEVAL_FILE, retrieval_table
 from .runtime import eval_batch_size, pick_device
 
 BLEU_NOTE = ("T3_bleu1..4: nltk corpus BLEU, no smoothing; "
@@ -148,7 +149,8 @@ def train_m1_at_budget(experiment_dir, key: RunKey, updates: int, cfg: Config, d
 
 
 def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
-    """The one read of the test split: predictions.csv, probs_T1/T2.npy, metrics.json, confusion.csv."""
+    """The one read of the test split: predictions.csv, probs_T1/T2.npy, retrieval.csv (the 1-NN T3 baseline in this
+    model's encoder space), metrics.json, confusion.csv."""
     device, batch = pick_device(cfg.device), eval_batch_size(cfg)
     decoding = dict(mbr_samples=cfg.mbr_samples, seed=cfg.seed)
     preds, probs = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device, with_probs=True,
@@ -163,6 +165,9 @@ def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, 
         write_npy(p, run / f"probs_{task}.npy", checksum=True)
     if "T1" in model.tasks:
         confusion(preds, data.labels).to_csv(run / "confusion_T1.csv")
+    retrieved = retrieval_table(model, data, data.rows("test"), batch, device)
+    if retrieved is not None:
+        write_csv(retrieved, run / RETRIEVAL_FILE, checksum=True)
     write_json(metrics, run / "metrics.json", checksum=True)   # written last: marks the run done
     return metrics
 

@@ -1,0 +1,119 @@
+"""T3 beside the baselines report-generation work uses, every caption metric with a 95 % bootstrap CI.
+
+Baselines, each scored with every metric of captions.T3_REPORT_METRICS on the same test images:
+- constant per (eye, coarse): the consensus training sentence (metrics.constant_sentence: the highest corpus BLEU-4
+  against the group's training sentences) of the image's true eye and coarse class;
+- 1-NN retrieval: the sentence of the nearest labeled training image in the evaluated model's encoder space
+  (train/retrieval.py, written by the test read as retrieval.csv);
+- classify-then-describe: the consensus training sentence of the (eye, fine class) the model itself predicts: its
+  T2 head's fine class and the eye its own sentence names (the model has no eye head). A decoder that loses to
+  this adds nothing to the heads.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import MODELS
+from ..data.text import sentence_bleu4, tokenize
+from ..runs import data_dir, manifest_path
+from ..train.metrics import constant_sentence, constant_sentences, has_text, named_eye
+from ..train.retrieval import RETRIEVAL_FILE
+from . import captions, findings
+from .bootstrap import bootstrap_table
+from .results import collect_metrics, interval_table, load_labels, read_predictions
+
+DECODER = "decoder"
+BASELINES = ("constant per (eye, coarse)", "1-NN retrieval", "classify-then-describe")
+
+
+def training_rows(experiment_dir: str | Path, run_dir: str | Path) -> pd.DataFrame:
+    """The run's labeled training rows with a sentence (its split.csv): the manifest's image_id, eye, coarse, fine,
+    text."""
+    from ..data.manifest import read_manifest
+
+    split = pd.read_csv(Path(run_dir) / "split.csv", dtype=str, keep_default_na=False)
+    manifest = read_manifest(manifest_path(experiment_dir))
+    train = manifest[manifest.image_id.isin(split.image_id[split.role == "train"]) & (manifest.labeled == "1")]
+    return train[train.text != ""]
+
+
+def classify_then_describe(train: pd.DataFrame, fine: Sequence[str], eye: Sequence[str]) -> list[str]:
+    """Per image, the consensus training sentence of its (eye, fine class); where that pair has no training sentence
+    or no eye is given (''), the fine class's over both eyes; for a fine class without any, the overall one."""
+    pair, per_fine = constant_sentences(train, ("eye", "fine")), constant_sentences(train, ("fine",))
+    overall = constant_sentence(train.text)
+    return [pair.get((e, f)) or per_fine.get((f,)) or overall for e, f in zip(eye, fine)]
+
+
+def said(preds: pd.DataFrame, sentences: Sequence[str]) -> pd.DataFrame:
+    """A predictions table whose sentences are `sentences` (truths kept; sentence BLEU recomputed)."""
+    out = preds[["image_id", "coarse_true", "fine_true", "text_true"]].copy()
+    out["text_pred"] = list(sentences)
+    out["bleu"] = [sentence_bleu4(tokenize(r), tokenize(h)) for r, h in zip(out.text_true, out.text_pred)]
+    return out
+
+
+def baseline_predictions(experiment_dir: str | Path, run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The baselines' sentences for the test images of one run, as predictions tables (BASELINES; 1-NN only where
+    the run wrote retrieval.csv, classify-then-describe only for a model with T2 and T3)."""
+    from ..data.manifest import read_manifest
+
+    run_dir = Path(run_dir)
+    preds, train = read_predictions(run_dir / "predictions.csv"), training_rows(experiment_dir, run_dir)
+    test = read_manifest(manifest_path(experiment_dir)).set_index("image_id").loc[preds.image_id]
+    chosen, overall = constant_sentences(train, ("eye", "coarse")), constant_sentence(train.text)
+    out = {BASELINES[0]: said(preds, [chosen.get(k, overall) for k in zip(test.eye, test.coarse)])}
+    if (run_dir / RETRIEVAL_FILE).exists():
+        retrieved = read_predictions(run_dir / RETRIEVAL_FILE).set_index("image_id").text_retrieved
+        out[BASELINES[1]] = said(preds, retrieved.loc[preds.image_id])
+    if has_text(preds) and (preds.fine_pred != "").all():
+        out[BASELINES[2]] = said(preds, classify_then_describe(train, preds.fine_pred,
+                                                               [named_eye(t) for t in preds.text_pred]))
+    return out
+
+
+def t3_table(experiment_dir: str | Path, seed: int = 0, tasks: str | None = None,
+             metrics: Sequence[str] = captions.T3_REPORT_METRICS, n_boot: int = 500,
+             models: Sequence[str] = MODELS) -> pd.DataFrame:
+    """Long table (p, model, sentences, metric, value, lo, hi, n): each model's decoder and its baselines on the
+    test split of one seed and task combination (default: the largest with T3), 95 % bootstrap CIs over images.
+
+    The constant baseline is the same for every model of a p: it is listed once, under the first model.
+    """
+    labels, runs = load_labels(experiment_dir), collect_metrics(experiment_dir)
+    runs = runs[(runs.seed == seed) & runs.model.isin(models) & runs.tasks.str.contains("T3")]
+    if runs.empty:
+        raise ValueError(f"no finished run with T3 at seed={seed} among the models {list(models)}: run 03 first")
+    tasks = tasks or sorted(runs.tasks.unique(), key=lambda t: t.count("+"))[-1]
+    extractor = findings.extractor_for(labels, findings.read_synonyms(data_dir(experiment_dir)))
+    frames, listed = [], set()
+    for run in runs[runs.tasks == tasks].sort_values(["p", "model"], key=_model_order).itertuples():
+        named = {DECODER: read_predictions(Path(run.run_dir) / "predictions.csv"),
+                 **baseline_predictions(experiment_dir, run.run_dir)}
+        if run.p in listed:
+            named.pop(BASELINES[0])
+        listed.add(run.p)
+        for name, preds in named.items():
+            ci = bootstrap_table(captions.finding_columns(preds, extractor), metrics, labels, n_boot=n_boot)
+            model = "" if name == BASELINES[0] else run.model
+            frames.append(ci.assign(p=run.p, model=model, sentences=name))
+    cols = ["p", "model", "sentences", "metric", "value", "lo", "hi", "n"]
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+def _model_order(col: pd.Series) -> pd.Series:
+    return col.map(MODELS.index) if col.name == "model" else col
+
+
+def t3_wide(long: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """t3_table as rows (p, model, sentences), columns metric: 'value [lo, hi]' ('' where not computed)."""
+    return interval_table(long, "value", ["p", "model", "sentences"], digits)
+
+
+def baseline_curves(long: pd.DataFrame, model: str = "M1") -> pd.DataFrame:
+    """The baselines of `model` (and the constant) per p, for results.plot_vs_p's `curves`: name, metric, p, value."""
+    pick = (long.sentences != DECODER) & long.model.isin([model, ""])
+    return long[pick].rename(columns={"sentences": "name"})[["name", "metric", "p", "value"]]
