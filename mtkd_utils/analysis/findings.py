@@ -63,7 +63,7 @@ class Extractor:
         found = sorted((m for rule in self.rules for m in rule.matches(words)), key=lambda m: (m[0] - m[1], m[0]))
         taken, out = [], set()
         for start, end, says in found:        # longest phrase first; a phrase inside a longer one is not read
-            if all(end <= a or start >= b for a, b in taken):
+            if (start, end) in taken or all(end <= a or start >= b for a, b in taken):   # same words: both said
                 taken.append((start, end))
                 out |= says
         fines = {f[5:] for f in out if f.startswith("fine:")}
