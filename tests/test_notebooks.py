@@ -52,6 +52,11 @@ def test_notebooks_run_in_order(experiment):
     table = pd.read_csv(experiment / "results" / "table1.csv")
     assert len(table) == 4 and (experiment / "results" / "metrics_vs_p.png").exists()   # M1, M2, M3, M1b
     assert len(pd.read_csv(experiment / "results" / "m3_vs_m1.csv")) == 3   # one row per metric
+    t3 = pd.read_csv(experiment / "results" / "t3_table.csv", keep_default_na=False)
+    m1 = set(t3.sentences[t3.model == "M1"])
+    assert m1 == {"decoder", "1-NN retrieval", "classify-then-describe"}, m1   # each model beside its own baselines
+    assert set(t3.sentences[t3.model == ""]) == {"constant per (eye, coarse)"}
+    assert {"T3_ciderD", "T3_paper_bleu", "T3_findings_f1", "T3_fine_acc"} <= set(t3.metric)
     m3 = json.loads((experiment / "students" / "T1+T2+T3" / "p15_s0" / "M3" / "metrics.json").read_text())
     values = {"<P>": "15", "<seed>": "0", "<tasks>": "T1+T2+T3", "<model>": "M3", "<τ>": f"{m3['tau']:g}",
               "<α>": f"{m3['alpha']:g}", "<size>": "48", "<group>": "all"}

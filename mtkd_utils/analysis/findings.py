@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from itertools import product
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def _expand(template: str, **values: Sequence[str]) -> list[str]:
     return [template.format(**dict(zip(names, combo))) for combo in product(*(values[n] for n in names))]
 
 
+@lru_cache(maxsize=1)
 def synthetic_extractor() -> Extractor:
     """The synthetic data's findings, from the generator's own wordings (every synonym)."""
     from ..data.synthetic.taxonomy import FINE_PARENT
@@ -165,7 +167,9 @@ def is_synthetic(labels) -> bool:
 
 
 def extractor_for(labels, synonyms: Mapping[str, Sequence[str]] | None = None) -> Extractor:
-    """The synthetic generator's vocabulary for its label map, else the label map's; plus the user's synonyms."""
+    """The synthetic generator's vocabulary for its label map, else the label map's; plus the user's synonyms
+    (default: those of the experiment, which results.load_labels attaches to its label map as `findings_synonyms`)."""
+    synonyms = getattr(labels, "findings_synonyms", None) if synonyms is None else synonyms
     if is_synthetic(labels):
         base = synthetic_extractor()
         return Extractor(base.rules + synonym_rules(labels, synonyms), base.fine_parent)

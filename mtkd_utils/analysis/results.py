@@ -141,9 +141,13 @@ def read_probs(run_dir: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_labels(experiment_dir: str | Path):
-    """The experiment's label map (data/label_map.json, written by 01_data_prep)."""
+    """The experiment's label map (data/label_map.json, written by 01_data_prep), carrying the user's T3 findings
+    synonyms (data/findings_synonyms.json, findings.read_synonyms) for the findings metrics."""
     from ..data.manifest import LabelMap
-    return LabelMap.load(data_dir(experiment_dir) / "label_map.json")
+    from .findings import read_synonyms
+    labels = LabelMap.load(data_dir(experiment_dir) / "label_map.json")
+    labels.findings_synonyms = read_synonyms(data_dir(experiment_dir))
+    return labels
 
 
 def run_cis(experiment_dir: str | Path, metrics: Sequence[str] = HEADLINE_METRICS, n_boot: int = 1000,

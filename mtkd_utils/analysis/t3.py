@@ -75,32 +75,34 @@ def baseline_predictions(experiment_dir: str | Path, run_dir: str | Path) -> dic
     return out
 
 
-def t3_table(experiment_dir: str | Path, seed: int = 0, tasks: str | None = None,
+def t3_table(experiment_dir: str | Path, seeds: Sequence[int] = (0,), tasks: str | None = None,
              metrics: Sequence[str] = captions.T3_REPORT_METRICS, n_boot: int = 500,
              models: Sequence[str] = MODELS) -> pd.DataFrame:
-    """Long table (p, model, sentences, metric, value, lo, hi, n): each model's decoder and its baselines on the
-    test split of one seed and task combination (default: the largest with T3), 95 % bootstrap CIs over images.
+    """Long table (p, seed, model, sentences, metric, value, lo, hi, n): each model's decoder and its baselines on
+    the test split, for the given seeds and one task combination (default: the largest with T3); 95 % bootstrap
+    CIs over the test images. Findings use the experiment's vocabulary and the user's synonyms (load_labels).
 
-    The constant baseline is the same for every model of a p: it is listed once, under the first model.
+    The constant baseline is the same for every model of a (p, seed): it is listed once, with model ''. Empty when
+    no run of these seeds has T3.
     """
+    cols = ["p", "seed", "model", "sentences", "metric", "value", "lo", "hi", "n"]
     labels, runs = load_labels(experiment_dir), collect_metrics(experiment_dir)
-    runs = runs[(runs.seed == seed) & runs.model.isin(models) & runs.tasks.str.contains("T3")]
-    if runs.empty:
-        raise ValueError(f"no finished run with T3 at seed={seed} among the models {list(models)}: run 03 first")
+    runs = runs[runs.seed.isin(list(seeds)) & runs.model.isin(models) & runs.tasks.str.contains("T3")]
+    if runs.empty:   # an experiment without T3 (or without these seeds): nothing to judge
+        return pd.DataFrame(columns=cols)
     tasks = tasks or sorted(runs.tasks.unique(), key=lambda t: t.count("+"))[-1]
-    extractor = findings.extractor_for(labels, findings.read_synonyms(data_dir(experiment_dir)))
+    extractor = findings.extractor_for(labels)
     frames, listed = [], set()
-    for run in runs[runs.tasks == tasks].sort_values(["p", "model"], key=_model_order).itertuples():
+    for run in runs[runs.tasks == tasks].sort_values(["p", "seed", "model"], key=_model_order).itertuples():
         named = {DECODER: read_predictions(Path(run.run_dir) / "predictions.csv"),
                  **baseline_predictions(experiment_dir, run.run_dir)}
-        if run.p in listed:
+        if (run.p, run.seed) in listed:
             named.pop(BASELINES[0])
-        listed.add(run.p)
+        listed.add((run.p, run.seed))
         for name, preds in named.items():
             ci = bootstrap_table(captions.finding_columns(preds, extractor), metrics, labels, n_boot=n_boot)
-            model = "" if name == BASELINES[0] else run.model
-            frames.append(ci.assign(p=run.p, model=model, sentences=name))
-    cols = ["p", "model", "sentences", "metric", "value", "lo", "hi", "n"]
+            frames.append(ci.assign(p=run.p, seed=run.seed, model="" if name == BASELINES[0] else run.model,
+                                    sentences=name))
     return pd.concat(frames, ignore_index=True)[cols]
 
 
@@ -109,11 +111,14 @@ def _model_order(col: pd.Series) -> pd.Series:
 
 
 def t3_wide(long: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """t3_table as rows (p, model, sentences), columns metric: 'value [lo, hi]' ('' where not computed)."""
-    return interval_table(long, "value", ["p", "model", "sentences"], digits)
+    """t3_table as rows (p, seed, model, sentences), columns metric: 'value [lo, hi]' ('' where not computed)."""
+    return interval_table(long, "value", ["p", "seed", "model", "sentences"], digits)
 
 
 def baseline_curves(long: pd.DataFrame, model: str = "M1") -> pd.DataFrame:
-    """The baselines of `model` (and the constant) per p, for results.plot_vs_p's `curves`: name, metric, p, value."""
-    pick = (long.sentences != DECODER) & long.model.isin([model, ""])
-    return long[pick].rename(columns={"sentences": "name"})[["name", "metric", "p", "value"]]
+    """The baselines of `model` (and the constant) per p, mean over the seeds, for results.plot_vs_p's `curves`:
+    name ('1-NN retrieval (M1)'), metric, p, value."""
+    pick = long[(long.sentences != DECODER) & long.model.isin([model, ""])]
+    name = pick.sentences.where(pick.model == "", pick.sentences + f" ({model})")
+    curves = pick.assign(name=name).groupby(["name", "metric", "p"], sort=False).value.mean()
+    return curves.reset_index()
