@@ -12,7 +12,8 @@ from mtkd_utils.data.synthetic.taxonomy import label_map
 from mtkd_utils.train.metrics import text_metrics
 from mtkd_utils.train.retrieval import nearest_neighbours
 
-REFS = ["left eye: moderate npdr with scattered exudates.", "glaucoma suspect in the right eye with cup disc ratio 0.6.",
+REFS = ["left eye: moderate npdr with scattered exudates.",
+        "glaucoma suspect in the right eye with cup disc ratio 0.6.",
         "right eye: normal fundus.", "left eye: wet amd with subretinal haemorrhage."]
 HYPS = ["left eye: moderate npdr with hard exudates.", "glaucoma suspect in the left eye with cup disc ratio 0.6.",
         "right eye: normal fundus.", "left eye: wet amd"]

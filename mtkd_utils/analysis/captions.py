@@ -172,7 +172,8 @@ def _finding_stats(preds: pd.DataFrame, metric: str, labels) -> tuple[np.ndarray
                 return np.nanmean(f1, axis=-1) if k else np.full(s.shape[:-1], np.nan)
         return stats, macro
     stats = np.array([[len(r & h), len(h), len(r)] for r, h in zip(ref, hyp)], dtype=float).reshape(len(ref), 3)
-    pick = {"T3_findings_precision": lambda s: (s[..., 0], s[..., 1]), "T3_findings_recall": lambda s: (s[..., 0], s[..., 2]),
+    pick = {"T3_findings_precision": lambda s: (s[..., 0], s[..., 1]),        # in common / said
+            "T3_findings_recall": lambda s: (s[..., 0], s[..., 2]),           # in common / in the reference
             "T3_findings_f1": lambda s: (2 * s[..., 0], s[..., 1] + s[..., 2])}[metric]
 
     def micro(s: np.ndarray) -> np.ndarray:

@@ -117,7 +117,8 @@ def synthetic_extractor() -> Extractor:
              Rule(_slot(S["crescent"], "fine:normal_myopic_crescent")),
              Rule(_slot(S["new_vessels_disc"], "new_vessels:disc")),
              Rule(_slot(S["new_vessels_elsewhere"], "new_vessels:elsewhere")),
-             Rule(_slot(S["large_drusen"], "drusen:large")), Rule(_slot(S["amd_haemorrhage"], "haemorrhage:subretinal"))]
+             Rule(_slot(S["large_drusen"], "drusen:large")),
+             Rule(_slot(S["amd_haemorrhage"], "haemorrhage:subretinal"))]
     # the optional findings state nothing scored, but claim their words ('exudates at the macula' is no location)
     optional = ("preretinal", "dr_haemorrhages", "exudates", "cotton_wool", "drusen", "pigment", "amd_membrane", "ppa",
                 "orange", "fluid")
