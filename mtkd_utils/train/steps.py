@@ -149,8 +149,7 @@ def train_m1_at_budget(experiment_dir, key: RunKey, updates: int, cfg: Config, d
 
 
 def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
-    """The one read of the test split: predictions.csv, probs_T1/T2.npy, retrieval.csv (the 1-NN T3 baseline in this
-    model's encoder space), metrics.json, confusion.csv."""
+    """The one read of the test split: predictions.csv, probs_T1/T2.npy, metrics.json, confusion.csv."""
     device, batch = pick_device(cfg.device), eval_batch_size(cfg)
     decoding = dict(mbr_samples=cfg.mbr_samples, seed=cfg.seed)
     preds, probs = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device, with_probs=True,
@@ -161,13 +160,13 @@ def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, 
                    per_disease=per_disease(preds, data.labels), per_class_auroc=per_class_auroc(preds, data.labels, probs),
                    disease_vs_normal=disease_vs_normal(preds, data.labels), bleu_note=BLEU_NOTE)
     write_csv(preds, run / "predictions.csv", checksum=True)
+    retrieved = retrieval_table(model, data, data.rows("test"), batch, device)   # the 1-NN T3 baseline (retrieval.py)
+    if retrieved is not None:
+        write_csv(retrieved, run / RETRIEVAL_FILE, checksum=True)
     for task, p in probs.items():
         write_npy(p, run / f"probs_{task}.npy", checksum=True)
     if "T1" in model.tasks:
         confusion(preds, data.labels).to_csv(run / "confusion_T1.csv")
-    retrieved = retrieval_table(model, data, data.rows("test"), batch, device)
-    if retrieved is not None:
-        write_csv(retrieved, run / RETRIEVAL_FILE, checksum=True)
     write_json(metrics, run / "metrics.json", checksum=True)   # written last: marks the run done
     return metrics
 
