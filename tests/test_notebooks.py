@@ -57,6 +57,15 @@ def test_notebooks_run_in_order(experiment):
     assert m1 == {"decoder", "1-NN retrieval", "classify-then-describe"}, m1   # each model beside its own baselines
     assert set(t3.sentences[t3.model == ""]) == {"constant per (eye, coarse)"}
     assert {"T3_ciderD", "T3_paper_bleu", "T3_findings_f1", "T3_fine_acc"} <= set(t3.metric)
+    # a run whose test read predates retrieval.csv gets it from its saved weights: the same neighbours
+    from mtkd_utils.runs import RunKey
+    from mtkd_utils.train.retrieval import ensure_retrieval
+    written = experiment / "students" / "T1+T2+T3" / "p15_s0" / "M3" / "retrieval.csv"
+    read = pd.read_csv(written)
+    written.unlink()
+    again = pd.read_csv(ensure_retrieval(experiment, RunKey("T1+T2+T3", 15, 0, "M3")))
+    assert again.neighbour_id.tolist() == read.neighbour_id.tolist()
+    assert again.similarity.to_numpy() == pytest.approx(read.similarity.to_numpy(), abs=1e-5)
     m3 = json.loads((experiment / "students" / "T1+T2+T3" / "p15_s0" / "M3" / "metrics.json").read_text())
     values = {"<P>": "15", "<seed>": "0", "<tasks>": "T1+T2+T3", "<model>": "M3", "<τ>": f"{m3['tau']:g}",
               "<α>": f"{m3['alpha']:g}", "<size>": "48", "<group>": "all"}

@@ -18,9 +18,9 @@ import pandas as pd
 
 from ..config import MODELS
 from ..data.text import sentence_bleu4, tokenize
-from ..runs import data_dir, manifest_path
+from ..runs import RunKey, manifest_path
 from ..train.metrics import constant_sentence, constant_sentences, has_text, named_eye
-from ..train.retrieval import RETRIEVAL_FILE
+from ..train.retrieval import RETRIEVAL_FILE, ensure_retrieval
 from . import captions, findings
 from .bootstrap import bootstrap_table
 from .results import collect_metrics, interval_table, load_labels, read_predictions
@@ -77,13 +77,14 @@ def baseline_predictions(experiment_dir: str | Path, run_dir: str | Path) -> dic
 
 def t3_table(experiment_dir: str | Path, seeds: Sequence[int] = (0,), tasks: str | None = None,
              metrics: Sequence[str] = captions.T3_REPORT_METRICS, n_boot: int = 500,
-             models: Sequence[str] = MODELS) -> pd.DataFrame:
+             models: Sequence[str] = MODELS, retrieve: bool = True) -> pd.DataFrame:
     """Long table (p, seed, model, sentences, metric, value, lo, hi, n): each model's decoder and its baselines on
     the test split, for the given seeds and one task combination (default: the largest with T3); 95 % bootstrap
     CIs over the test images. Findings use the experiment's vocabulary and the user's synonyms (load_labels).
 
     The constant baseline is the same for every model of a (p, seed): it is listed once, with model ''. Empty when
-    no run of these seeds has T3.
+    no run of these seeds has T3. `retrieve`: runs whose test read predates retrieval.csv get it from their saved
+    weights (retrieval.ensure_retrieval: an encoder pass, no training); False leaves their 1-NN row out.
     """
     cols = ["p", "seed", "model", "sentences", "metric", "value", "lo", "hi", "n"]
     labels, runs = load_labels(experiment_dir), collect_metrics(experiment_dir)
@@ -94,6 +95,8 @@ def t3_table(experiment_dir: str | Path, seeds: Sequence[int] = (0,), tasks: str
     extractor = findings.extractor_for(labels)
     frames, listed = [], set()
     for run in runs[runs.tasks == tasks].sort_values(["p", "seed", "model"], key=_model_order).itertuples():
+        if retrieve:
+            ensure_retrieval(experiment_dir, RunKey(run.tasks, run.p, run.seed, run.model))
         named = {DECODER: read_predictions(Path(run.run_dir) / "predictions.csv"),
                  **baseline_predictions(experiment_dir, run.run_dir)}
         if (run.p, run.seed) in listed:

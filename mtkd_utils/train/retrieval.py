@@ -7,6 +7,8 @@ retrieved sentence of every test image to retrieval.csv, which analysis/t3.py sc
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -53,3 +55,20 @@ def retrieval_table(model, data: FundusData, test_rows: np.ndarray, batch_size: 
     return pd.DataFrame({"image_id": data.manifest.image_id.iloc[test_rows].to_numpy(),
                          "neighbour_id": neighbours.image_id.to_numpy(), "similarity": sim,
                          "text_retrieved": neighbours.text.to_numpy()})
+
+
+def ensure_retrieval(experiment_dir, key, device: str | None = None) -> Path | None:
+    """retrieval.csv of a finished run (RunKey with its model), computed from its saved weights when the test read
+    predates it (no training: one encoder pass over the labeled training and test images); None without sentences."""
+    from .. import runs
+    from ..io import write_csv
+    from .reload import load_student
+    from .runtime import eval_batch_size, pick_device
+
+    path = runs.student_dir(experiment_dir, key) / RETRIEVAL_FILE
+    if path.exists():
+        return path
+    model, data = load_student(experiment_dir, key, device)
+    cfg = runs.run_config(runs.trained_model_dir(experiment_dir, key))
+    table = retrieval_table(model, data, data.rows("test"), eval_batch_size(cfg), pick_device(device or cfg.device))
+    return None if table is None else write_csv(table, path, checksum=True)
