@@ -119,3 +119,13 @@ def test_classify_then_describe_on_a_hand_made_table():
     assert said[2] == "right b."
     assert said[3] == "right b."              # no (left, b) sentence: b's over both eyes
     assert said[4] in set(train.text)         # an unknown class: the overall consensus sentence
+
+
+def test_baseline_curves_average_the_seeds_and_name_the_model():
+    long = pd.DataFrame({"p": [15, 15, 15, 15, 15], "seed": [0, 1, 0, 1, 0],
+                         "model": ["M1", "M1", "", "", "M3"],
+                         "sentences": ["1-NN retrieval", "1-NN retrieval", "constant per (eye, coarse)",
+                                       "constant per (eye, coarse)", "1-NN retrieval"],
+                         "metric": "T3_bleu4", "value": [0.2, 0.3, 0.1, 0.2, 0.9]})
+    curves = t3.baseline_curves(long).set_index("name").value
+    assert curves.to_dict() == pytest.approx({"1-NN retrieval (M1)": 0.25, "constant per (eye, coarse)": 0.15})

@@ -1,7 +1,10 @@
 """T3 judged as report-generation work judges it: caption metrics, clinical correctness and the paper's BLEU.
 
 - BLEU-1..4, ROUGE-L and CIDEr-D from pycocoevalcap (R2Gen and the DeepEyeNet papers report these); METEOR from
-  pycocoevalcap where a Java runtime is found, else NaN with a note ("not computed"), never 0.
+  pycocoevalcap where a Java runtime is found, else NaN with a note ("not computed"), never 0. T3_meteor is the
+  mean of the sentence scores (so that it has a bootstrap CI); pycocoevalcap's own corpus figure pools METEOR's
+  statistics over sentences instead and differs slightly. CIDEr-D's CI holds the document frequencies at the full
+  test split's.
 - The corpus BLEU-n that metrics.json reports (nltk, no smoothing) equals pycocoevalcap's Bleu on the same tokens
   to 1e-6 (tests/test_captions.py), so T3_bleu1..4 keep their names and their bootstrap (bootstrap._bleu_stats).
 - pycocoevalcap's ROUGE-L (T3_coco_rougeL) weighs recall by β = 1.2; T3_rougeL (rouge-score) is the plain F1.

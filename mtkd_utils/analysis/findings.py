@@ -60,20 +60,25 @@ class Extractor:
         self.default_fine = {c: c for c in set(self.fine_parent.values()) if self.fine_parent.get(c) == c}
 
     def __call__(self, text: str) -> frozenset:
-        words = _words(text)
+        eye = named_eye(text)
+        return frozenset(self._implied(self._stated(_words(text))) | ({f"eye:{eye}"} if eye else set()))
+
+    def _stated(self, words: str) -> set[str]:
+        """The findings of the phrases found, longest first: a phrase inside a longer one is not read again."""
         found = sorted((m for rule in self.rules for m in rule.matches(words)), key=lambda m: (m[0] - m[1], m[0]))
         taken, out = [], set()
-        for start, end, says in found:        # longest phrase first; a phrase inside a longer one is not read
+        for start, end, says in found:
             if (start, end) in taken or all(end <= a or start >= b for a, b in taken):   # same words: both said
                 taken.append((start, end))
                 out |= says
+        return out
+
+    def _implied(self, out: set[str]) -> set[str]:
+        """A fine class implies its coarse class; a coarse class named alone, its same-named fine class."""
         fines = {f[5:] for f in out if f.startswith("fine:")}
-        out |= {f"coarse:{self.fine_parent[f]}" for f in fines if f in self.fine_parent}
-        for c in {f[7:] for f in out if f.startswith("coarse:")} - {self.fine_parent.get(f) for f in fines}:
-            if c in self.default_fine:
-                out.add(f"fine:{self.default_fine[c]}")
-        eye = named_eye(text)
-        return frozenset(out | ({f"eye:{eye}"} if eye else set()))
+        out = out | {f"coarse:{self.fine_parent[f]}" for f in fines if f in self.fine_parent}
+        alone = {f[7:] for f in out if f.startswith("coarse:")} - {self.fine_parent.get(f) for f in fines}
+        return out | {f"fine:{self.default_fine[c]}" for c in alone if c in self.default_fine}
 
     def fine_class(self, text: str) -> str:
         """The one fine class the sentence names ('' when it names none, or several)."""
