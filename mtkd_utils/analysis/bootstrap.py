@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..train.metrics import LEVEL, class_indices, eye_hits, has_text, rouge_l
+from . import captions
 
 BOOTSTRAP_METRICS = ("T1_acc", "T2_acc", "T3_bleu", "T3_bleu4")   # T3_bleu: mean sentence BLEU; T3_bleu4: corpus
 # Fast bootstrap (sums of per-image statistics); every other T1_/T2_ metric of metrics.classification_task is
@@ -213,7 +214,8 @@ def _label_metric(preds: pd.DataFrame, metric: str, labels, probs) -> tuple[np.n
     """(stats, fn of sums) for a T1_/T2_ metric, or fn(rows) that scikit-learn recomputes on each resample."""
     task = metric[:2]
     if task not in LEVEL:
-        raise ValueError(f"metric={metric!r}: choose one of {SUM_METRICS}, or a T1_/T2_ metric of metrics.task_metrics")
+        raise ValueError(f"metric={metric!r}: choose one of {SUM_METRICS + captions.CAPTION_METRICS}, "
+                         "or a T1_/T2_ metric of metrics.task_metrics")
     if not has_task(preds, metric):
         raise ValueError(f"metric={metric!r}: these predictions have no {LEVEL[task]}_pred (the model lacks {task})")
     if labels is None:
@@ -238,7 +240,14 @@ def _indices(weights: np.ndarray) -> np.ndarray:
 
 def _metric_draws(preds: pd.DataFrame, metric: str, w: np.ndarray, labels=None, probs=None) -> tuple[float, np.ndarray]:
     """The metric on all images and on each of the bootstrap samples w (n_boot, n)."""
-    found = image_stats(preds, metric) if metric in SUM_METRICS else _label_metric(preds, metric, labels, probs)
+    if metric in SUM_METRICS:
+        found = image_stats(preds, metric)
+    elif metric in captions.CAPTION_METRICS:   # CIDEr-D, METEOR, the paper's BLEU, findings (analysis/captions.py)
+        if not has_task(preds, metric):
+            raise ValueError(f"metric={metric!r}: these predictions have no text_pred (the model lacks T3)")
+        found = captions.image_stats(preds, metric, labels)
+    else:
+        found = _label_metric(preds, metric, labels, probs)
     if isinstance(found, _WeightedMacro):
         return float(found(np.ones((1, len(preds))))[0]), found(w)
     if isinstance(found, tuple):
@@ -262,6 +271,8 @@ def _recentred(boot: np.ndarray, value: float, metric: str) -> np.ndarray:
 
 
 def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
+    if np.isnan(boot).all():   # a metric not computed (METEOR without Java): no interval either
+        return float("nan"), float("nan")
     lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2])   # nan: a resample without a class's negatives
     return float(lo), float(hi)
 

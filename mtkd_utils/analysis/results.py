@@ -141,9 +141,13 @@ def read_probs(run_dir: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_labels(experiment_dir: str | Path):
-    """The experiment's label map (data/label_map.json, written by 01_data_prep)."""
+    """The experiment's label map (data/label_map.json, written by 01_data_prep), carrying the user's T3 findings
+    synonyms (data/findings_synonyms.json, findings.read_synonyms) for the findings metrics."""
     from ..data.manifest import LabelMap
-    return LabelMap.load(data_dir(experiment_dir) / "label_map.json")
+    from .findings import read_synonyms
+    labels = LabelMap.load(data_dir(experiment_dir) / "label_map.json")
+    labels.findings_synonyms = read_synonyms(data_dir(experiment_dir))
+    return labels
 
 
 def run_cis(experiment_dir: str | Path, metrics: Sequence[str] = HEADLINE_METRICS, n_boot: int = 1000,
@@ -269,12 +273,14 @@ def _error_bar(runs: pd.DataFrame, metric: str, n_boot: int) -> tuple[float, flo
 
 
 def plot_vs_p(df: pd.DataFrame, metric: str | Sequence[str], path_stem: str | Path | None = None,
-              tasks: str | None = None, n_boot: int = 1000, baseline: pd.Series | None = None):
+              tasks: str | None = None, n_boot: int = 1000, baseline: pd.Series | None = None,
+              curves: pd.DataFrame | None = None):
     """Metric against p for M1, M2, M3, one panel per metric, with error bars; saved as PNG (300 dpi) and PDF.
 
     Error bars: ± std over seeds when a point has several seeds, else the 95 % bootstrap CI over
     the test images of its one run. `tasks`: the task combination (default: the largest one present).
-    `baseline` (constant_baseline): a dashed line per metric it has, the level of no skill.
+    `baseline` (constant_baseline): a dashed line per metric it has, the level of no skill. `curves` (columns name,
+    metric, p, value; t3.baseline_curves): a dotted line against p per name, in its metric's panel.
     """
     import matplotlib.pyplot as plt
 
@@ -298,6 +304,9 @@ def plot_vs_p(df: pd.DataFrame, metric: str | Sequence[str], path_stem: str | Pa
                         yerr=np.array([b[:2] for b in bars]).T, marker="o", capsize=3, label=model)
         if baseline is not None and m in baseline:
             ax.axhline(baseline[m], color="0.5", linestyle="--", linewidth=1, label="commonest class")
+        for name, line in ([] if curves is None else curves[curves.metric == m].groupby("name", sort=False)):
+            line = line.sort_values("p")
+            ax.plot(line.p.astype(float), line.value, linestyle=":", marker="x", linewidth=1, label=name)
         ax.set(xlabel="p (% of the labeled data used for training)", ylabel=m, title=f"{m} — {tasks}")
         ax.set_xticks(sorted(sub["p"].unique()))
         ax.set_xlim(sub["p"].min() - 5, sub["p"].max() + 5)   # room for the offsets, also with one p

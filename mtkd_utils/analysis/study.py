@@ -20,10 +20,11 @@ from ..io import read_json, save_figure, write_csv
 from ..runs import RunKey
 from ..train import steps
 from .bootstrap import paired_bootstrap
-from .results import read_predictions
+from .captions import FINDING_METRICS
+from .results import load_labels, read_predictions
 from .study_rows import hard_pseudo_labels, teacher_ensemble_run
 
-METRICS = ("T1_acc", "T2_acc", "T3_bleu4")
+METRICS = ("T1_acc", "T2_acc", "T3_bleu4", "T3_ciderD", "T3_findings_f1")   # T3 also as report generation judges it
 
 
 @dataclass(frozen=True)
@@ -152,29 +153,30 @@ def _has(preds: pd.DataFrame, metric: str) -> bool:
     return bool((preds[col] != "").any())
 
 
-def compare(a: pd.DataFrame, b: pd.DataFrame, metric: str, n_boot: int) -> dict:
-    """b − a, pooled paired bootstrap; NaNs when either lacks the task."""
+def compare(a: pd.DataFrame, b: pd.DataFrame, metric: str, n_boot: int, labels=None) -> dict:
+    """b − a, pooled paired bootstrap; NaNs when either lacks the task (labels: for the T3 findings metrics)."""
     if not (_has(a, metric) and _has(b, metric)):
         return {"a": np.nan, "b": np.nan, "diff": np.nan, "lo": np.nan, "hi": np.nan, "p_value": np.nan}
-    return paired_bootstrap(a, b, metric, n_boot=n_boot)
+    return paired_bootstrap(a, b, metric, n_boot=n_boot, labels=labels)
 
 
-def study_table(folders: dict[tuple[str, int], Path], names, seeds, n_boot: int = 2000, p: float | None = None
-                ) -> pd.DataFrame:
+def study_table(folders: dict[tuple[str, int], Path], names, seeds, n_boot: int = 2000, p: float | None = None,
+                labels=None) -> pd.DataFrame:
     """One row per (variant, metric) at fraction p: its score, it minus M1 with CI, and M3 minus it with CI (for an
-    ablation: what the ingredient it removes is worth)."""
+    ablation: what the ingredient it removes is worth). labels (results.load_labels): the T3 findings metrics need it
+    (without it they are left out)."""
     preds = {n: pooled_predictions(folders, n, seeds) for n in names}
     rows = []
     for name in names:
         variant = VARIANTS[name]
-        for metric in METRICS:
-            vs_m1 = compare(preds["M1"], preds[name], metric, n_boot)
+        for metric in [m for m in METRICS if labels is not None or m not in FINDING_METRICS]:
+            vs_m1 = compare(preds["M1"], preds[name], metric, n_boot, labels)
             row = {"variant": name, "label": variant.label, "p": p, "metric": metric, "score": vs_m1["b"],
                    "minus_M1": vs_m1["diff"], "lo": vs_m1["lo"], "hi": vs_m1["hi"], "p_value": vs_m1["p_value"],
                    "ingredient": variant.ingredient, "n_seeds": len(seeds), "n": len(preds[name]),
                    "M3_minus": np.nan, "M3_lo": np.nan, "M3_hi": np.nan}
             if name != "M3":
-                gain = compare(preds[name], preds["M3"], metric, n_boot)
+                gain = compare(preds[name], preds["M3"], metric, n_boot, labels)
                 row.update(M3_minus=gain["diff"], M3_lo=gain["lo"], M3_hi=gain["hi"])
             rows.append(row)
     return pd.DataFrame(rows)
@@ -198,7 +200,7 @@ def passes_curve(experiment_dir, key: RunKey, cfg: Config, data: FundusData, pas
 
 def gain_against_p(experiment_dir, tasks, ps, seeds, cfg: Config, n_boot: int = 2000) -> pd.DataFrame:
     """M3 − M1 per p and metric over the seeds (pooled paired bootstrap); trains what is missing (M1, M3 only)."""
-    experiment_dir, rows = Path(experiment_dir), []
+    experiment_dir, rows, labels = Path(experiment_dir), [], load_labels(experiment_dir)
     for p in ps:
         data = load_data(experiment_dir, p, cfg)
         folders = {}
@@ -207,7 +209,7 @@ def gain_against_p(experiment_dir, tasks, ps, seeds, cfg: Config, n_boot: int = 
             run_main(experiment_dir, key, cfg, data, models=("M1", "M3"))
             folders.update({(m, seed): runs.student_dir(experiment_dir, key.with_model(m)) for m in ("M1", "M3")})
         m1, m3 = pooled_predictions(folders, "M1", seeds), pooled_predictions(folders, "M3", seeds)
-        rows += [{"p": p, "metric": metric, **compare(m1, m3, metric, n_boot)} for metric in METRICS]
+        rows += [{"p": p, "metric": metric, **compare(m1, m3, metric, n_boot, labels)} for metric in METRICS]
     return pd.DataFrame(rows).rename(columns={"a": "M1", "b": "M3", "diff": "M3_minus_M1"})
 
 

@@ -22,6 +22,7 @@ from .engine import MultiTaskLoss, TrainPlan, fit, predict
 from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
 from .model import MTLModel, build_model
 from .reload import load_model, student_teachers, teachers_for
+from .retrieval import RETRIEVAL_FILE, retrieval_table
 from .runtime import eval_batch_size, pick_device
 
 BLEU_NOTE = ("T3_bleu1..4: nltk corpus BLEU, no smoothing; "
@@ -158,6 +159,9 @@ def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, 
                    per_disease=per_disease(preds, data.labels), per_class_auroc=per_class_auroc(preds, data.labels, probs),
                    disease_vs_normal=disease_vs_normal(preds, data.labels), bleu_note=BLEU_NOTE)
     write_csv(preds, run / "predictions.csv", checksum=True)
+    retrieved = retrieval_table(model, data, data.rows("test"), batch, device)   # the 1-NN T3 baseline (retrieval.py)
+    if retrieved is not None:
+        write_csv(retrieved, run / RETRIEVAL_FILE, checksum=True)
     for task, p in probs.items():
         write_npy(p, run / f"probs_{task}.npy", checksum=True)
     if "T1" in model.tasks:

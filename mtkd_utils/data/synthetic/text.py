@@ -3,6 +3,8 @@
 Each disease gives (diagnosis phrase, findings that must be named because they set the fine
 class, findings that may be named); a template puts the eye first or in the sentence ("left eye:
 ...", "... in the right eye"), and the sentence is shortened to MAX_TOKENS by dropping optional findings.
+Every wording is one of the SYNONYMS lists ('{amd}', '{cdr:.1f}', ... are filled in when a sentence is
+written): analysis/findings.py reads the same lists to turn a sentence back into its findings.
 """
 from __future__ import annotations
 
@@ -16,6 +18,51 @@ from .taxonomy import FINE_PARENT
 Phrases = tuple[str, list[str], list[str]]
 MAX_TOKENS = 25
 
+# The generator's every wording, by what it says. The order of each list is part of the generator (a seeded
+# draw picks an index): never reorder or insert, only append, and bump dataset.GENERATOR_VERSION when you do.
+SYNONYMS: dict[str, list[str]] = {
+    "normal": ["normal fundus", "no retinopathy", "unremarkable fundus", "healthy disc and macula",
+               "no abnormality detected"],
+    "tessellated": ["tessellated fundus", "prominent choroidal vessels", "tigroid fundus"],
+    "crescent": ["myopic crescent at the disc", "temporal myopic crescent", "tilted disc with myopic crescent"],
+    "npdr": ["non proliferative diabetic retinopathy", "npdr", "non proliferative retinopathy"],
+    "pdr": ["proliferative diabetic retinopathy", "pdr", "proliferative retinopathy"],
+    "mild": ["mild", "early"],
+    "new_vessels_disc": ["new vessels at the disc", "neovascularisation of the disc"],
+    "new_vessels_elsewhere": ["new vessels elsewhere", "neovascularisation along the arcade"],
+    "preretinal": ["preretinal haemorrhage", "a boat shaped haemorrhage"],
+    "dr_haemorrhages": ["dot blot haemorrhages", "retinal haemorrhages", "blot haemorrhages"],
+    "exudates": ["hard exudates", "scattered exudates", "lipid exudates"],
+    "cotton_wool": ["cotton wool spots", "soft exudates"],
+    "amd": ["amd", "age related macular degeneration", "macular degeneration"],
+    "amd_intermediate": ["intermediate {amd}"],
+    "amd_geographic_atrophy": ["geographic atrophy", "atrophic amd", "dry {amd} with atrophy"],
+    "amd_neovascular": ["neovascular amd", "wet amd", "choroidal neovascular membrane"],
+    "large_drusen": ["large soft drusen", "confluent drusen", "large drusen at the macula"],
+    "drusen": ["drusen", "soft drusen"],
+    "pigment": ["pigment clumping", "pigmentary changes"],
+    "amd_haemorrhage": ["subretinal haemorrhage", "macular haemorrhage"],
+    "amd_membrane": ["grey membrane under the fovea", "exudates at the macula"],
+    "glaucoma_early": ["glaucoma suspect", "suspected glaucoma", "early glaucoma"],
+    "glaucoma_advanced": ["advanced glaucoma", "advanced glaucomatous cupping", "glaucomatous optic neuropathy"],
+    "cdr": ["cup disc ratio {cdr:.1f}", "cup to disc ratio of {cdr:.1f}", "vertical cup disc ratio {cdr:.1f}"],
+    "ppa": ["peripapillary atrophy", "parapapillary atrophy"],
+    "melanoma_small": ["small", "small elevated"],
+    "melanoma_large": ["large", "large dome shaped"],
+    "melanoma": ["choroidal melanoma", "pigmented choroidal mass", "choroidal mass suspicious of melanoma",
+                 "melanoma of the choroid"],
+    "macular": ["at the macula", "involving the macula", "under the fovea"],
+    "peripapillary": ["adjacent to the disc", "next to the optic disc", "at the disc margin"],
+    "superior": ["in the superior fundus", "superiorly", "above the superior arcade"],
+    "inferior": ["in the inferior fundus", "inferiorly", "below the inferior arcade"],
+    "colour": ["{colour} pigmentation", "{colour} surface"],
+    "orange": ["orange pigment", "overlying orange pigment"],
+    "fluid": ["subretinal fluid", "surrounding subretinal fluid"],
+    "few": ["a few", "occasional", "isolated"],
+    "several": ["several", "scattered", "some"],
+    "many": ["multiple", "numerous", "many"],
+}
+
 
 def _join(items: list[str]) -> str:
     """'a', 'a and b', 'a, b and c'."""
@@ -27,97 +74,92 @@ def _pick(rng: np.random.Generator, options: list[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+def _say(rng: np.random.Generator, what: str, **values) -> str:
+    """One of SYNONYMS[what], with its blanks filled in."""
+    return _pick(rng, [s.format(**values) for s in SYNONYMS[what]])
+
+
 def _few(rng: np.random.Generator, n: int, noun: str) -> str:
     """A count in words: 'a few haemorrhages', 'numerous haemorrhages'."""
     if n <= 4:
-        return f"{_pick(rng, ['a few', 'occasional', 'isolated'])} {noun}"
+        return f"{_say(rng, 'few')} {noun}"
     if n <= 10:
-        return f"{_pick(rng, ['several', 'scattered', 'some'])} {noun}"
-    return f"{_pick(rng, ['multiple', 'numerous', 'many'])} {noun}"
+        return f"{_say(rng, 'several')} {noun}"
+    return f"{_say(rng, 'many')} {noun}"
 
 
 def _text_normal(f: dict, rng: np.random.Generator) -> Phrases:
     """A normal eye: the variant (tessellation, crescent) must be named."""
-    dx = _pick(rng, ["normal fundus", "no retinopathy", "unremarkable fundus", "healthy disc and macula",
-                     "no abnormality detected"])
+    dx = _say(rng, "normal")
     must = []
     if f.get("tessellated"):
-        must.append(_pick(rng, ["tessellated fundus", "prominent choroidal vessels", "tigroid fundus"]))
+        must.append(_say(rng, "tessellated"))
     if f.get("crescent"):
-        must.append(_pick(rng, ["myopic crescent at the disc", "temporal myopic crescent",
-                                "tilted disc with myopic crescent"]))
+        must.append(_say(rng, "crescent"))
     return dx, must, []
 
 
 def _text_dr(f: dict, rng: np.random.Generator) -> Phrases:
     """Grade as the diagnosis; new vessels always named, haemorrhages counted in words."""
-    npdr = _pick(rng, ["non proliferative diabetic retinopathy", "npdr", "non proliferative retinopathy"])
-    pdr = _pick(rng, ["proliferative diabetic retinopathy", "pdr", "proliferative retinopathy"])
-    dx = {"mild_npdr": f"{_pick(rng, ['mild', 'early'])} {npdr}", "moderate_npdr": f"moderate {npdr}",
+    npdr = _say(rng, "npdr")
+    pdr = _say(rng, "pdr")
+    dx = {"mild_npdr": f"{_say(rng, 'mild')} {npdr}", "moderate_npdr": f"moderate {npdr}",
           "severe_npdr": f"severe {npdr}", "pdr": pdr}[f["grade"]]
     must, extra = [], []
     if f.get("new_vessels"):
-        must.append(_pick(rng, ["new vessels at the disc", "neovascularisation of the disc"]
-                           if f["new_vessels"] == "disc" else
-                           ["new vessels elsewhere", "neovascularisation along the arcade"]))
+        must.append(_say(rng, "new_vessels_disc" if f["new_vessels"] == "disc" else "new_vessels_elsewhere"))
     if f.get("preretinal"):
-        extra.append(_pick(rng, ["preretinal haemorrhage", "a boat shaped haemorrhage"]))
-    noun = _pick(rng, ["dot blot haemorrhages", "retinal haemorrhages", "blot haemorrhages"])
+        extra.append(_say(rng, "preretinal"))
+    noun = _say(rng, "dr_haemorrhages")
     (must if f["grade"] == "mild_npdr" else extra).append(_few(rng, f["haemorrhages"], noun))
     if f["exudates"]:
-        extra.append(_pick(rng, ["hard exudates", "scattered exudates", "lipid exudates"]))
+        extra.append(_say(rng, "exudates"))
     if f["cotton_wool"]:
-        extra.append(_pick(rng, ["cotton wool spots", "soft exudates"]))
+        extra.append(_say(rng, "cotton_wool"))
     return dx, must, extra
 
 
 def _text_amd(f: dict, rng: np.random.Generator) -> Phrases:
     """Stage as the diagnosis; drusen, pigment and haemorrhage as findings."""
     stage = f["stage"]
-    amd = _pick(rng, ["amd", "age related macular degeneration", "macular degeneration"])
-    dx = {"intermediate": f"intermediate {amd}",
-          "geographic_atrophy": _pick(rng, ["geographic atrophy", "atrophic amd", f"dry {amd} with atrophy"]),
-          "neovascular": _pick(rng, ["neovascular amd", "wet amd", "choroidal neovascular membrane"])}[stage]
+    amd = _say(rng, "amd")
+    dx = {"intermediate": SYNONYMS["amd_intermediate"][0].format(amd=amd),
+          "geographic_atrophy": _say(rng, "amd_geographic_atrophy", amd=amd),
+          "neovascular": _say(rng, "amd_neovascular")}[stage]
     must, extra = [], []
     if stage == "intermediate":
-        must.append(_pick(rng, ["large soft drusen", "confluent drusen", "large drusen at the macula"]))
+        must.append(_say(rng, "large_drusen"))
     else:
-        extra.append(_pick(rng, ["drusen", "soft drusen"]))
+        extra.append(_say(rng, "drusen"))
     if f.get("pigment"):
-        extra.append(_pick(rng, ["pigment clumping", "pigmentary changes"]))
+        extra.append(_say(rng, "pigment"))
     if f.get("haemorrhage"):
-        must.append(_pick(rng, ["subretinal haemorrhage", "macular haemorrhage"]))
+        must.append(_say(rng, "amd_haemorrhage"))
     if stage == "neovascular":
-        extra.append(_pick(rng, ["grey membrane under the fovea", "exudates at the macula"]))
+        extra.append(_say(rng, "amd_membrane"))
     return dx, must, extra
 
 
 def _text_glaucoma(f: dict, rng: np.random.Generator) -> Phrases:
     """The cup-to-disc ratio is always named."""
     cdr = f["cdr"]
-    dx = _pick(rng, ["glaucoma suspect", "suspected glaucoma", "early glaucoma"]) if cdr < 0.75 else (
-        _pick(rng, ["advanced glaucoma", "advanced glaucomatous cupping", "glaucomatous optic neuropathy"]))
-    must = [_pick(rng, [f"cup disc ratio {cdr:.1f}", f"cup to disc ratio of {cdr:.1f}",
-                        f"vertical cup disc ratio {cdr:.1f}"])]
-    extra = [_pick(rng, ["peripapillary atrophy", "parapapillary atrophy"])] if f.get("ppa") else []
+    dx = _say(rng, "glaucoma_early") if cdr < 0.75 else _say(rng, "glaucoma_advanced")
+    must = [_say(rng, "cdr", cdr=cdr)]
+    extra = [_say(rng, "ppa")] if f.get("ppa") else []
     return dx, must, extra
 
 
 def _text_melanoma(f: dict, rng: np.random.Generator) -> Phrases:
     """Size and place in the diagnosis phrase; colour, fluid and orange pigment as findings."""
-    size = {"small": _pick(rng, ["small", "small elevated"]), "large": _pick(rng, ["large", "large dome shaped"])}
-    mass = _pick(rng, ["choroidal melanoma", "pigmented choroidal mass", "choroidal mass suspicious of melanoma",
-                       "melanoma of the choroid"])
-    where = {"macular": _pick(rng, ["at the macula", "involving the macula", "under the fovea"]),
-             "peripapillary": _pick(rng, ["adjacent to the disc", "next to the optic disc", "at the disc margin"]),
-             "superior": _pick(rng, ["in the superior fundus", "superiorly", "above the superior arcade"]),
-             "inferior": _pick(rng, ["in the inferior fundus", "inferiorly", "below the inferior arcade"])}
+    size = {"small": _say(rng, "melanoma_small"), "large": _say(rng, "melanoma_large")}
+    mass = _say(rng, "melanoma")
+    where = {loc: _say(rng, loc) for loc in ("macular", "peripapillary", "superior", "inferior")}
     dx = f"{size[f['size']]} {mass} {where[f['location']]}"
-    extra = [_pick(rng, [f"{f['colour']} pigmentation", f"{f['colour']} surface"])]
+    extra = [_say(rng, "colour", colour=f["colour"])]
     if f["orange"]:
-        extra.append(_pick(rng, ["orange pigment", "overlying orange pigment"]))
+        extra.append(_say(rng, "orange"))
     if f["fluid"]:
-        extra.append(_pick(rng, ["subretinal fluid", "surrounding subretinal fluid"]))
+        extra.append(_say(rng, "fluid"))
     return dx, [], extra
 
 
