@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from ..analysis.comparisons import comparison_table
+from ..analysis.comparisons import claims_table
 from ..analysis.convergence import training_progress
 from ..analysis.results import (
     baseline_note,
@@ -175,10 +175,13 @@ def _comparisons(exp: Path) -> list[str]:
     comparisons = pd.read_csv(path) if path.exists() else pd.DataFrame()
     if comparisons.empty:
         return []
-    return ["", "**The students against M1 and against M1b** (M1 given as many updates as the student: a gain that "
-            "M1b erases came from the extra updates), difference and 95 % paired bootstrap CI over the test images "
-            "(seed `pooled`: over every seed's test images at once, resampling (seed, image) pairs); only where both "
-            "runs exist:", "", to_markdown(comparison_table(comparisons))]
+    return ["", "**The students against M1, M1b (M1 given as many updates as the student) and M1 at its validation "
+            "plateau**, difference b − a on the test split: each seed's, then two 95 % CIs. *Image-level*: paired "
+            "bootstrap over every seed's test images at once ((seed, image) pairs): are these trained models "
+            "better? *Seed-level*: seeds resampled, then test images (a t interval on seeds − 1 degrees of freedom): "
+            "is this recipe better, training randomness included? A claim about the method needs the seed-level "
+            "interval (README \"Metrics\"); per-seed CIs are in `results/kd_comparisons.csv`:", "",
+            to_markdown(claims_table(comparisons))]
 
 
 def busy_seconds(started: pd.Series, finished: pd.Series) -> float:
