@@ -35,16 +35,16 @@ test-lab: $(KERNEL)        ## JupyterLab in a real browser (chromium + selenium)
 grid: $(KERNEL)            ## any preset's grid: make grid PRESET=paper, or ARGS="--seeds 0 1 2 --p 15 70 --workers 2"
 	$(PY) -m mtkd_utils.batch --preset $(PRESET) $(ARGS)
 
-paper: $(KERNEL)           ## the paper's full grid (ResNet-50, 224 px, 3 seeds): one worker per visible GPU; a cluster: README
+paper: $(KERNEL)           ## the paper's full grid (ResNet-50, 224 px, 3 seeds): one worker per visible GPU; a cluster: docs/GRIDS.md
 	$(PY) -m mtkd_utils.batch --preset paper $(ARGS)
 
 bench: .venv/ready         ## training-speed benchmark (prints figures; run on purpose)
 	$(PY) -m mtkd_utils.bench
 
-readme: .venv/ready         ## rewrite the README's results section from outputs/demo (after make demo)
+readme: .venv/ready         ## rewrite docs/RESULTS.md and the README's results summary from outputs/demo
 	$(PY) -m mtkd_utils.readme outputs/demo
 
-study: $(KERNEL)           ## notebook 07, when KD pays, on outputs/demo (trains what it lacks; long, see README)
+study: $(KERNEL)           ## notebook 07, when KD pays, on outputs/demo (trains what it lacks; long, see docs/METHOD.md)
 	mkdir -p outputs/demo/runs/study
 	.venv/bin/papermill notebooks/07_when_kd_pays.ipynb outputs/demo/runs/study/07_when_kd_pays.ipynb -k mtkd \
 		-p experiment_dir outputs/demo -p preset demo $(ARGS)

@@ -28,24 +28,24 @@ PRESETS: dict[str, Preset] = {
         grid=dict(tasks=["T1+T2+T3"], p=[15, 70], kd_p=[15], models=list(MODELS), seeds=[0]),
         synthetic={"n_patients": 40, "n_eval_patients": 10, "n_unlabeled_patients": 40, "image_size": 64, "seed": 0},
         learnability_steps=20),
-    # the synthetic default on a 2-core CPU: the whole demo in ~15 minutes; the data in well under a minute
+    # the synthetic default on a 2-core CPU (its run time: the README's quick start); the data in about a minute
     # (generated at 128 px, trained at 64): 1,700 development images (p = 70 trains on ~1,190) and 800
     # evaluation-only ones, so that the test split holds ~255 + 800 images
     # output_stride=16: mobilenet_v3_small gives a 4 x 4 feature map at 64 px (2 x 2 at 32), the least a CAM needs
     # to localise a lesion; it costs ~1.5-1.9x the encoder's time per batch (measured on this machine)
     # pool="mean+halves": with the global average alone M1's sentences named the wrong eye for 13-19 % of test
-    # images; with the half means 6-9 % (test, 3 seeds; README "The demo's results")
+    # images; with the half means 6-9 % (test, 3 seeds; docs/RESULTS.md)
     # beam_size=3 (test-time decoding only): M1 at p=70's validation BLEU-4 0.147 greedy, 0.191 beam 3, 0.196 beam 5
     # patience=epochs: every model trains its measured schedule to the end and keeps its best validation checkpoint;
     # with patience 4, M1 at p=70 (seed 0) stopped at epoch 11 of 20 (validation T1 0.764; to the end: 0.853)
     # labeled_share=0.5: M3 at p=5 (seed 0, tau=2, alpha=0.5), validation score 0.265 natural (~2 %), 0.273 at 0.1,
-    # 0.344 at 0.25, 0.358 at 0.5 (README "Method notes")
+    # 0.344 at 0.25, 0.358 at 0.5 (docs/METHOD.md)
     "demo": Preset(
         # Budgets measured on validation (n = 258, seed 0, patience off; python -m mtkd_utils.plateau): p=5 and
         # p=15 level off after ~600 updates (p=15: best score 0.49 at 600, 0.53 within a 1,200-update schedule, T1
         # 0.88 -> 0.91); p=70 does not: 760 updates (20 epochs) left it under-fitted (train T1 0.82, melanoma
         # recall 0.12 on its own training images), 1,520 (40 epochs) score 0.59 / T1 0.95 / T2 0.78, 3,040 (80)
-        # 0.65 / 0.98 / 0.87. 40 epochs is the demo's compromise with the CPU clock (a p=70 model ~13 min here);
+        # 0.65 / 0.98 / 0.87. 40 epochs is the demo's compromise with the CPU clock (p=70's M1 ~6 min here, docs/PERFORMANCE.md);
         # --set epochs=80 patience=80 trains p=70 to its measured plateau. The demo distils at p=5.
         # A student's 3 passes over the unlabeled pool are 864 updates (half of each batch labeled).
         config=dict(dataset="demo", batch_size=32, epochs=40, min_steps=600, val_every=30, student_passes=3.0,

@@ -28,9 +28,9 @@ def trained(tmp_path_factory) -> Path:
     exp = tmp_path_factory.mktemp("trained")
     prep.prepare_data(exp, CFG)
     data = load_data(exp, 15, CFG)
-    steps.train_teacher(exp, TASKS, 15, 0, CFG, data)
-    steps.run_student(exp, "M1", TASKS, 15, 0, CFG, data)
-    student_teachers(exp, "M2", TASKS, 15, 0, CFG, data)
+    steps.train_teacher(exp, RunKey(TASKS, 15, 0), CFG, data)
+    steps.run_student(exp, RunKey(TASKS, 15, 0, "M1"), CFG, data)
+    student_teachers(exp, RunKey(TASKS, 15, 0, "M2"), CFG, data)
     return exp
 
 
@@ -84,7 +84,7 @@ def test_a_damaged_soft_target_cache_is_rebuilt(exp, damage, capsys):
     cache = soft_targets_path(student_dir(exp, KEY.with_model("M2")))
     before = cache.read_bytes()
     damage(cache)
-    student_teachers(exp, "M2", TASKS, 15, 0, CFG, data)
+    student_teachers(exp, RunKey(TASKS, 15, 0, "M2"), CFG, data)
     assert f"WARNING {cache}: damaged" in capsys.readouterr().out
     assert verify_file(cache) and len(cache.read_bytes()) == len(before)
 
@@ -100,7 +100,7 @@ def test_a_damaged_checkpoint_is_refused_by_path_with_the_fix_that_works(exp, da
                        "then .*--retry-failed"):
         load_model(run, CFG, data, TASKS)
     shutil.rmtree(run)                                              # the fix the message gives
-    steps.train_teacher(exp, TASKS, 15, 0, CFG, data)
+    steps.train_teacher(exp, RunKey(TASKS, 15, 0), CFG, data)
     assert load_model(run, CFG, data, TASKS) is not None
 
 

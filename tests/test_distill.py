@@ -103,8 +103,8 @@ def test_cached_soft_targets_give_the_online_loss(tmp_path):
     data = fake_data()
     rows = np.arange(8)
     ts = teachers(data, task_subsets(TASKS))
-    path = build_soft_targets(ts, data, rows, tmp_path / "soft_targets.pt", MAX_LEN, TOPK, batch_size=3,
-                              device=torch.device("cpu"))
+    path = tmp_path / "soft_targets.pt"
+    build_soft_targets(ts, data, rows, path, MAX_LEN, TOPK, batch_size=3, device=torch.device("cpu"))
     cached, online = load_soft_targets(path, len(rows), torch.device("cpu")), OnlineTeachers(ts, MAX_LEN, TOPK)
     model = model_for(TASKS, data).eval()
     x, weights = batch(data, rows), {"T1": 1, "T2": 1, "T3": 1}

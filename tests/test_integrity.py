@@ -18,6 +18,7 @@ from mtkd_utils.data import prep
 from mtkd_utils.data.dataset import image_batch, load_data
 from mtkd_utils.io import atomic_path
 from mtkd_utils.presets import config as preset
+from mtkd_utils.runs import RunKey
 from mtkd_utils.train import reload, steps
 from mtkd_utils.train.checkpoint import save_checkpoint
 from mtkd_utils.train.engine import MultiTaskLoss
@@ -26,11 +27,12 @@ CFG = preset("smoke", epochs=5, patience=10)
 TRAIN = """
 import sys
 from mtkd_utils.train import runtime, steps
+from mtkd_utils.runs import RunKey
 from mtkd_utils.presets import config as preset
 from mtkd_utils.data.dataset import load_data
 cfg = preset("smoke", epochs=5, patience=10, threads=1)
 runtime.setup_runtime(cfg)
-steps.train_teacher(sys.argv[1], ("T1", "T2"), 15, 0, cfg, load_data(sys.argv[1], 15, cfg))
+steps.train_teacher(sys.argv[1], RunKey(("T1", "T2"), 15, 0), cfg, load_data(sys.argv[1], 15, cfg))
 """
 
 
@@ -90,12 +92,12 @@ def test_same_seed_same_numbers_and_run_folders_are_never_overwritten(prepared, 
     for name in ("a", "b"):
         exp = copy_experiment(prepared, tmp_path / name)
         data = load_data(exp, 15, cfg)
-        steps.train_teacher(exp, ("T1", "T3"), 15, 0, cfg, data)
-        runs.append(steps.run_student(exp, "M1", ("T1", "T3"), 15, 0, cfg, data))
+        steps.train_teacher(exp, RunKey(("T1", "T3"), 15, 0), cfg, data)
+        runs.append(steps.run_student(exp, RunKey(("T1", "T3"), 15, 0, "M1"), cfg, data))
     assert runs[0]["test"] == runs[1]["test"] and runs[0]["val"] == runs[1]["val"]
     exp = tmp_path / "a"
     with pytest.raises(FileExistsError, match="other settings.*lr"):
-        steps.train_teacher(exp, ("T1", "T3"), 15, 0, cfg.updated(lr=0.1), load_data(exp, 15, cfg))
+        steps.train_teacher(exp, RunKey(("T1", "T3"), 15, 0), cfg.updated(lr=0.1), load_data(exp, 15, cfg))
     with pytest.raises(FileExistsError, match="prepared from other data or splits"):
         prep.prepare_data(exp, cfg.updated(split_seed=1))
 
@@ -104,7 +106,7 @@ def test_a_checkpoint_from_another_setting_is_refused(prepared, tmp_path):
     exp = copy_experiment(prepared, tmp_path / "x")
     cfg = preset("smoke", epochs=1)
     data = load_data(exp, 15, cfg)
-    run = steps.train_teacher(exp, ("T1",), 15, 0, cfg, data)
+    run = steps.train_teacher(exp, RunKey(("T1",), 15, 0), cfg, data)
     with pytest.raises(ValueError, match="backbone: checkpoint has 'mobilenet_v3_small', expected 'resnet18'"):
         reload.load_model(run, cfg.updated(backbone="resnet18"), data, ("T1",))
     with pytest.raises(ValueError, match="tasks"):
@@ -118,11 +120,11 @@ def test_the_soft_target_cache_is_built_once_and_rebuilt_when_a_teacher_changes(
     exp = copy_experiment(prepared, tmp_path / "x")
     cfg = preset("smoke", epochs=1)
     data = load_data(exp, 15, cfg)
-    run = steps.train_teacher(exp, ("T1", "T3"), 15, 0, cfg, data)
+    run = steps.train_teacher(exp, RunKey(("T1", "T3"), 15, 0), cfg, data)
     cache = runs.student_dir(exp, runs.RunKey(("T1", "T3"), 15, 0, "M2")) / "soft_targets.pt"
 
     def teachers(kd_mode="cached"):
-        return reload.student_teachers(exp, "M2", ("T1", "T3"), 15, 0, cfg.updated(kd_mode=kd_mode), data)
+        return reload.student_teachers(exp, RunKey(("T1", "T3"), 15, 0, "M2"), cfg.updated(kd_mode=kd_mode), data)
 
     cached, built = teachers(), cache.stat().st_mtime_ns
     teachers()
@@ -177,8 +179,8 @@ def test_tau_and_early_stopping_never_read_test_labels(prepared, tmp_path):
             rows = data.rows("test")
             for col in ("coarse", "fine", "text"):                 # the truth that metrics read
                 data.manifest.loc[rows, col] = data.manifest.loc[rows[::-1], col].to_numpy()
-        steps.train_teacher(exp, ("T1", "T2", "T3"), 15, 0, cfg, data)
-        searches.append([steps.train_student(exp, "M2", ("T1", "T2", "T3"), 15, 0, tau, alpha, cfg, data)
+        steps.train_teacher(exp, RunKey(("T1", "T2", "T3"), 15, 0), cfg, data)
+        searches.append([steps.train_student(exp, RunKey(("T1", "T2", "T3"), 15, 0, "M2"), tau, alpha, cfg, data)
                          for tau in cfg.tau_grid for alpha in cfg.alpha_grid])
     assert searches[0] == searches[1]
 
@@ -187,7 +189,7 @@ def test_val_every_spaces_the_validations_and_keeps_the_last(prepared, tmp_path)
     exp = copy_experiment(prepared, tmp_path / "spaced")
     cfg = CFG.updated(val_every=2)                      # smoke at p=15: one update per epoch -> every 2nd epoch
     data = load_data(exp, 15, cfg)
-    run = steps.train_teacher(exp, ("T1",), 15, 0, cfg, data)
+    run = steps.train_teacher(exp, RunKey(("T1",), 15, 0), cfg, data)
     history = pd.read_csv(run / "history.csv")
     assert list(history.updates / history.epoch) == [1.0] * len(history)   # the premise: one update per epoch
     assert list(history.epoch) == [2, 4, 5]             # every 2nd epoch, and always the last

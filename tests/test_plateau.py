@@ -5,6 +5,7 @@ from mtkd_utils.config import TASKS
 from mtkd_utils.data import prep
 from mtkd_utils.data.dataset import load_data
 from mtkd_utils.presets import config as preset
+from mtkd_utils.runs import RunKey
 from mtkd_utils.tools import plateau
 from mtkd_utils.train import steps
 
@@ -21,7 +22,7 @@ def test_the_probe_retraces_m1s_teacher_run(tmp_path):
     """Same initialisation, same data order: on the teacher's own schedule the probe is the teacher's run."""
     cfg = preset("smoke")
     prep.prepare_data(tmp_path, cfg)
-    run = steps.train_teacher(tmp_path, TASKS, 70, 0, cfg, load_data(tmp_path, 70, cfg))
+    run = steps.train_teacher(tmp_path, RunKey(TASKS, 70, 0), cfg, load_data(tmp_path, 70, cfg))
     teacher = pd.read_csv(run / "history.csv")
     probe = plateau.curve(tmp_path, 70, None, "smoke")
     assert len(teacher) >= 2

@@ -176,8 +176,8 @@ def test_the_rest_bucket_agrees_for_cached_and_online_teachers_and_several_teach
     labeled, ref, topk = data.is_labeled_train(rows), data.targets["T3"][rows], 3     # vocabulary 8 > k = 3
     out = ensemble_outputs(teachers, x, ref, labeled, 8, topk, taus=(2.0, 5.0))
     assert out["T3_rest"].shape == (8, 2, 7, 2)                        # (B, K, L-1, n_tau)
-    path = build_soft_targets(teachers, data, rows, tmp_path / "soft.pt", 8, topk, 3, torch.device("cpu"),
-                              taus=(2.0, 5.0))
+    path = tmp_path / "soft.pt"
+    build_soft_targets(teachers, data, rows, path, 8, topk, 3, torch.device("cpu"), taus=(2.0, 5.0))
     cached = load_soft_targets(path, len(rows), torch.device("cpu"), tau=5.0).targets(rows, x, ref, labeled)
     online = OnlineTeachers(teachers, 8, topk, tau=5.0).targets(rows, x, ref, labeled)
     assert cached["T3_rest"].shape == online["T3_rest"].shape == (8, 2, 7)
@@ -220,8 +220,8 @@ def test_m1b_gets_the_students_updates_and_every_model_records_its_own_seed(smok
     tasks = ("T1", "T3")
     cfg = presets.config("smoke", t3_topk=4)                           # below the vocabulary: the rest bucket
     data = load_data(smoke_experiment, 15, cfg)
-    steps.train_teacher(smoke_experiment, tasks, 15, 0, cfg, data)
-    m2 = steps.run_student(smoke_experiment, "M2", tasks, 15, 0, cfg, data)
+    steps.train_teacher(smoke_experiment, RunKey(tasks, 15, 0), cfg, data)
+    m2 = steps.run_student(smoke_experiment, RunKey(tasks, 15, 0, "M2"), cfg, data)
     run = runs.student_dir(smoke_experiment, RunKey(tasks, 15, 0, "M2"))
     assert sorted(p.name for p in run.glob("tau_*_alpha_*")) == [f"tau_2_alpha_{a:g}" for a in sorted(cfg.alpha_grid)]
     assert m2["alpha"] in cfg.alpha_grid and m2["updates"] > 0
@@ -231,7 +231,7 @@ def test_m1b_gets_the_students_updates_and_every_model_records_its_own_seed(smok
     student_cfg = read_json(runs.setting_dir(run, m2["tau"], m2["alpha"]) / "config.json")
     assert teacher_cfg["model_seed"] == derive_seed(0, "teacher", tasks)
     assert student_cfg["model_seed"] == derive_seed(0, "student", tasks) != teacher_cfg["model_seed"]
-    m1b = steps.run_student(smoke_experiment, "M1b", tasks, 15, 0, cfg, data)
+    m1b = steps.run_student(smoke_experiment, RunKey(tasks, 15, 0, "M1b"), cfg, data)
     history = pd.read_csv(runs.student_dir(smoke_experiment, RunKey(tasks, 15, 0, "M1b")) / "history.csv")
     per_epoch = history.updates.iloc[0]
     assert m1b["updates"] == m2["updates"] and m1b["budget_of"] == "M2"

@@ -11,7 +11,7 @@ from mtkd_utils.data import prep, sources
 from mtkd_utils.data.dataset import load_data
 from mtkd_utils.io import choose_experiment, current_experiment
 from mtkd_utils.presets import config as preset
-from mtkd_utils.runs import manifest_location, manifest_record
+from mtkd_utils.runs import RunKey, manifest_location, manifest_record
 from mtkd_utils.train import steps
 
 CFG = preset("smoke")
@@ -70,7 +70,7 @@ def test_refused_runs_leave_nothing_behind(tmp_path):
                                                  "config": CFG.updated(seed=0).to_dict()}))
     before = files_under(exp)
     with pytest.raises(FileExistsError, match="image_size"):        # a preset of another size: no new image cache
-        steps.train_teachers(exp, "T1", 15, 0, CFG.updated(image_size=48))
+        steps.train_teachers(exp, RunKey("T1", 15, 0), CFG.updated(image_size=48))
     assert files_under(exp) == before
 
 

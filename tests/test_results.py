@@ -1,4 +1,5 @@
 """Results: collecting metrics, Table 1 (mean ± std, τ marks, blanks), saving, figures, paired bootstrap."""
+import json
 import math
 from pathlib import Path
 
@@ -330,6 +331,7 @@ def test_cis_figures_and_screening_of_an_experiment(tmp_path):
     cis.to_csv(exp / "results" / "metric_cis.csv", index=False)
     block = "\n".join(readme._metric_cis(exp, Path("docs/figures")))
     assert "T1_auroc" in block and "![roc_T1](docs/figures/roc_T1.png)" in block
+    assert "([Metrics](METHOD.md#metrics);" in block            # written into docs/RESULTS.md, beside METHOD.md
 
 
 def test_t3_decoded_to_empty_sentences_is_scored_zero_not_refused():
@@ -461,6 +463,102 @@ def test_the_readme_shows_the_study_when_07_ran(tmp_path):
     assert "T2_acc" not in text and "![the study](docs/figures/study.png)" in text and "at p =" not in text
     write_csv(pd.DataFrame(rows).assign(p=15.0), tmp_path / "study" / "study.csv")     # 07 now records its p
     assert "**Notebook 07, when KD pays at p = 15**" in "\n".join(readme._study(tmp_path, Path("docs/figures")))
+
+
+def fake_demo_experiment(exp):
+    """T1+T2+T3 at p = 5 (M1, M3, M1b over two seeds; M2 on one) and p = 70 (M1), with what 06 writes beside them."""
+    from PIL import Image
+
+    for seed in (0, 1):
+        d = 0.02 * seed
+        write_run(exp, "T1+T2+T3", 5, seed, "M1", None, T1_acc=0.66 + d, T2_acc=0.40 + d, T3_bleu4=0.15 + d)
+        write_run(exp, "T1+T2+T3", 5, seed, "M3", 2.0, T1_acc=0.74 + d, T2_acc=0.50 + d, T3_bleu4=0.17 + d)
+        write_run(exp, "T1+T2+T3", 5, seed, "M1b", None, T1_acc=0.70, T2_acc=0.44, T3_bleu4=0.16)
+        write_run(exp, "T1+T2+T3", 70, seed, "M1", None, T1_acc=0.90 + d, T2_acc=0.60 + d, T3_bleu4=0.20 + d)
+        for p in (5, 70):
+            write_json({"environment": {"torch": "2.x", "device": "cpu", "git_commit": "abc"}},
+                       exp / f"students/T1+T2+T3/p{p}_s{seed}/M1/config.json")
+    write_run(exp, "T1+T2+T3", 5, 0, "M2", 5.0, T1_acc=0.72, T2_acc=0.45, T3_bleu4=0.16)
+    write_run(exp, "T1+T2", 5, 0, "M1", None, T1_acc=0.5, T2_acc=0.3)             # another combination: not shown
+    write_json({"environment": {}}, exp / "students/T1+T2/p5_s0/M1/config.json")
+    for path in exp.glob("students/*/*/M[23]/metrics.json"):                     # 03 records the chosen α too
+        write_json({**json.loads(path.read_text()), "alpha": 0.5}, path)
+    preds = pd.DataFrame({"coarse_true": ["a"] * 3 + ["b"], "fine_true": ["x", "y", "z", "z"]})   # 0.75, 0.5
+    write_csv(preds, exp / "students/T1+T2+T3/p70_s0/M1/predictions.csv")
+    write_csv(pd.DataFrame({"p": ["p=70"], "baseline": ["constant per (eye, coarse)"], "T3_bleu4": [0.32]}),
+              exp / "results" / "t3_baselines.csv")
+    write_csv(pd.DataFrame({"image_id": list("abcd"), "split": ["train", "test", "test", "test"]}),
+              exp / "data/splits.csv")
+    kd = [("T1+T2+T3", 5, seed, f"M3 − {a}", "T1_acc", diff, diff - 0.03, diff + 0.03, 3)
+          for a, diff in (("M1", 0.08), ("M1b", 0.05)) for seed in ("0", "1")]
+    kd += [("T1+T2+T3", 5, "pooled", "M3 − M1", "T1_acc", 0.08, 0.06, 0.10, 6),
+           ("T1+T2+T3", 5, "pooled", "M3 − M1", "T2_acc", 0.10, 0.07, 0.13, 6),            # T2: not in the summary
+           ("T1+T2+T3", 5, "pooled", "M3 − M1b", "T1_acc", 0.05, 0.02, 0.08, 6),
+           ("T1+T2+T3", 5, "0", "M2 − M1", "T1_acc", 0.06, 0.01, 0.11, 3),                 # one seed: its own row
+           ("T1+T2", 5, "pooled", "M3 − M1", "T1_acc", 0.9, 0.8, 1.0, 6)]                  # another combination
+    write_csv(pd.DataFrame(kd, columns=["tasks", "p", "seed", "comparison", "metric", "diff", "lo", "hi", "n"]),
+              exp / "results" / "kd_comparisons.csv")
+    Image.new("RGB", (40, 20), "white").save(exp / "results" / "metrics_vs_p.png")
+
+
+def test_make_readme_writes_the_results_page_and_the_readmes_summary(tmp_path):
+    """`make readme`: the whole generated section into docs/RESULTS.md, Table 1 with n, CIs and the baselines (and the
+    figure) into the README, each between its markers; nothing else in either page changes."""
+    from mtkd_utils.tools import readme
+
+    exp, site = tmp_path / "exp", tmp_path / "site"
+    fake_demo_experiment(exp)
+    page_readme, page_results = site / "README.md", site / "docs" / "RESULTS.md"
+    page_results.parent.mkdir(parents=True)
+    page_readme.write_text(f"# intro\n{readme.SUMMARY_BEGIN}\nold table\n{readme.SUMMARY_END}\n## after\n")
+    page_results.write_text(f"# results\n{readme.BEGIN}\nold section\n{readme.END}\n## what it says\n")
+    pages = readme.update_docs(exp, readme=page_readme, results=page_results, figures_dir=site / "docs" / "figures")
+    assert pages == [page_results, page_readme]
+    assert (site / "docs" / "figures" / "metrics_vs_p.png").exists()
+
+    text = page_readme.read_text()
+    assert text.startswith(f"# intro\n{readme.SUMMARY_BEGIN}\n**Table 1")
+    assert text.endswith(f"{readme.SUMMARY_END}\n## after\n")
+    assert "old table" not in text and "targets" not in text                      # the summary only
+    assert "n = 3 images per seed" in text and "n = 6 (seed, image) pairs" in text
+    assert "| p | model | seeds | T1 accuracy | T2 accuracy | T3 BLEU-4 | T1 − M1 [95 % CI] | T1 − M1b [95 % CI] |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows == [   # p, then M1, M2, M3, M1b; sample std of two seeds 0.02 apart: 0.014
+        "| 5 | M1 | 2 | 0.670 ± 0.014 | 0.410 ± 0.014 | 0.160 ± 0.014 |  |  |",
+        "| 5 | M2 (τ=5) | 1 | 0.720 | 0.450 | 0.160 | +0.060 [+0.010, +0.110] |  |",
+        "| 5 | M3 (τ=2) | 2 | 0.750 ± 0.014 | 0.510 ± 0.014 | 0.180 ± 0.014 | +0.080 [+0.060, +0.100] | +0.050 [+0.020, +0.080] |",
+        "| 5 | M1b | 2 | 0.700 ± 0.000 | 0.440 ± 0.000 | 0.160 ± 0.000 |  |  |",
+        "| 70 | M1 | 2 | 0.910 ± 0.014 | 0.610 ± 0.014 | 0.210 ± 0.014 |  |  |",
+        "| any | the test split's commonest class |  | 0.750 | 0.500 |  |  |  |",
+        "| 70 | a constant sentence per (eye, coarse class) |  |  |  | 0.320 |  |  |"]
+    assert "![metrics against p](docs/figures/metrics_vs_p.png)" in text      # linked from the repository root
+
+    results_text = page_results.read_text()
+    assert results_text.startswith(f"# results\n{readme.BEGIN}\n_Generated by")
+    assert results_text.endswith(f"{readme.END}\n## what it says\n") and "old section" not in results_text
+    assert "**The demo's targets" in results_text and "**Table 1 on the synthetic demo**" in results_text
+    assert "![metrics against p](figures/metrics_vs_p.png)" in results_text      # linked from docs/
+
+    readme.update_docs(exp, readme=page_readme, results=page_results, figures_dir=site / "docs" / "figures")
+    assert page_readme.read_text() == text and page_results.read_text() == results_text   # run twice: the same
+
+
+def test_make_readme_refuses_a_page_without_its_markers_and_writes_nothing(tmp_path):
+    from mtkd_utils.tools import readme
+
+    exp = tmp_path / "exp"
+    fake_demo_experiment(exp)
+    page_readme, page_results = tmp_path / "README.md", tmp_path / "RESULTS.md"
+    page_readme.write_text("# a README whose results section was deleted\n")
+    page_results.write_text(f"{readme.BEGIN}\nkept\n{readme.END}\n")
+    with pytest.raises(ValueError, match="demo-summary:begin"):
+        readme.update_docs(exp, readme=page_readme, results=page_results, figures_dir=tmp_path / "figures")
+    assert page_results.read_text() == f"{readme.BEGIN}\nkept\n{readme.END}\n"
+    page_readme.write_text(f"{readme.SUMMARY_BEGIN}\nkept\n{readme.SUMMARY_END}\n")
+    with pytest.raises(ValueError, match="no finished runs"):             # a mistyped experiment folder
+        readme.update_docs(tmp_path / "empty", readme=page_readme, results=page_results, figures_dir=tmp_path / "f")
+    assert "kept" in page_readme.read_text() and "kept" in page_results.read_text()
+    assert readme.summary_table(tmp_path / "empty").empty
 
 
 def test_ece_interval_is_moved_by_the_bootstrap_bias_and_contains_the_estimate():

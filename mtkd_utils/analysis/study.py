@@ -112,18 +112,18 @@ def run_variant(experiment_dir: Path, name: str, key: RunKey, cfg: Config, data:
     exp = variant_experiment(experiment_dir, name)
     vcfg = variant_config(experiment_dir, name, key, cfg)
     if name not in MAIN and not (exp / "teachers").is_symlink():     # an M1 variant needs only the full-set teacher
-        steps.train_teachers(exp, key.tasks, key.p, key.seed, vcfg, "full" if variant.model == "M1" else "all")
+        steps.train_teachers(exp, key, vcfg, "full" if variant.model == "M1" else "all")
     if variant.hard_targets:
         hard_pseudo_labels(exp, key.with_model(variant.model), vcfg, data)
-    steps.run_student(exp, variant.model, key.tasks, key.p, key.seed, vcfg, data)
+    steps.run_student(exp, key.with_model(variant.model), vcfg, data)
     return runs.student_dir(exp, key.with_model(variant.model))
 
 
 def run_main(experiment_dir: Path, key: RunKey, cfg: Config, data: FundusData, models=MAIN) -> None:
     """The main grid's teachers and students at key (02 and 03), each skipped when finished."""
-    steps.train_teachers(experiment_dir, key.tasks, key.p, key.seed, cfg)
+    steps.train_teachers(experiment_dir, key, cfg)
     for model in models:
-        steps.run_student(experiment_dir, model, key.tasks, key.p, key.seed, cfg, data)
+        steps.run_student(experiment_dir, key.with_model(model), cfg, data)
 
 
 def run_study(experiment_dir, tasks, p: float, seeds, cfg: Config, names) -> dict[tuple[str, int], Path]:
@@ -190,7 +190,7 @@ def passes_curve(experiment_dir, key: RunKey, cfg: Config, data: FundusData, pas
     folder = linked_folder(experiment_dir, f"passes_{passes:g}", ("data", "teachers"))
     tau, alpha = chosen["tau_grid"][0], chosen["alpha_grid"][0]
     ccfg = cfg.updated(student_passes=float(passes), **chosen)
-    steps.train_student(folder, "M3", key.tasks, key.p, key.seed, tau, alpha, ccfg, data)
+    steps.train_student(folder, key.with_model("M3"), tau, alpha, ccfg, data)
     run = runs.setting_dir(runs.student_dir(folder, key.with_model("M3")), tau, alpha)
     history = pd.read_csv(run / "history.csv")
     return history.assign(passes=history.epoch * ccfg.unlabeled_per_epoch)[["passes", "updates", "val_score"]]

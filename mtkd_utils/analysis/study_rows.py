@@ -13,7 +13,6 @@ from ..config import Config, task_subsets
 from ..data.dataset import FundusData, batch_rows, image_batch
 from ..io import write_csv
 from ..runs import RunKey
-from ..train.checkpoint import load_checkpoint, save_checkpoint
 from ..train.reload import load_model, student_teachers
 from ..train.runtime import eval_batch_size, pick_device
 
@@ -35,12 +34,8 @@ def harden(store: dict) -> dict:
 
 
 def hard_pseudo_labels(experiment_dir: Path, key: RunKey, cfg: Config, data: FundusData) -> None:
-    """Build the student's soft-target cache as usual, then harden it in place (its meta kept, so it is reused)."""
-    path = runs.soft_targets_path(runs.student_dir(experiment_dir, key))
-    if path.exists() and load_checkpoint(path).get("hard"):
-        return
-    student_teachers(experiment_dir, key.model, key.tasks, key.p, key.seed, cfg, data)
-    save_checkpoint(path, harden(load_checkpoint(path)))
+    """The student's soft-target cache, hardened before it is written (its meta kept, so the student reuses it)."""
+    student_teachers(experiment_dir, key, cfg, data, finish=harden)
 
 
 @torch.no_grad()

@@ -32,7 +32,8 @@ TAU = 2.0              # KD temperature (any value costs the same)
 def cached_teachers(models: list, cfg: Config, data: FundusData, rows: np.ndarray, device: torch.device) -> CachedTeachers:
     """The teachers' soft targets, written by build_soft_targets and read back as the students read them."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_soft_targets(models, data, rows, Path(tmp) / "soft_targets.pt", cfg.max_len, cfg.t3_topk, eval_batch_size(cfg), device)
+        path = Path(tmp) / "soft_targets.pt"
+        build_soft_targets(models, data, rows, path, cfg.max_len, cfg.t3_topk, eval_batch_size(cfg), device)
         return load_soft_targets(path, len(data.images), device)
 
 

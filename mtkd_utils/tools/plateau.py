@@ -20,7 +20,7 @@ from ..analysis.convergence import last_quarter_gain
 from ..config import TASKS
 from ..data.dataset import load_data
 from ..presets import config as preset_config
-from ..train.engine import fit
+from ..train.engine import MultiTaskLoss, TrainPlan, fit
 from ..train.runtime import setup_runtime
 from ..train.steps import new_model
 
@@ -38,8 +38,8 @@ def curve(experiment_dir: str | Path, p: float, updates: int | None = None, pres
     own_seed = cfg.model_seed("teacher", TASKS)
     model = new_model(cfg, data, TASKS, own_seed)
     with tempfile.TemporaryDirectory() as scratch:
-        return fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), scratch, cfg.epochs,
-                   updates=updates, desc=f"p={p:g}")
+        return fit(model, data, TrainPlan(data.rows("train"), cfg.epochs, updates=updates),
+                   MultiTaskLoss(data, cfg.task_weights), cfg.updated(seed=own_seed), scratch, desc=f"p={p:g}")
 
 
 def summary(history: pd.DataFrame, p: float, updates: int) -> dict:

@@ -1,11 +1,14 @@
-"""Regenerate the README's demo-results section from a finished experiment: `python -m mtkd_utils.readme outputs/demo`.
+"""`make readme` (`python -m mtkd_utils.readme outputs/demo`): the demo's results, written from a finished experiment.
 
-Copies the figures into docs/figures/ and rewrites only the text between the README's
-`<!-- demo-results:begin -->` and `<!-- demo-results:end -->` markers, so no number is typed by hand.
+Copies the figures into docs/figures/, rewrites the whole results section of docs/RESULTS.md (between
+`<!-- demo-results:begin -->` and `<!-- demo-results:end -->`) and the README's summary, Table 1 with n, CIs and the
+baselines and the main figure (between `<!-- demo-summary:begin -->` and `<!-- demo-summary:end -->`); nothing
+outside the markers is touched, so no number is typed by hand.
 """
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -14,22 +17,26 @@ from PIL import Image
 from ..analysis.comparisons import claims_table
 from ..analysis.convergence import training_progress
 from ..analysis.results import (
+    POOLED,
     baseline_note,
     ci_table,
     collect_metrics,
     constant_baseline,
     interval_text,
     table1,
+    table1_stats,
     to_markdown,
 )
-from ..config import TASKS, task_key
+from ..config import MODELS, TASKS, task_key
 from ..data.splits import load_splits
 from ..io import REPO_ROOT, atomic_path, read_json
 from ..runs import analysis_dir, data_dir, student_runs, study_dir
 
-BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
+BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"                 # docs/RESULTS.md
+SUMMARY_BEGIN, SUMMARY_END = "<!-- demo-summary:begin -->", "<!-- demo-summary:end -->"   # README.md
+RESULTS_DOC = REPO_ROOT / "docs" / "RESULTS.md"
 FIGURES = {  # experiment file -> name under docs/figures
-    "data/figures/samples.png": "samples.jpg",          # photographs: JPEG keeps the README light
+    "data/figures/samples.png": "samples.jpg",          # photographs: JPEG keeps the docs light
     "results/metrics_vs_p.png": "metrics_vs_p.png",
     "gradcam/gradcam_M3.png": "gradcam_M3.jpg",
     "analysis/examples.png": "error_examples.jpg",
@@ -216,7 +223,7 @@ def _metric_cis(exp: Path, rel: Path) -> list[str]:
         return []
     cis = pd.read_csv(path)
     cis = cis[cis.metric.isin(README_CI_METRICS)]
-    parts = ["", "**More metrics, with 95 % bootstrap CIs over the test images** (README \"Metrics\"; "
+    parts = ["", "**More metrics, with 95 % bootstrap CIs over the test images** ([Metrics](METHOD.md#metrics); "
              "`outputs/<experiment>/results/metric_cis.csv` has every metric):", "", to_markdown(ci_table(cis))]
     parts += [f"\n![{name}]({rel}/{name}.png)" for name in ("roc_T1", "reliability_T1")
               if (analysis_dir(exp, "results") / f"{name}.png").exists()]
@@ -240,13 +247,23 @@ def _study(exp: Path, rel: Path) -> list[str]:
             "`study/study.csv`):", "", to_markdown(table), "", f"![the study]({rel}/study.png)"]
 
 
-def section(exp: Path, figures_dir: Path) -> str:
-    """The markdown of the results section, figures copied beside it."""
+def _copy_figures(exp: Path, figures_dir: Path) -> None:
+    """Web-sized copies of the experiment's figures (those it has) under figures_dir."""
     figures_dir.mkdir(parents=True, exist_ok=True)
     for src, name in FIGURES.items():
         if (exp / src).exists():
             _web_copy(exp / src, figures_dir / name)
-    rel = figures_dir.relative_to(REPO_ROOT) if figures_dir.is_relative_to(REPO_ROOT) else figures_dir
+
+
+def _relative(figures_dir: Path, page_dir: Path) -> Path:
+    """How a page in page_dir links to figures_dir (docs/RESULTS.md: figures; README.md: docs/figures)."""
+    return Path(os.path.relpath(figures_dir, page_dir))
+
+
+def section(exp: Path, figures_dir: Path, page_dir: Path = RESULTS_DOC.parent) -> str:
+    """The markdown of docs/RESULTS.md's generated section, figures copied into figures_dir."""
+    _copy_figures(exp, figures_dir)
+    rel = _relative(figures_dir, page_dir)
     runs = collect_metrics(exp)
     m1_runs = [run for key, run in student_runs(exp) if key.model == "M1"]
     env = read_json(m1_runs[0] / "config.json")["environment"] if m1_runs else {}
@@ -268,16 +285,102 @@ def section(exp: Path, figures_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def update_readme(exp: Path, readme: Path = REPO_ROOT / "README.md", figures_dir: Path = REPO_ROOT / "docs" / "figures") -> Path:
-    """Replace the text between the markers; refuse to touch a README without them."""
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme}: no {BEGIN} ... {END} markers; add them where the results should go")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    with atomic_path(readme) as tmp:
-        tmp.write_text(f"{head}{BEGIN}\n{section(exp, figures_dir)}\n{END}{tail}")
-    return readme
+SUMMARY_METRICS = {"T1_acc": "T1 accuracy", "T2_acc": "T2 accuracy", "T3_bleu4": "T3 BLEU-4"}   # the paper's Table 1
+SUMMARY_AGAINST = ("M1", "M1b")   # the students' T1 accuracy minus each, with its CI: M1b erases extra-update gains
+
+
+def _gains(exp: Path) -> pd.DataFrame:
+    """Each student's T1 accuracy minus M1's and M1b's (06's kd_comparisons.csv) over every seed's test images at
+    once (the pooled row), or over the one seed's where only one ran; empty before 06 ran."""
+    path = analysis_dir(exp, "results") / "kd_comparisons.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=["tasks", "p", "seed", "comparison", "metric", "diff", "lo", "hi", "n"])
+    c = pd.read_csv(path, dtype={"seed": str})
+    c = c[c.metric == "T1_acc"]
+    seeds = c.groupby(["tasks", "p", "comparison"]).seed.transform("size")
+    return c[(c.seed == POOLED) | (seeds == 1)]
+
+
+def summary_table(exp: Path) -> pd.DataFrame:
+    """The README's Table 1: each model on every task per p (mean ± std over its seeds, τ beside the students),
+    the students' T1 gain over M1 and M1b with its 95 % CI, then the no-skill baselines; empty without runs."""
+    runs = collect_metrics(exp)
+    runs = runs[runs.tasks == task_key(TASKS)] if not runs.empty else runs
+    metrics = [m for m in SUMMARY_METRICS if m in runs]
+    if runs.empty or not metrics:
+        return pd.DataFrame()
+    stats = table1_stats(runs, metrics)
+    gains = _gains(exp)
+    gains = gains[gains.tasks == task_key(TASKS)]
+    order = sorted(stats[["p", "model"]].drop_duplicates().itertuples(index=False),
+                   key=lambda r: (float(r.p), MODELS.index(r.model) if r.model in MODELS else len(MODELS)))
+    rows = []
+    for p, model in order:
+        cells = stats[(stats.p == p) & (stats.model == model)].set_index("metric")
+        taus = cells.taus.iloc[0]
+        row = {"p": p, "model": f"{model} (τ={taus})" if taus else model, "seeds": str(cells.n_seeds.max())}
+        for metric, label in SUMMARY_METRICS.items():
+            if metric in cells.index:
+                c = cells.loc[metric]
+                row[label] = f"{c['mean']:.3f}" + (f" ± {c['std']:.3f}" if c.n_seeds > 1 else "")
+        for a in SUMMARY_AGAINST:
+            g = gains[(gains.p.astype(float) == float(p)) & (gains.comparison == f"{model} − {a}")]
+            row[f"T1 − {a} [95 % CI]"] = interval_text(g["diff"], g.lo, g.hi, sign="+")[0] if len(g) else ""
+        rows.append(row)
+    commonest = constant_baseline(exp)
+    if not commonest.empty:
+        rows.append({"p": "any", "model": "the test split's commonest class",
+                     **{SUMMARY_METRICS[m]: f"{commonest[m]:.3f}" for m in ("T1_acc", "T2_acc")
+                        if m in commonest and m in metrics}})
+    t3 = _t3_oracle(exp)
+    if pd.notna(t3) and "T3_bleu4" in metrics:
+        rows.append({"p": TARGET_P, "model": "a constant sentence per (eye, coarse class)",
+                     SUMMARY_METRICS["T3_bleu4"]: f"{t3:.3f}"})
+    columns = ["p", "model", "seeds", *(SUMMARY_METRICS[m] for m in metrics),
+               *(f"T1 − {a} [95 % CI]" for a in SUMMARY_AGAINST)]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def summary(exp: Path, figures_dir: Path, page_dir: Path = REPO_ROOT) -> str:
+    """The README's results: Table 1 with n, CIs and the baselines, and the metrics-against-p figure."""
+    table = summary_table(exp)
+    if table.empty:
+        return "_(no finished runs: `make demo`, then `make readme`)_"
+    images = _test_images(exp)
+    gains = _gains(exp)
+    pairs = gains.loc[(gains.seed == POOLED) & (gains.tasks == task_key(TASKS)), "n"].max()
+    n_images = f"n = {images:,.0f} images per seed; " if pd.notna(images) else ""
+    over = (f"over every seed's test images, n = {pairs:,.0f} (seed, image) pairs" if pd.notna(pairs)
+            else "over the test images")
+    caption = (f"**Table 1 on the synthetic demo** (test split, {n_images}mean ± std over the seeds; τ chosen on "
+               "validation; the last two columns: the student's T1 accuracy minus M1's and minus M1b's, with the "
+               f"95 % paired bootstrap CI {over}; the last rows: no-skill baselines):")
+    figure = f"![metrics against p]({_relative(figures_dir, page_dir)}/metrics_vs_p.png)"
+    return "\n".join([caption, "", to_markdown(table), figure])
+
+
+def _replace_between(page: Path, begin: str, end: str, text: str) -> None:
+    """Replace the text between the page's markers, atomically; everything outside them stays as it is."""
+    head, rest = page.read_text().split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with atomic_path(page) as tmp:
+        tmp.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
+def update_docs(exp: Path, readme: Path = REPO_ROOT / "README.md", results: Path = RESULTS_DOC,
+                figures_dir: Path = REPO_ROOT / "docs" / "figures") -> list[Path]:
+    """docs/RESULTS.md's generated section and the README's summary, from the experiment's files; refuses (writing
+    nothing) an experiment without finished runs and a page without its markers."""
+    if collect_metrics(exp).empty:
+        raise ValueError(f"{exp}: no finished runs (students/<tasks>/p<P>_s<seed>/<model>/metrics.json); run `make "
+                         "demo` (or the grid) first. The results pages are left as they are.")
+    for page, begin, end in ((results, BEGIN, END), (readme, SUMMARY_BEGIN, SUMMARY_END)):
+        text = page.read_text() if page.exists() else ""
+        if begin not in text or end not in text:
+            raise ValueError(f"{page}: no {begin} ... {end} markers; add them where the results should go")
+    _replace_between(results, BEGIN, END, section(exp, figures_dir, results.parent))
+    _replace_between(readme, SUMMARY_BEGIN, SUMMARY_END, summary(exp, figures_dir, readme.parent))
+    return [results, readme]
 
 
 def main() -> None:
@@ -285,7 +388,8 @@ def main() -> None:
     ap.add_argument("experiment", nargs="?", default="outputs/demo")
     args = ap.parse_args()
     exp = Path(args.experiment)
-    print(update_readme(exp if exp.is_absolute() else REPO_ROOT / exp))
+    for page in update_docs(exp if exp.is_absolute() else REPO_ROOT / exp):
+        print(page)
 
 
 if __name__ == "__main__":

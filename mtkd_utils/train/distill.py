@@ -128,9 +128,10 @@ class CachedTeachers:
 
 def build_soft_targets(teachers: list, data: FundusData, rows: np.ndarray, path: str | Path, max_len: int, topk: int,
                        batch_size: int, device: torch.device, meta: dict | None = None,
-                       taus: tuple[float, ...] = ()) -> Path:
+                       taus: tuple[float, ...] = (), finish=None) -> dict:
     """Run the teachers once over `rows` (labeled fraction + unlabeled pool), on clean images; store fp16 logits,
-    int16 ids and the float32 T3 rest log-probabilities at each of `taus` (exact T3 KD)."""
+    int16 ids and the float32 T3 rest log-probabilities at each of `taus` (exact T3 KD) at `path`, after
+    `finish(store)` where given (the study's hardened targets); returns what it stored."""
     parts: dict[str, list[torch.Tensor]] = {}
     batches = list(batch_rows(rows, batch_size, shuffle=False))
     for b in progress(batches, f"soft targets ({len(teachers)} teachers)"):
@@ -146,7 +147,10 @@ def build_soft_targets(teachers: list, data: FundusData, rows: np.ndarray, path:
         if k in store:
             store[k] = store[k].to(torch.int16)
     store.update(rows=torch.from_numpy(np.asarray(rows)).long(), meta=meta or {}, rest_taus=[float(t) for t in taus])
-    return save_checkpoint(path, store)
+    if finish is not None:
+        store = {**finish(store), "finished_by": finish.__name__}
+    save_checkpoint(path, store)
+    return store
 
 
 def read_soft_targets(path: str | Path) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -214,23 +215,30 @@ def schedule(epochs: int, per_epoch: int, patience: int, min_steps: int,
     return math.ceil(epochs * stretch), math.ceil(patience * stretch)
 
 
-def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Path, epochs: int,
-        teachers=None, tau: float = 1.0, unlabeled_rows: np.ndarray | None = None,
-        signature: dict | None = None, desc: str = "train", alpha: float = 1.0, student: bool = False,
-        updates: int | None = None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class TrainPlan:
+    """What one run trains on and for how long; early stopping's patience and min_steps come from the Config."""
+    rows: np.ndarray                        # the labeled training rows
+    epochs: int
+    unlabeled: np.ndarray | None = None     # the unlabeled pool a student also learns from
+    student: bool = False                   # the recipe's batches and noise (TrainBatches)
+    updates: int | None = None              # a fixed length in updates instead of `epochs` (M1b)
+
+
+def fit(model, data: FundusData, plan: TrainPlan, loss_fn: MultiTaskLoss, cfg, run_dir: str | Path,
+        signature: dict | None = None, desc: str = "train") -> pd.DataFrame:
     """Train with early stopping on the validation score; resume from run_dir/last.pt after a kill.
 
-    A student (`student=True`) gets the recipe's batches and noise (TrainBatches). `updates` fixes the schedule's
-    length in updates instead of `epochs` (M1b). Leaves the best-validation weights in `model` and in
-    run_dir/checkpoint.pt; returns the history, with the updates made by the end of each epoch.
+    Leaves the best-validation weights in `model` and in run_dir/checkpoint.pt; returns the history, with the
+    updates made by the end of each epoch. `signature` ties the checkpoints to the data and settings they came from.
     """
     run_dir, device = Path(run_dir), pick_device(cfg.device)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    per_epoch = len(TrainBatches(data, train_rows, cfg, 0, device, unlabeled_rows, student))
+    per_epoch = len(TrainBatches(data, plan.rows, cfg, 0, device, plan.unlabeled, plan.student))
     # A small fraction gets at least min_steps updates: otherwise p=15 is also an under-trained model.
-    epochs, patience = schedule(epochs, per_epoch, cfg.patience, cfg.min_steps, updates)
+    epochs, patience = schedule(plan.epochs, per_epoch, cfg.patience, cfg.min_steps, plan.updates)
     steps = epochs * per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = cosine_schedule(optimizer, steps, warmup=max(1, steps // 20))
@@ -243,11 +251,11 @@ def fit(model, data: FundusData, train_rows: np.ndarray, cfg, run_dir: str | Pat
         scheduler.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["rng"])
         state = ck["progress"]
-    val_rows, loss_fn = data.rows("val"), MultiTaskLoss(data, cfg.task_weights, alpha, tau, teachers)
+    val_rows = data.rows("val")
     baselines = train_baselines(data)              # the constant answers the validation score measures skill against
     check_every = max(1, math.ceil(cfg.val_every / per_epoch))     # epochs between validations
     for epoch in range(state["epoch"], epochs):
-        batches = TrainBatches(data, train_rows, cfg, epoch, device, unlabeled_rows, student)
+        batches = TrainBatches(data, plan.rows, cfg, epoch, device, plan.unlabeled, plan.student)
         loss = train_one_epoch(model, batches, optimizer, scheduler, loss_fn, f"{desc} epoch {epoch + 1}")
         if (epoch + 1) % check_every and epoch + 1 < epochs:
             continue

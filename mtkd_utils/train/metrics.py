@@ -3,7 +3,7 @@
 Per task: accuracy, balanced accuracy, macro-F1, Cohen's kappa, one-vs-rest AUROC and AUPR, expected
 calibration error, NLL (T1, T2); BLEU-1..4 and ROUGE-L (T3). Also: disease vs normal sensitivity and
 specificity, the ODIR-2019 challenge score, constant baselines, and the validation score that weighs
-every task by its skill above its baseline. README "Metrics" says how to read each one.
+every task by its skill above its baseline. docs/METHOD.md ("Metrics") says how to read each one.
 """
 from __future__ import annotations
 

@@ -35,17 +35,17 @@ def _distil_rows(data: FundusData) -> np.ndarray:
     return np.sort(np.concatenate([data.rows("train"), data.rows("unlabeled")]))
 
 
-def student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data,
-                     tau: float | None = None) -> CachedTeachers | OnlineTeachers:
-    """The student's teachers: their soft targets on clean images, computed once into the student's folder and
-    reused by every (tau, alpha) (kd_mode="cached"), or the models themselves, run on every noised batch
-    (kd_mode="online"). With t3_kd="exact" they also give the T3 rest bucket at `tau`."""
+def student_teachers(experiment_dir, key: RunKey, cfg: Config, data: FundusData, tau: float | None = None,
+                     finish=None) -> CachedTeachers | OnlineTeachers:
+    """The teachers of student `key` (M2, M3): their soft targets on clean images, computed once into the student's
+    folder and reused by every (tau, alpha) (kd_mode="cached"), or the models themselves, run on every noised batch
+    (kd_mode="online"). With t3_kd="exact" they also give the T3 rest bucket at `tau`. `finish` transforms a cache
+    before it is written (the study's hardened targets); a cache it did not finish is rebuilt."""
     exact_tau = tau if cfg.t3_kd == "exact" else None
-    key = RunKey(tasks, p, seed, model_name)
-    found = {s: runs.teacher_dir(experiment_dir, RunKey(s, p, seed)) for s in teachers_for(model_name, key.tasks)}
+    found = {s: runs.teacher_dir(experiment_dir, RunKey(s, key.p, key.seed)) for s in teachers_for(key.model, key.tasks)}
     for subset, run in found.items():
         if not (run / "metrics.json").exists():
-            raise FileNotFoundError(f"teacher {task_key(subset)} at p={key.p:g}, seed={seed} is missing ({run}); "
+            raise FileNotFoundError(f"teacher {task_key(subset)} at p={key.p:g}, seed={key.seed} is missing ({run}); "
                                     "run 02_teachers.ipynb first")
     if cfg.kd_mode == "online":
         return OnlineTeachers([load_model(run, cfg, data, s) for s, run in found.items()], cfg.max_len, cfg.t3_topk,
@@ -58,10 +58,11 @@ def student_teachers(experiment_dir, model_name, tasks, p, seed, cfg, data,
                 data=fingerprint(runs.signature(data, cfg, key.tasks)), max_len=cfg.max_len, t3_topk=cfg.t3_topk,
                 rows=fingerprint(rows.tolist()), rest_taus=list(rest_taus))
     store = read_soft_targets(path)
-    if not runs.json_equal(store.get("meta"), meta):
+    unfinished = finish is not None and store.get("finished_by") != finish.__name__
+    if unfinished or not runs.json_equal(store.get("meta"), meta):
         models = [load_model(run, cfg, data, s) for s, run in found.items()]
-        store = load_checkpoint(build_soft_targets(models, data, rows, path, cfg.max_len, cfg.t3_topk,
-                                                   eval_batch_size(cfg), device, meta, rest_taus))
+        store = build_soft_targets(models, data, rows, path, cfg.max_len, cfg.t3_topk, eval_batch_size(cfg), device,
+                                   meta, rest_taus, finish)
     return CachedTeachers(store, len(data.manifest), device, exact_tau)
 
 

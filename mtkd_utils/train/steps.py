@@ -9,7 +9,6 @@ import math
 from itertools import product
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -18,7 +17,7 @@ from ..config import Config, task_key, task_subsets
 from ..data.dataset import FundusData, load_data
 from ..io import read_json, write_csv, write_json, write_npy
 from ..runs import RunKey
-from .engine import fit, predict
+from .engine import MultiTaskLoss, TrainPlan, fit, predict
 from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
 from .model import MTLModel, build_model
 from .reload import load_model, student_teachers, teachers_for
@@ -50,9 +49,9 @@ def _progress(history: pd.DataFrame) -> dict:
 
 
 # ---------------------------------------------------------------- teachers (02)
-def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data: FundusData) -> Path:
-    """An MTL model on the labeled fraction (M1 when tasks is the full set)."""
-    key = RunKey(tasks, p, seed)
+def train_teacher(experiment_dir, key: RunKey, cfg: Config, data: FundusData) -> Path:
+    """An MTL model on the labeled fraction of key.tasks (M1 when that is the full set)."""
+    key, seed = key.with_model(None), key.seed
     run, cfg = runs.teacher_dir(experiment_dir, key), cfg.updated(seed=seed)
     own_seed = cfg.model_seed("teacher", key.tasks)
     runs.claim_run(run, cfg, runs.DISTILL_FIELDS, **teacher_meta(key, cfg))
@@ -60,8 +59,8 @@ def train_teacher(experiment_dir, tasks, p: float, seed: int, cfg: Config, data:
         return run
     write_split(run, data)
     model = new_model(cfg, data, key.tasks, own_seed)
-    history = fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), run, cfg.epochs,
-                  signature=runs.signature(data, cfg, key.tasks), desc=f"teacher {task_key(key.tasks)}")
+    history = fit(model, data, TrainPlan(data.rows("train"), cfg.epochs), MultiTaskLoss(data, cfg.task_weights),
+                  cfg.updated(seed=own_seed), run, runs.signature(data, cfg, key.tasks), f"teacher {task_key(key.tasks)}")
     write_csv(history, run / "history.csv")
     write_json(dict(tasks=list(key.tasks), p=key.p, seed=seed, model_seed=own_seed, **_progress(history),
                     init=model.init_note), run / "metrics.json", checksum=True)  # last: marks done
@@ -79,19 +78,17 @@ def teacher_subsets(tasks: tuple[str, ...], group: str = "all") -> list[tuple[st
     return {"all": task_subsets(tasks), "full": [tasks], "subsets": task_subsets(tasks)[:-1]}[group]
 
 
-def train_teachers(experiment_dir, tasks, p: float, seed: int, cfg: Config, group: str = "all") -> pd.DataFrame:
-    """The teachers of `group` (teacher_subsets) at fraction p; M1 is the one on the full task set."""
-    key = RunKey(tasks, p, seed)
-    subsets = teacher_subsets(key.tasks, group)
-    for subset in subsets:   # refuse other settings before load_data writes an image cache of a new size
-        sub = RunKey(subset, key.p, seed)
-        runs.refuse_other_settings(runs.teacher_dir(experiment_dir, sub), cfg.updated(seed=seed), runs.DISTILL_FIELDS,
-                                   **teacher_meta(sub, cfg))
+def train_teachers(experiment_dir, key: RunKey, cfg: Config, group: str = "all") -> pd.DataFrame:
+    """The teachers of `group` (teacher_subsets of key.tasks) at key.p, key.seed; M1 is the one on the full set."""
+    subs = [RunKey(subset, key.p, key.seed) for subset in teacher_subsets(key.tasks, group)]
+    for sub in subs:   # refuse other settings before load_data writes an image cache of a new size
+        runs.refuse_other_settings(runs.teacher_dir(experiment_dir, sub), cfg.updated(seed=key.seed),
+                                   runs.DISTILL_FIELDS, **teacher_meta(sub, cfg))
     data = load_data(experiment_dir, key.p, cfg)
     rows = []
-    for subset in subsets:
-        run = train_teacher(experiment_dir, subset, key.p, seed, cfg, data)
-        rows.append({"teacher": task_key(subset), **read_json(run / "metrics.json"), "folder": str(run)})
+    for sub in subs:
+        run = train_teacher(experiment_dir, sub, cfg, data)
+        rows.append({"teacher": task_key(sub.tasks), **read_json(run / "metrics.json"), "folder": str(run)})
     return pd.DataFrame(rows).round(4)       # for people: nltk's zero-BLEU floor (~5e-232) shows as 0
 
 
@@ -102,10 +99,10 @@ def teacher_meta(key: RunKey, cfg: Config) -> dict:
 
 
 # ---------------------------------------------------------------- students (03)
-def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, alpha: float, cfg: Config,
-                  data: FundusData) -> dict:
-    """One M2/M3 student at temperature tau and KD weight alpha; returns its validation metrics (never touches test)."""
-    key = RunKey(tasks, p, seed, model_name)
+def train_student(experiment_dir, key: RunKey, tau: float, alpha: float, cfg: Config, data: FundusData) -> dict:
+    """One M2/M3 student (key.model) at temperature tau and KD weight alpha; returns its validation metrics (never
+    touches test)."""
+    model_name, seed = key.model, key.seed
     run, cfg = runs.setting_dir(runs.student_dir(experiment_dir, key), tau, alpha), cfg.updated(seed=seed)
     own_seed = cfg.model_seed("student", key.tasks)
     runs.claim_run(run, cfg, ("tau_grid", "alpha_grid"), model=model_name, tasks=list(key.tasks), p=key.p, seed=seed,
@@ -114,12 +111,12 @@ def train_student(experiment_dir, model_name: str, tasks, p, seed, tau: float, a
     if (run / "val.json").exists():
         return read_json(run / "val.json")
     write_split(run, data)
-    teachers = student_teachers(experiment_dir, model_name, key.tasks, p, seed, cfg, data, tau)
+    teachers = student_teachers(experiment_dir, key, cfg, data, tau)
     model = new_model(cfg, data, key.tasks, own_seed, student=True)
-    history = fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), run, student_epochs(cfg),
-                  teachers=teachers, tau=tau, unlabeled_rows=data.rows("unlabeled"),
-                  signature=runs.signature(data, cfg, key.tasks), desc=f"{model_name} tau={tau:g} alpha={alpha:g}",
-                  alpha=alpha, student=True)
+    plan = TrainPlan(data.rows("train"), student_epochs(cfg), unlabeled=data.rows("unlabeled"), student=True)
+    history = fit(model, data, plan, MultiTaskLoss(data, cfg.task_weights, alpha, tau, teachers),
+                  cfg.updated(seed=own_seed), run, runs.signature(data, cfg, key.tasks),
+                  f"{model_name} tau={tau:g} alpha={alpha:g}")
     write_csv(history, run / "history.csv")
     val = dict(tau=tau, alpha=alpha, **_progress(history))
     write_json(val, run / "val.json", checksum=True)
@@ -141,8 +138,9 @@ def train_m1_at_budget(experiment_dir, key: RunKey, updates: int, cfg: Config, d
     """M1b: M1's recipe and seed (labeled rows, CE), trained for `updates` updates in the M1b run folder."""
     run, own_seed = runs.student_dir(experiment_dir, key), cfg.model_seed("teacher", key.tasks)
     model = new_model(cfg, data, key.tasks, own_seed)
-    history = fit(model, data, data.rows("train"), cfg.updated(seed=own_seed), run, cfg.epochs,
-                  signature=runs.signature(data, cfg, key.tasks), desc=f"M1b ({updates} updates)", updates=updates)
+    history = fit(model, data, TrainPlan(data.rows("train"), cfg.epochs, updates=updates),
+                  MultiTaskLoss(data, cfg.task_weights), cfg.updated(seed=own_seed), run,
+                  runs.signature(data, cfg, key.tasks), f"M1b ({updates} updates)")
     write_csv(history, run / "history.csv")
     return model
 
@@ -167,11 +165,10 @@ def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, 
     return metrics
 
 
-def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg: Config,
-                data: FundusData | None = None) -> dict:
-    """M1 (the teacher on the full task set), M2/M3 with (tau, alpha) chosen on validation, or M1b (M1 retrained for
-    as many updates as the M2/M3 student took); then the test split."""
-    key = RunKey(tasks, p, seed, model_name)
+def run_student(experiment_dir, key: RunKey, cfg: Config, data: FundusData | None = None) -> dict:
+    """key.model: M1 (the teacher on the full task set), M2/M3 with (tau, alpha) chosen on validation, or M1b (M1
+    retrained for as many updates as the M2/M3 student took); then the test split."""
+    model_name, seed = key.model, key.seed
     run, cfg = runs.student_dir(experiment_dir, key), cfg.updated(seed=seed)
     meta = dict(model=model_name, tasks=list(key.tasks), p=key.p, seed=seed)
     if model_name == "M1b":
@@ -195,7 +192,7 @@ def run_student(experiment_dir, model_name: str, tasks, p: float, seed: int, cfg
         model = train_m1_at_budget(experiment_dir, key, meta["updates"], cfg, data)
         return evaluate_on_test(model, data, cfg, run, {**meta, "tau": None, "alpha": None,
                                                         "model_seed": cfg.model_seed("teacher", key.tasks)})
-    search = pd.DataFrame([train_student(experiment_dir, model_name, key.tasks, key.p, seed, tau, alpha, cfg, data)
+    search = pd.DataFrame([train_student(experiment_dir, key, tau, alpha, cfg, data)
                            for tau, alpha in product(cfg.tau_grid, cfg.alpha_grid)])
     write_csv(search, run / "tau_search.csv")
     best = search.loc[search.val_score.idxmax()]       # ties: the first setting in the grid (smallest tau, then alpha)
