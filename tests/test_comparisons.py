@@ -12,7 +12,8 @@ def preds_from(right: np.ndarray, prefix: str = "img") -> pd.DataFrame:
     n = len(right)
     true = np.where(np.arange(n) % 2, "dr", "amd")
     return pd.DataFrame({"image_id": [f"{prefix}{i:04d}" for i in range(n)], "coarse_true": true,
-                         "coarse_pred": np.where(right, true, "glaucoma")})
+                         "coarse_pred": np.where(right, true, "glaucoma"), "fine_true": "", "fine_pred": "",
+                         "fine_top5": "", "text_true": "", "text_pred": "", "bleu": 0.0})
 
 
 def draw_experiment(rng, n_seeds: int, n: int, delta: float, seed_sd: float) -> list[tuple]:
@@ -103,3 +104,25 @@ def test_kd_comparisons_give_per_seed_pooled_and_seed_level_rows(tmp_path):
     kd.to_csv(exp / "results" / "kd_comparisons.csv", index=False)        # the README reads it back as text
     text = "\n".join(readme._comparisons(exp))
     assert "| T1+T2+T3 | 5 | M3 − M1 | T1_acc | 0, 1, 2 | +0.150, +0.050, +0.150 | +0.117 [" in text
+
+
+def test_the_study_table_gives_seed_level_intervals_beside_the_pooled_ones(tmp_path):
+    from mtkd_utils.analysis import study
+    from mtkd_utils.tools import readme
+
+    n, folders = 400, {}
+    for name, per_seed in {"M1": (200, 210, 190), "M3": (260, 230, 250)}.items():
+        for seed, right in enumerate(per_seed):
+            folders[name, seed] = tmp_path / name / str(seed)
+            write_csv(preds_from(np.arange(n) < right), folders[name, seed] / "predictions.csv")
+    table = study.study_table(folders, ["M1", "M3"], [0, 1, 2], n_boot=300, p=5)
+    m3 = table[(table.variant == "M3") & (table.metric == "T1_acc")].iloc[0]
+    assert m3.per_seed == "+0.150, +0.050, +0.150" and m3.minus_M1 == pytest.approx(0.35 / 3)
+    assert m3.seed_lo < m3.lo < m3.minus_M1 < m3.hi < m3.seed_hi             # the seeds disagree: wider
+    assert np.isnan(table[table.metric == "T2_acc"].seed_lo).all()            # no T2 in these predictions
+    assert "; seeds [" in study.readable_table(table).loc["M3 (ensemble)", "T1_acc"]
+    assert "Seed-level" in study.conclusion(table) and "3 seeds: +0.150, +0.050, +0.150" in study.conclusion(table)
+    (tmp_path / "study").mkdir()
+    table.to_csv(tmp_path / "study" / "study.csv", index=False)
+    text = "\n".join(readme._study(tmp_path, tmp_path))
+    assert "| − M1, seed-level |" in text and f"| +0.117 [{m3.seed_lo:+.3f}, {m3.seed_hi:+.3f}] |" in text

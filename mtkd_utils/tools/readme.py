@@ -241,10 +241,19 @@ def _study(exp: Path, rel: Path) -> list[str]:
                           "− M1 [95 % CI]": interval_text(t.minus_M1, t.lo, t.hi, sign="+"),
                           "M3 − variant [95 % CI]": interval_text(t.M3_minus, t.M3_lo, t.M3_hi, sign="+"),
                           "seeds": t.n_seeds})
+    if "seed_lo" in t:   # study.csv written since the seed-level intervals: beside the image-level ones
+        table.insert(3, "− M1, seed-level", _seed_level_text(t.minus_M1, t.seed_lo, t.seed_hi))
+        table.insert(5, "M3 − variant, seed-level", _seed_level_text(t.M3_minus, t.M3_seed_lo, t.M3_seed_hi))
     at = f" at p = {t.p.iloc[0]:g}" if "p" in t and t.p.notna().all() else ""
     return ["", f"**Notebook 07, when KD pays{at}** (`make study`; T1 on the test split, paired bootstrap pooled over "
-            f"{int(t.n_seeds.max())} seed(s); the ablations remove one ingredient from M3; all metrics in "
+            f"{int(t.n_seeds.max())} seed(s), and seed-level (seeds, then images) with several; the ablations "
+            "remove one ingredient from M3; all metrics in "
             "`study/study.csv`):", "", to_markdown(table), "", f"![the study]({rel}/study.png)"]
+
+
+def _seed_level_text(diff: pd.Series, lo: pd.Series, hi: pd.Series) -> list[str]:
+    """'diff [lo, hi]', empty where there is no seed-level interval (one seed)."""
+    return [text if pd.notna(low) else "" for text, low in zip(interval_text(diff, lo, hi, sign="+"), lo)]
 
 
 def _copy_figures(exp: Path, figures_dir: Path) -> None:
