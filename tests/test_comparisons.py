@@ -126,3 +126,30 @@ def test_the_study_table_gives_seed_level_intervals_beside_the_pooled_ones(tmp_p
     table.to_csv(tmp_path / "study" / "study.csv", index=False)
     text = "\n".join(readme._study(tmp_path, tmp_path))
     assert "| − M1, seed-level |" in text and f"| +0.117 [{m3.seed_lo:+.3f}, {m3.seed_hi:+.3f}] |" in text
+
+
+def test_m1_at_its_plateau_keeps_the_schedule_validation_prefers(tmp_path):
+    from mtkd_utils import presets, runs
+    from mtkd_utils.data import prep
+    from mtkd_utils.data.dataset import load_data
+    from mtkd_utils.io import read_json
+    from mtkd_utils.runs import RunKey
+    from mtkd_utils.train import reload, steps
+
+    exp, cfg = tmp_path / "exp", presets.config("smoke")
+    prep.prepare_data(exp, cfg)
+    data, key = load_data(exp, 15, cfg), RunKey(("T1",), 15, 0, "M1L")
+    with pytest.raises(FileNotFoundError, match="02_teachers"):
+        steps.run_student(exp, key, cfg, data)
+    steps.train_teacher(exp, key, cfg, data)
+    m1l = steps.run_student(exp, key, cfg, data)
+    search = pd.read_csv(runs.student_dir(exp, key) / "schedule_search.csv")
+    m1 = read_json(runs.teacher_dir(exp, key.with_model(None)) / "metrics.json")
+    assert list(search.schedule) == [1, 2, 4] and list(search.updates) == [m1["updates"] * k for k in (1, 2, 4)]
+    best = search.loc[search.val_score.idxmax()]
+    assert (m1l["schedule"], m1l["updates"], m1l["checkpoint_dir"]) == (best.schedule, best.updates, best.folder)
+    assert m1l["longest_chosen"] == (best.schedule == 4) and search.folder[0] == "teachers/p15_s0/T1"
+    assert m1l["test"]["T1_acc"] >= 0 and read_json(runs.student_dir(exp, key) / "metrics.json") == m1l
+    model, _ = reload.load_student(exp, key)                               # 04 and 05 find its weights
+    assert model.tasks == ("T1",)
+    assert steps.run_student(exp, key, cfg, data) == m1l                    # finished: not trained again

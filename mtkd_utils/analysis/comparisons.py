@@ -16,8 +16,9 @@ from .results import POOLED, TABLE1_METRICS, interval_table, interval_text, load
 
 SEED_LEVEL = "seed-level"   # the seed of a comparison's two-level bootstrap: seeds resampled, then test images
 
-# (a, b): the paired comparisons b − a of the students against M1 and against M1b, M1 given the student's updates
-KD_PAIRS = (("M1", "M3"), ("M1b", "M3"), ("M1", "M2"), ("M1b", "M2"))
+# (a, b): the paired comparisons b − a of the students against M1, against M1b (M1 given the student's updates) and
+# against M1L (M1 at its validation plateau: the strongest plain baseline)
+KD_PAIRS = (("M1", "M3"), ("M1b", "M3"), ("M1L", "M3"), ("M1", "M2"), ("M1b", "M2"), ("M1L", "M2"))
 
 
 def compare_models(experiment_dir: str | Path, a: str = "M1", b: str = "M3", metrics: Sequence[str] = TABLE1_METRICS,
