@@ -104,6 +104,9 @@ def test_kd_comparisons_give_per_seed_pooled_and_seed_level_rows(tmp_path):
     kd.to_csv(exp / "results" / "kd_comparisons.csv", index=False)        # the README reads it back as text
     text = "\n".join(readme._comparisons(exp))
     assert "| T1+T2+T3 | 5 | M3 − M1 | T1_acc | 0, 1, 2 | +0.150, +0.050, +0.150 | +0.117 [" in text
+    gain = readme._gains(exp).set_index("comparison").loc["M3 − M1"]       # the README's front table: both CIs
+    assert gain.seed == "pooled" and readme._gain_text(gain) == \
+        f"+0.117 [{pooled.lo:+.3f}, {pooled.hi:+.3f}]; seeds [{level.lo:+.3f}, {level.hi:+.3f}]"
 
 
 def test_the_study_table_gives_seed_level_intervals_beside_the_pooled_ones(tmp_path):
