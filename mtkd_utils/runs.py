@@ -2,8 +2,8 @@
 
     <experiment>/data/                                  01: dataset.json, splits.csv, label_map.json, cache/
     <experiment>/teachers/p<P>_s<seed>/<tasks>/         02: one teacher per task subset
-    <experiment>/students/<tasks>/p<P>_s<seed>/<model>/ 03: M1 / M2 / M3 / M1b / M1L; M2, M3: tau_<τ>_alpha_<α>/ per setting,
-                                                        M1L: schedule_x<k>/ per schedule
+    <experiment>/students/<tasks>/p<P>_s<seed>/<model>/ 03: M1 / M2 / M3 / M1b / M1L; M2, M3: tau_<τ>_alpha_<α>/
+                                                        per setting; M1L: schedule_x<k>/ per schedule
     <experiment>/analysis/, gradcam/, results/          04, 05, 06
     <experiment>/study/<variant>/                       07: each variant's own small experiment folder
 

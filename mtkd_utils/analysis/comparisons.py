@@ -12,7 +12,8 @@ import pandas as pd
 from ..config import task_key
 from ..runs import student_dir, student_runs
 from .bootstrap import SUM_METRICS, has_task, needs_probs, paired_bootstrap, seed_level_bootstrap
-from .results import POOLED, TABLE1_METRICS, interval_table, interval_text, load_labels, read_predictions, read_probs, sort_key
+from .results import (POOLED, TABLE1_METRICS, interval_table, interval_text, load_labels, read_predictions,
+                      read_probs, sort_key)
 
 SEED_LEVEL = "seed-level"   # the seed of a comparison's two-level bootstrap: seeds resampled, then test images
 

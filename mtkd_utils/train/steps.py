@@ -177,7 +177,8 @@ def train_m1_to_plateau(experiment_dir, key: RunKey, cfg: Config, data: FundusDa
     write_csv(search, run / "schedule_search.csv")
     best = search.loc[search.val_score.idxmax()]          # ties: the shortest schedule (rows in schedule order)
     chosen = dict(schedule=float(best.schedule), updates=int(best.updates), checkpoint_dir=best.folder,
-                  longest_chosen=bool(best.schedule == search.schedule.max()), schedule_search=search.to_dict("records"))
+                  longest_chosen=bool(best.schedule == search.schedule.max()),
+                  schedule_search=search.to_dict("records"))
     return load_model(Path(experiment_dir) / best.folder, cfg, data, key.tasks), chosen
 
 
