@@ -3,7 +3,7 @@ PY      := .venv/bin/python
 KERNEL  := .venv/share/jupyter/kernels/mtkd/kernel.json
 PRESET  ?= demo
 
-.PHONY: demo test lab test-lab git-filter grid kd-seeds paper bench readme study clean-venv
+.PHONY: demo test lab test-lab git-filter grid kd-seeds paper bench profile readme study clean-venv
 
 .venv/ready: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -47,6 +47,9 @@ paper: $(KERNEL)           ## the paper's full grid (ResNet-50, 224 px, 3 seeds)
 
 bench: .venv/ready         ## training-speed benchmark (prints figures; run on purpose)
 	$(PY) -m mtkd_utils.bench
+
+profile: .venv/ready        ## where outputs/$(PRESET)'s time went, per run kind and phase (after make demo)
+	$(PY) -m mtkd_utils.tools.profile outputs/$(PRESET)
 
 readme: .venv/ready         ## rewrite docs/RESULTS.md and the README's results summary from outputs/demo
 	$(PY) -m mtkd_utils.readme outputs/demo

@@ -128,6 +128,16 @@ def write_json(obj: Any, path: str | Path, checksum: bool = False) -> Path:
     return Path(path)
 
 
+def add_seconds(path: str | Path, **seconds: float) -> None:
+    """Add wall-clock seconds per phase to a run's timing.json: where the time goes (tools/profile), kept apart from
+    the results so that those stay byte-identical from run to run."""
+    path = Path(path)
+    total = read_json(path) if path.exists() else {}
+    for phase, s in seconds.items():
+        total[phase] = round(total.get(phase, 0.0) + s, 3)
+    write_json(total, path)
+
+
 def create_json(obj: Any, path: str | Path) -> bool:
     """Write `path` only if it does not exist, complete or not at all: the file is written under a temporary
     name, then hard-linked to `path`, which fails when the name is taken. Of two processes racing to create

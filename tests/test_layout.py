@@ -96,3 +96,10 @@ def test_architecture_names_every_module_and_only_real_ones():
     assert [p for p in named if not (REPO / p).exists()] == []
     wings = {str(p.relative_to(REPO)) for p in PACKAGE.glob("*/*.py") if p.name != "__init__.py"}
     assert sorted(wings - named) == []
+
+
+def test_the_documented_data_functions_import_from_the_wing():
+    from mtkd_utils.data import FundusData, from_csv, from_folder, from_odir_folder, load_data, prepare_image
+    from mtkd_utils.data.csv_folder import from_csv as direct
+    assert from_csv is direct and callable(from_folder) and callable(from_odir_folder) and callable(prepare_image)
+    assert FundusData.__module__ == load_data.__module__ == "mtkd_utils.data.dataset"

@@ -5,9 +5,16 @@ dataset_writer, synthetic/), fundus image preparation (fundus), splits, the T3 t
 training run reads (dataset), step 01 itself (prep) and the learnability check (learnability).
 May import: the top-level modules (config, presets, runs, io, progress, seeds) — never train, analysis, grid or tools.
 """
-from .csv_folder import from_csv, from_folder
-from .dataset import FundusData, load_data
-from .fundus import prepare_image
-from .odir import from_odir_folder
+from importlib import import_module
 
-__all__ = ["FundusData", "from_csv", "from_folder", "from_odir_folder", "load_data", "prepare_image"]
+# The functions data/README.md documents, importable from the wing (`from mtkd_utils.data import from_csv`); loaded
+# on first use, so that importing one module of the wing does not import every adapter.
+_EXPORTS = {"from_csv": "csv_folder", "from_folder": "csv_folder", "from_odir_folder": "odir",
+            "prepare_image": "fundus", "FundusData": "dataset", "load_data": "dataset"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

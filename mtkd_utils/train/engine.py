@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 
 from ..data.dataset import FundusData, augment, batch_rows, image_batch, labeled_share_batches
 from ..data.text import mbr_index, sentence_bleu4, tokenize, trim
+from ..io import add_seconds
 from ..progress import progress
 from . import losses
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -256,10 +258,14 @@ def fit(model, data: FundusData, plan: TrainPlan, loss_fn: MultiTaskLoss, cfg, r
     check_every = max(1, math.ceil(cfg.val_every / per_epoch))     # epochs between validations
     for epoch in range(state["epoch"], epochs):
         batches = TrainBatches(data, plan.rows, cfg, epoch, device, plan.unlabeled, plan.student)
+        t0 = time.perf_counter()
         loss = train_one_epoch(model, batches, optimizer, scheduler, loss_fn, f"{desc} epoch {epoch + 1}")
+        t1 = time.perf_counter()
+        add_seconds(run_dir / "timing.json", train_seconds=t1 - t0)
         if (epoch + 1) % check_every and epoch + 1 < epochs:
             continue
         val = task_metrics(predict(model, data, val_rows, eval_batch_size(cfg), cfg.max_len, 1, device), data.labels)
+        add_seconds(run_dir / "timing.json", val_seconds=time.perf_counter() - t1)
         score = val_score(val, model.tasks, baselines)
         state["history"].append(dict(epoch=epoch + 1, updates=(epoch + 1) * per_epoch, train_loss=loss,
                                      val_score=score, **{f"val_{k}": v for k, v in val.items()}))

@@ -2,6 +2,7 @@
 targets), and the finished runs the analyses (04, 05) and the study rebuild."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from .. import runs
 from ..config import Config, task_key, task_subsets
 from ..data.dataset import FundusData, load_data
-from ..io import file_sha1, fingerprint
+from ..io import add_seconds, file_sha1, fingerprint
 from ..runs import RunKey
 from .checkpoint import load_checkpoint
 from .distill import CachedTeachers, OnlineTeachers, build_soft_targets, read_soft_targets
@@ -60,9 +61,10 @@ def student_teachers(experiment_dir, key: RunKey, cfg: Config, data: FundusData,
     store = read_soft_targets(path)
     unfinished = finish is not None and store.get("finished_by") != finish.__name__
     if unfinished or not runs.json_equal(store.get("meta"), meta):
-        models = [load_model(run, cfg, data, s) for s, run in found.items()]
+        start, models = time.perf_counter(), [load_model(run, cfg, data, s) for s, run in found.items()]
         store = build_soft_targets(models, data, rows, path, cfg.max_len, cfg.t3_topk, eval_batch_size(cfg), device,
                                    meta, rest_taus, finish)
+        add_seconds(path.parent / "timing.json", soft_targets_seconds=time.perf_counter() - start)
     return CachedTeachers(store, len(data.manifest), device, exact_tau)
 
 

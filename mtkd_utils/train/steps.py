@@ -6,6 +6,7 @@ so any notebook can be re-run alone and a killed run resumes.
 from __future__ import annotations
 
 import math
+import time
 from itertools import product
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from .. import runs
 from ..config import Config, task_key, task_subsets
 from ..data.dataset import FundusData, load_data
-from ..io import read_json, write_csv, write_json, write_npy
+from ..io import add_seconds, read_json, write_csv, write_json, write_npy
 from ..runs import RunKey
 from .engine import MultiTaskLoss, TrainPlan, fit, predict
 from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
@@ -184,7 +185,7 @@ def train_m1_to_plateau(experiment_dir, key: RunKey, cfg: Config, data: FundusDa
 
 def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
     """The one read of the test split: predictions.csv, probs_T1/T2.npy, metrics.json, confusion.csv."""
-    device, batch = pick_device(cfg.device), eval_batch_size(cfg)
+    start, device, batch = time.perf_counter(), pick_device(cfg.device), eval_batch_size(cfg)
     decoding = dict(mbr_samples=cfg.mbr_samples, seed=cfg.seed)
     preds, probs = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device, with_probs=True,
                            **decoding)
@@ -198,6 +199,7 @@ def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, 
         write_npy(p, run / f"probs_{task}.npy", checksum=True)
     if "T1" in model.tasks:
         confusion(preds, data.labels).to_csv(run / "confusion_T1.csv")
+    add_seconds(run / "timing.json", test_seconds=time.perf_counter() - start)
     write_json(metrics, run / "metrics.json", checksum=True)   # written last: marks the run done
     return metrics
 
