@@ -10,7 +10,8 @@ from importlib import import_module
 # The functions data/README.md documents, importable from the wing (`from mtkd_utils.data import from_csv`); loaded
 # on first use, so that importing one module of the wing does not import every adapter.
 _EXPORTS = {"from_csv": "csv_folder", "from_folder": "csv_folder", "from_odir_folder": "odir",
-            "prepare_image": "fundus", "FundusData": "dataset", "load_data": "dataset"}
+            "prepare_image": "fundus", "FundusData": "dataset", "load_data": "dataset",
+            "from_deepeyenet": "deepeyenet"}
 __all__ = sorted(_EXPORTS)
 
 

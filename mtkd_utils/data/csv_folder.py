@@ -16,6 +16,9 @@ from .dataset_writer import IMAGE_EXTS, label_map_of, raise_missing, relpath, wr
 from .manifest import LabelMap, spelling_groups
 
 _EYE_VALUES = {"left": "left", "l": "left", "os": "left", "right": "right", "r": "right", "od": "right"}
+# A split column's spellings -> the manifest's (a source's own train / val / test, kept by data prep)
+_SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                 "dev": "val", "test": "test", "testing": "test"}
 
 
 def _image_id(rel: str) -> str:
@@ -107,19 +110,25 @@ def _csv_problems(t: pd.DataFrame, image_col: str, coarse: pd.Series, fine: pd.S
 def from_csv(csv_path: str | Path, out_dir: str | Path, *, image_col: str = "image",
              coarse_col: str | None = None, fine_col: str | None = None, text_col: str | None = None,
              patient_col: str | None = None, eye_col: str | None = None, image_root: str | Path | None = None,
-             skip_missing: bool = False) -> Path:
-    """A CSV of image paths and (optional) labels -> out_dir/manifest.csv (returned) and label_map.json."""
+             skip_missing: bool = False, split_col: str | None = None) -> Path:
+    """A CSV of image paths and (optional) labels -> out_dir/manifest.csv (returned) and label_map.json.
+
+    split_col: the CSV's own train/val/test split (kept by data prep; empty allowed on unlabeled rows)."""
     csv_path, out_dir = Path(csv_path), Path(out_dir)
     if coarse_col is None and (fine_col or text_col):
         raise ValueError(f"{csv_path}: fine_col/text_col need coarse_col too: a labeled image needs its coarse (T1) "
                          f"class; pass coarse_col=<column>, or leave all three out for an unlabeled pool")
     t = _read_table(csv_path, {"image_col": image_col, "coarse_col": coarse_col, "fine_col": fine_col,
-                               "text_col": text_col, "patient_col": patient_col, "eye_col": eye_col})
+                               "text_col": text_col, "patient_col": patient_col, "eye_col": eye_col,
+                               "split_col": split_col})
     col = lambda name: t[name] if name else pd.Series("", index=t.index)  # noqa: E731  (absent column: empty)
     coarse, fine, text = col(coarse_col), col(fine_col), col(text_col)
     coarse, fine = _one_spelling(coarse, "coarse", csv_path), _one_spelling(fine, "fine", csv_path)
     eyes = [_EYE_VALUES.get(e.lower()) if eye_col else _eye_from_name(p) for e, p in zip(col(eye_col), t[image_col])]
     problems = _csv_problems(t, image_col, coarse, fine, text, eye_col, eyes)
+    split = col(split_col).str.lower().map(lambda v: _SPLIT_VALUES.get(v, "" if v == "" else None))
+    problems += [f"line {i + 2}: {split_col!r} is {t.at[i, split_col]!r}; write train, val or test"
+                 for i in t.index[split.isna()]]
     if problems:
         raise ValueError(f"{csv_path}: {len(problems)} row problem(s); nothing was written:\n  "
                          + "\n  ".join(problems[:30]))
@@ -140,6 +149,8 @@ def from_csv(csv_path: str | Path, out_dir: str | Path, *, image_col: str = "ima
         "coarse": coarse, "fine": fine,
         "text": text.mask((text == "") & (coarse != ""), generated),
     })
+    if split_col:
+        rows["split"] = split.to_numpy()
     if not patient_col:
         rows["patient_id"] = rows.image_id
         print(f"WARNING {csv_path}: no patient column, so each image is its own patient; two eyes of one person "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .manifest import COLUMNS, LabelMap, validate_manifest, write_manifest
+from .manifest import COLUMNS, OPTIONAL, LabelMap, validate_manifest, write_manifest
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -46,7 +46,8 @@ def label_map_of(rows: pd.DataFrame, coarse_order: list[str] | None = None) -> L
 def write_dataset(rows: pd.DataFrame, labels: LabelMap, out_dir: Path) -> Path:
     """Write manifest.csv and label_map.json, and check them together (images are checked later: slow)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = write_manifest(rows.reindex(columns=COLUMNS, fill_value=""), out_dir / "manifest.csv")
+    columns = COLUMNS + [c for c in OPTIONAL if c in rows.columns]   # a source's split and keywords, when it has them
+    path = write_manifest(rows.reindex(columns=columns, fill_value=""), out_dir / "manifest.csv")
     labels.save(out_dir / "label_map.json")
     validate_manifest(path, labels, check_images=False)
     return path

@@ -11,9 +11,13 @@ from PIL import Image
 
 from ..io import atomic_path, read_json, write_json
 from ..progress import progress
+from .splits import SPLITS
 
 COLUMNS = ["image_id", "image", "patient_id", "eye", "labeled", "coarse", "fine", "text", "mask"]
 REQUIRED = ["image_id", "image", "patient_id", "eye", "labeled"]
+# Kept when a manifest has them: `split` (train / val / test: the source's own splits, honoured by data prep) and
+# `keywords` (a source's finding keywords, e.g. DeepEyeNet's, for clinical-correctness metrics)
+OPTIONAL = ["split", "keywords"]
 EYES = ("left", "right")
 MIN_LABELED_PATIENTS = 3   # one each for train, validation and test: the least a split can hold
 MIN_IMAGE_SIDE = 32   # pixels: a smaller photograph holds too little to show a lesion; warned by name
@@ -39,6 +43,7 @@ class LabelMap:
     fine_parent: dict[str, str] = field(default_factory=dict)
     ordered: list[str] = field(default_factory=list)   # levels ('coarse', 'fine') whose order is a grade scale
     benchmark: str = ""                                 # e.g. 'odir2019': the label set of a challenge (its score)
+    folded: dict[str, str] = field(default_factory=dict)  # rare source classes -> the fine class they were folded into
 
     @classmethod
     def from_pairs(cls, coarse: list[str], fine_pairs: Iterable[tuple[str, str]], **options) -> "LabelMap":
@@ -50,7 +55,8 @@ class LabelMap:
         raw = read_json(path)
         try:
             lm = cls.from_pairs(raw["coarse"], [(f["name"], f["coarse"]) for f in raw["fine"]],
-                                ordered=list(raw.get("ordered", [])), benchmark=raw.get("benchmark", ""))
+                                ordered=list(raw.get("ordered", [])), benchmark=raw.get("benchmark", ""),
+                                folded=dict(raw.get("folded", {})))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path}: a label map needs 'coarse' (list of names) and 'fine' "
                              f"(list of {{'name', 'coarse'}}); missing {e}") from None
@@ -69,6 +75,9 @@ class LabelMap:
         bad = {f: c for f, c in self.fine_parent.items() if c not in self.coarse}
         if bad:
             raise ValueError(f"{where}: fine classes with an unknown coarse parent: {bad}")
+        unknown = {k: v for k, v in self.folded.items() if v not in self.fine_parent}
+        if unknown:
+            raise ValueError(f"{where}: 'folded' names fine classes that are not in 'fine': {unknown}")
         if not set(self.ordered) <= {"coarse", "fine"}:
             raise ValueError(f"{where}: 'ordered' is {self.ordered}; list 'coarse' and/or 'fine' (the levels whose "
                              "class order is a grade scale), or leave it out")
@@ -80,7 +89,8 @@ class LabelMap:
         out = {"coarse": self.coarse, "fine": [{"name": f, "coarse": self.fine_parent[f]} for f in self.fine]}
         # optional keys only when set: label maps without them keep their fingerprint (checkpoints stay valid)
         return {**out, **({"ordered": self.ordered} if self.ordered else {}),
-                **({"benchmark": self.benchmark} if self.benchmark else {})}
+                **({"benchmark": self.benchmark} if self.benchmark else {}),
+                **({"folded": self.folded} if self.folded else {})}
 
     def fine_to_coarse_index(self) -> list[int]:
         """For each fine class index, the index of its coarse parent."""
@@ -124,13 +134,14 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = ""
-    df = df[COLUMNS].apply(lambda s: s.str.strip())
+    df = df[COLUMNS + [c for c in OPTIONAL if c in df.columns]].apply(lambda s: s.str.strip())
     return df
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write the schema's columns, and the optional ones the rows have (data/README.md)."""
     with atomic_path(path) as tmp:
-        df[COLUMNS].to_csv(tmp, index=False)
+        df[COLUMNS + [c for c in OPTIONAL if c in df.columns]].to_csv(tmp, index=False)
     return Path(path)
 
 
@@ -188,6 +199,10 @@ def _row_problems(row: pd.Series, labels: LabelMap, root: Path, check_images: bo
             out.append("empty diagnosis text on a labeled row; write the sentence or set labeled=0")
     elif row.labeled == "0" and (row.coarse or row.fine or row.text):
         out.append("labeled=0 but the row has labels; set labeled=1, or clear coarse/fine/text")
+    if "split" in row and row.split not in SPLITS + ("",):
+        out.append(f"split is {row.split!r}; write one of {SPLITS} (or leave it empty on an unlabeled row)")
+    elif "split" in row and row.labeled == "1" and not row.split:
+        out.append(f"empty split on a labeled row; with a split column every labeled row needs one of {SPLITS}")
     return out
 
 
@@ -216,6 +231,8 @@ def validate_manifest(path: str | Path, labels: LabelMap, check_images: bool = T
     """Return the manifest if every row is sound; else raise ManifestError listing every bad row."""
     path = Path(path)
     df = read_manifest(path)
+    if "split" in df and (df.split == "").all():
+        df = df.drop(columns="split")   # an empty split column is no split: 01 splits by seed
     problems = []
     rows = progress(df.iterrows(), "validate", total=len(df)) if len(df) >= 2000 else df.iterrows()
     for i, row in rows:

@@ -51,6 +51,31 @@ def _assign_held_out(counts: pd.DataFrame, rng: np.random.Generator) -> pd.Serie
     return pd.Series(out, index=counts.index)
 
 
+def has_shipped_splits(manifest: pd.DataFrame) -> bool:
+    """Whether the manifest carries the source's own splits (a `split` column with a value)."""
+    return "split" in manifest and bool((manifest.split != "").any())
+
+
+def _shipped_held_out(manifest: pd.DataFrame, evaluation_only: set[str] | frozenset[str]) -> pd.Series:
+    """The source's split of every labeled patient (evaluation-only ones left out); refuses a patient in two."""
+    lab = manifest[(manifest.labeled == 1) & ~manifest.patient_id.isin(evaluation_only)]
+    per_patient = lab.groupby("patient_id").split.unique()
+    spans = per_patient[per_patient.map(len) > 1]
+    if len(spans):
+        shown = "; ".join(f"{pid}: {sorted(s)}" for pid, s in spans.head(10).items())
+        raise LeakageError(f"{len(spans)} patient(s) have images in more than one shipped split ({shown}); splits "
+                           "must be by patient: correct the manifest's split column or the patient ids")
+    empty = [s for s in SPLITS if not (lab.split == s).any()]
+    if empty:
+        raise ValueError(f"the manifest's split column gives no labeled image to {empty}; every one of {SPLITS} "
+                         "needs labeled images (correct the split column, or drop it to split by seed)")
+    trained = sorted(set(evaluation_only) & set(manifest.patient_id[manifest.split.isin(["train", "val"])]))
+    if trained:
+        raise LeakageError(f"evaluation-only patient(s) {trained[:10]} are in the shipped train or val split; "
+                           f"they may only be tested")
+    return per_patient.map(lambda s: s[0])
+
+
 def _train_order(counts: pd.DataFrame, patients: pd.Index, rng: np.random.Generator) -> pd.Series:
     """Rank train-pool patients so that every prefix is stratified: prefixes give nested fractions.
 
@@ -85,18 +110,23 @@ def make_splits(manifest: pd.DataFrame, seed: int = 0, evaluation_only: set[str]
     pool, -1 elsewhere), evaluation_only (1 for the patients in `evaluation_only`: always test,
     never trained on, and not counted in the labeled data that the fractions p are taken of).
     Never-labeled images of a val/test patient are 'excluded' so that no patient reaches
-    training through the unlabeled pool.
+    training through the unlabeled pool. A manifest with a `split` column keeps the source's splits
+    (has_shipped_splits): its val and test are kept as they are, and only the train pool is ranked.
     """
     _check_evaluation_only(manifest, evaluation_only)
     rng = np.random.default_rng(seed)
     counts = _patient_table(manifest)
-    held = _assign_held_out(counts[~counts.index.isin(evaluation_only)], rng)
+    shipped = has_shipped_splits(manifest)
+    held = (_shipped_held_out(manifest, evaluation_only) if shipped else
+            _assign_held_out(counts[~counts.index.isin(evaluation_only)], rng))
     rank = _train_order(counts, held.index[held == "train"], rng)
     held = pd.concat([held, pd.Series("test", index=sorted(evaluation_only), dtype=object)])
     out = manifest[["image_id", "patient_id", "labeled", "coarse"]].copy()
     patient_split = out.patient_id.map(held)
     out["split"] = np.where(out.labeled == 1, patient_split, "unlabeled")
     out.loc[(out.labeled == 0) & patient_split.isin(["val", "test"]), "split"] = "excluded"
+    if shipped:   # an unlabeled image the source put in val or test is never trained on either
+        out.loc[(out.labeled == 0) & manifest.split.isin(["val", "test"]).to_numpy(), "split"] = "excluded"
     out["train_rank"] = out.patient_id.map(rank).where(out.split == "train", -1).fillna(-1).astype(int)
     out["evaluation_only"] = out.patient_id.isin(evaluation_only).astype(int)
     return out.reset_index(drop=True)
@@ -141,6 +171,10 @@ def select_fraction(splits: pd.DataFrame, p: float) -> pd.DataFrame:
     pool = splits[splits.split == "train"]
     per_patient = pool.groupby("train_rank").size().sort_index().cumsum()
     k = int(np.searchsorted(per_patient.to_numpy(), n_target - 1e-9)) if p < 70 else len(per_patient)
+    if len(pool) < 0.95 * n_target - 0.5:   # shipped splits: the train pool may hold well under 70 % of the images
+        warnings.warn(f"p={p:g}: the train split holds {len(pool)} of the {int(development.sum())} labeled images "
+                      f"({100 * len(pool) / development.sum():.1f} %), fewer than p % of them: p={p:g} trains on "
+                      "the whole train split", stacklevel=2)
     chosen = set(per_patient.index[: k + 1])
     roles = splits.split.copy()
     in_pool = splits.split == "train"

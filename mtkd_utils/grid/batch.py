@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _data_parameters(args: argparse.Namespace) -> dict[str, Any]:
     given = {"source": args.source, "source_path": args.source_path, "source_options": args.source_options}
+    real_data = PRESETS[args.preset].synthetic is None   # a preset for real data (deepeyenet) has no synthetic set
+    if real_data and args.source in (None, "synthetic") and "data" in (args.only_stage or ["data"]):
+        raise ValueError(f"--preset {args.preset} is for real data: give its --source and --source-path, e.g. "
+                         f"--source {args.preset} --source-path FOLDER (data/README.md)")
     return {k: v for k, v in given.items() if v is not None}
 
 
