@@ -8,8 +8,9 @@ from typing import Any
 from .seeds import derive_seed
 
 TASKS = ("T1", "T2", "T3")          # coarse disease, fine disease, diagnosis sentence
-# MTL baseline, MTL+KD (M1 teacher), MTL+KD (teacher ensemble), M1 retrained for as many updates as the student
-MODELS = ("M1", "M2", "M3", "M1b")
+# MTL baseline, MTL+KD (M1 teacher), MTL+KD (teacher ensemble), M1 retrained for as many updates as the student,
+# M1 retrained to its validation plateau
+MODELS = ("M1", "M2", "M3", "M1b", "M1L")   # M1b: M1 at the student's updates; M1L: M1 at its validation plateau
 TEACHER_HEAD_DROPOUT = 0.2          # the heads' dropout for teachers, M1 and M1b (students: Config.head_dropout)
 POOLS = ("mean", "mean+halves")      # pooling of the feature map: global average | + its left and right halves
 T3_KD = ("exact", "topk")           # T3 soft targets: full, or top-k + rest bucket | truncated top-k (ablation)

@@ -26,7 +26,7 @@ PRESETS: dict[str, Preset] = {
         config=dict(dataset="smoke", image_size=32, epochs=2, student_passes=1.0, batch_size=32, head_hidden=32,
                     embed_dim=16, lstm_hidden=32, tau_grid=(2.0,), alpha_grid=(0.5, 0.9), patience=2, min_word_freq=1,
                     t3_topk=8, pool="mean+halves"),
-        grid=dict(tasks=["T1+T2+T3"], p=[15, 70], kd_p=[15], models=list(MODELS), seeds=[0]),
+        grid=dict(tasks=["T1+T2+T3"], p=[15, 70], kd_p=[15], models=["M1", "M2", "M3", "M1b"], seeds=[0]),
         synthetic={"n_patients": 40, "n_eval_patients": 10, "n_unlabeled_patients": 40, "image_size": 64, "seed": 0},
         learnability_steps=20),
     # the synthetic default on a 2-core CPU (its run time: the README's quick start); the data in about a minute
@@ -52,7 +52,8 @@ PRESETS: dict[str, Preset] = {
         config=dict(dataset="demo", batch_size=32, epochs=40, min_steps=600, val_every=30, student_passes=3.0,
                     unlabeled_per_epoch=0.5, tau_grid=(2.0,), alpha_grid=(0.5, 0.9), output_stride=16,
                     pool="mean+halves", beam_size=3, patience=40, labeled_share=0.5),
-        # KD (M2, M3, M1b and M3's six other teachers) at p=5 only; M1 alone at p=15 and 70: the learning curve
+        # KD (M2, M3, M1b and M3's six other teachers) at p=5 only, beside M1L (M1 at its validation plateau: the
+        # best of 1, 2 and 4 x M1's updates, steps.PLATEAU_SCHEDULES); M1 alone at p=15 and 70: the learning curve
         grid=dict(tasks=["T1+T2+T3"], p=[5, 15, 70], kd_p=[5], models=list(MODELS), seeds=[0]),
         synthetic={"n_patients": 850, "n_eval_patients": 400, "n_unlabeled_patients": 1750, "image_size": 128,
                    "seed": 0}),

@@ -2,7 +2,8 @@
 
     <experiment>/data/                                  01: dataset.json, splits.csv, label_map.json, cache/
     <experiment>/teachers/p<P>_s<seed>/<tasks>/         02: one teacher per task subset
-    <experiment>/students/<tasks>/p<P>_s<seed>/<model>/ 03: M1 / M2 / M3 / M1b; M2, M3: tau_<τ>_alpha_<α>/ per setting
+    <experiment>/students/<tasks>/p<P>_s<seed>/<model>/ 03: M1 / M2 / M3 / M1b / M1L; M2, M3: tau_<τ>_alpha_<α>/
+                                                        per setting; M1L: schedule_x<k>/ per schedule
     <experiment>/analysis/, gradcam/, results/          04, 05, 06
     <experiment>/study/<variant>/                       07: each variant's own small experiment folder
 
@@ -160,14 +161,16 @@ def study_dir(experiment_dir: str | Path, variant: str | None = None) -> Path:
 
 
 def trained_model_dir(experiment_dir: str | Path, key: RunKey) -> Path:
-    """Where a finished run's weights are: M1 is its teacher; M1b its own folder; M2/M3 the student at the (tau, alpha)
-    chosen on validation."""
+    """Where a finished run's weights are: M1 is its teacher; M1b its own folder; M1L the schedule validation chose;
+    M2/M3 the student at the (tau, alpha) chosen on validation."""
     if key.model == "M1":
         return teacher_dir(experiment_dir, key.with_model(None))
     run = student_dir(experiment_dir, key)
     if key.model == "M1b":
         return run
     chosen = read_json(run / "metrics.json")
+    if key.model == "M1L":
+        return Path(experiment_dir) / chosen["checkpoint_dir"]
     return setting_dir(run, chosen["tau"], chosen["alpha"])
 
 

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 from conftest import architecture_paths
 
-from mtkd_utils.config import MODELS
 from mtkd_utils.grid import batch
+from mtkd_utils.presets import PRESETS
+
+SMOKE_MODELS = PRESETS["smoke"].grid["models"]   # M1, M2, M3, M1b: the smoke grid leaves M1L out (time)
 
 TEST_KERNEL = "python3"   # ipykernel's own kernel in the venv: tests leave the 'mtkd' registration alone
 
@@ -53,8 +55,9 @@ def statuses(cells) -> dict[str, str]:
 # ---------------------------------------------------------------- the grid
 
 # smoke: p=15 trains its 7 teachers (one run each) and M1, M2, M3, M1b; p=70 M1 alone (kd_p); the demo the same
-# at p=5, and M1 alone at p=15 and 70; paper: 15 (p, seed) points x 7 teacher runs, x 4 combinations x 4 models
-@pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 8, 5), ("demo", 9, 6), ("paper", 105, 240)])
+# and M1L at p=5, and M1 alone at p=15 and 70; paper: 15 (p, seed) points x 7 teacher runs, x 4 combinations x 5
+# models
+@pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 8, 5), ("demo", 9, 7), ("paper", 105, 300)])
 def test_grid_counts(preset, n_teachers, n_students, tmp_path):
     cells = batch.expand_grid(preset, tmp_path)
     stages = Counter(c.stage for c in cells)
@@ -197,7 +200,7 @@ def test_failure_is_isolated_then_resume_and_retry(tmp_path, dummy, capsys):
     assert statuses(cells) == {
         "data/all": "done", **{f"teachers/p15_s0/{t}": "done" for t in ("T1+T2+T3", "T1+T2", "T1+T3", "T2+T3",
                                                                         "T1", "T2", "T3")},
-        "teachers/p70_s0/T1+T2+T3": "failed", **{f"students/T1+T2+T3/p15_s0/{m}": "done" for m in MODELS},
+        "teachers/p70_s0/T1+T2+T3": "failed", **{f"students/T1+T2+T3/p15_s0/{m}": "done" for m in SMOKE_MODELS},
         "students/T1+T2+T3/p70_s0/M1": "skipped",
         "error_analysis/all": "skipped", "gradcam/all": "skipped", "results/all": "skipped"}
     assert executions(exp) == 13   # data, eight teacher runs (p70's failing), the four p15 students

@@ -169,6 +169,7 @@ def test_a_bad_duplicates_option_is_refused_at_plan_time(tmp_path, capsys):
 
 def test_a_photograph_shipped_in_two_splits_stays_where_it_is_tested_first():
     import pandas as pd
+
     from mtkd_utils.data.duplicates import shipped_copies
     m = pd.DataFrame({"image_id": ["a", "b", "c", "d", "e", "f"], "split": ["train", "test", "val", "train", "train", ""]})
     # a (train) = b (test) = c (val); d and e: the same photograph twice in train; f: an unlabeled copy of d

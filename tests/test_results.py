@@ -195,17 +195,18 @@ def test_compare_m3_m1_reads_predictions(tmp_path):
         write_csv(make_preds(n, np.arange(n) < 260), run / "M3" / "predictions.csv")
     write_csv(make_preds(n, np.arange(n) < 200), exp / "students" / "T1+T3" / "p70_s0" / "M1" / "predictions.csv")
     table = comparisons.compare_m3_m1(exp, n_boot=300)
-    # T2 is absent from these predictions; p70 has no M3 yet; the two seeds also pooled, after them
-    assert set(zip(table.metric, table.seed)) == {(m, s) for m in ("T1_acc", "T3_bleu4") for s in (0, 1, "pooled")}
+    # T2 is absent from these predictions; p70 has no M3 yet; the two seeds also pooled and seed-level, after them
+    assert set(zip(table.metric, table.seed)) == {(m, s) for m in ("T1_acc", "T3_bleu4")
+                                                  for s in (0, 1, "pooled", "seed-level")}
     t1 = table[table.metric == "T1_acc"]
-    assert list(t1.seed) == [0, 1, "pooled"] and list(t1.n) == [n, n, 2 * n]
-    assert list(t1["M3-M1"]) == pytest.approx([0.15, 0.15, 0.15])
+    assert list(t1.seed) == [0, 1, "pooled", "seed-level"] and list(t1.n) == [n, n, 2 * n, 2 * n]
+    assert list(t1["M3-M1"]) == pytest.approx([0.15, 0.15, 0.15, 0.15])
     one_seed = bootstrap.paired_bootstrap(make_preds(n, np.arange(n) < 200), make_preds(n, np.arange(n) < 260),
                                           "T1_acc", n_boot=300)
-    pooled = t1.iloc[-1]
+    pooled = t1.iloc[2]
     assert pooled.hi - pooled.lo < one_seed["hi"] - one_seed["lo"]   # twice the images: a narrower interval
     assert (t1.lo < 0.15).all() and (t1.hi > 0.15).all() and set(t1.p) == {15} and set(t1.tasks) == {"T1+T3"}
-    assert list(table[table.metric == "T3_bleu4"]["M3-M1"]) == [0.0, 0.0, 0.0]   # the same sentences
+    assert list(table[table.metric == "T3_bleu4"]["M3-M1"]) == [0.0] * 4   # the same sentences
 
 
 def test_constant_baseline_is_the_commonest_test_class(tmp_path):
@@ -443,7 +444,7 @@ def test_kd_comparisons_only_where_both_runs_exist(tmp_path):
     assert table.loc[("T1+T3", 15, 0, "M3 − M1b"), "T1_acc"].startswith("+0.050 [")
     (exp / "results").mkdir()
     kd.to_csv(exp / "results" / "kd_comparisons.csv", index=False)
-    assert "| T1+T3 | 15 | 0 | M3 − M1b | +0.050 [" in "\n".join(readme._comparisons(exp))
+    assert "| T1+T3 | 15 | M3 − M1b | T1_acc | 0 | +0.050 |  |  |" in "\n".join(readme._comparisons(exp))   # one seed
     assert comparisons.kd_comparisons(tmp_path / "none", ["T1_acc"]).empty
 
 

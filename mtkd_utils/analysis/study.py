@@ -19,7 +19,7 @@ from ..data.dataset import FundusData, load_data
 from ..io import read_json, save_figure, write_csv
 from ..runs import RunKey
 from ..train import steps
-from .bootstrap import paired_bootstrap
+from .bootstrap import paired_bootstrap, seed_level_bootstrap
 from .captions import FINDING_METRICS
 from .results import load_labels, read_predictions
 from .study_rows import hard_pseudo_labels, teacher_ensemble_run
@@ -160,24 +160,42 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, metric: str, n_boot: int, labels=N
     return paired_bootstrap(a, b, metric, n_boot=n_boot, labels=labels)
 
 
+def seed_compare(folders: dict[tuple[str, int], Path], a: str, b: str, seeds, metric: str, n_boot: int,
+                 labels=None) -> dict:
+    """b − a at the seed level (seeds, then test images: bootstrap.seed_level_bootstrap); NaNs with one seed or
+    where either lacks the task (labels: for the T3 findings metrics)."""
+    pairs = [(read_predictions(folders[a, s] / "predictions.csv"), read_predictions(folders[b, s] / "predictions.csv"),
+              None, None) for s in seeds]
+    if len(pairs) < 2 or not all(_has(x, metric) and _has(y, metric) for x, y, *_ in pairs):
+        return {"lo": np.nan, "hi": np.nan, "per_seed": ""}
+    res = seed_level_bootstrap(pairs, metric, n_boot=n_boot, labels=labels)
+    return {"lo": res["lo"], "hi": res["hi"], "per_seed": ", ".join(f"{d:+.3f}" for d in res["per_seed"])}
+
+
 def study_table(folders: dict[tuple[str, int], Path], names, seeds, n_boot: int = 2000, p: float | None = None,
                 labels=None) -> pd.DataFrame:
     """One row per (variant, metric) at fraction p: its score, it minus M1 with CI, and M3 minus it with CI (for an
-    ablation: what the ingredient it removes is worth). labels (results.load_labels): the T3 findings metrics need it
-    (without it they are left out)."""
+    ablation: what the ingredient it removes is worth); each difference with its image-level CI (lo, hi: pooled over
+    the seeds' test images) and its seed-level one (seed_lo, seed_hi: seeds, then images) and per-seed values.
+    labels (results.load_labels): the T3 findings metrics need it (without it they are left out)."""
     preds = {n: pooled_predictions(folders, n, seeds) for n in names}
     rows = []
     for name in names:
         variant = VARIANTS[name]
         for metric in [m for m in METRICS if labels is not None or m not in FINDING_METRICS]:
             vs_m1 = compare(preds["M1"], preds[name], metric, n_boot, labels)
+            level = seed_compare(folders, "M1", name, seeds, metric, n_boot, labels)
             row = {"variant": name, "label": variant.label, "p": p, "metric": metric, "score": vs_m1["b"],
                    "minus_M1": vs_m1["diff"], "lo": vs_m1["lo"], "hi": vs_m1["hi"], "p_value": vs_m1["p_value"],
+                   "seed_lo": level["lo"], "seed_hi": level["hi"], "per_seed": level["per_seed"],
                    "ingredient": variant.ingredient, "n_seeds": len(seeds), "n": len(preds[name]),
-                   "M3_minus": np.nan, "M3_lo": np.nan, "M3_hi": np.nan}
+                   "M3_minus": np.nan, "M3_lo": np.nan, "M3_hi": np.nan, "M3_seed_lo": np.nan, "M3_seed_hi": np.nan,
+                   "M3_per_seed": ""}
             if name != "M3":
                 gain = compare(preds[name], preds["M3"], metric, n_boot, labels)
-                row.update(M3_minus=gain["diff"], M3_lo=gain["lo"], M3_hi=gain["hi"])
+                level = seed_compare(folders, name, "M3", seeds, metric, n_boot, labels)
+                row.update(M3_minus=gain["diff"], M3_lo=gain["lo"], M3_hi=gain["hi"], M3_seed_lo=level["lo"],
+                           M3_seed_hi=level["hi"], M3_per_seed=level["per_seed"])
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -236,6 +254,11 @@ def study_figure(table: pd.DataFrame, gains: pd.DataFrame, curve: pd.DataFrame, 
     return fig
 
 
+def _seeds_text(lo: float, hi: float) -> str:
+    """'; seeds [lo, hi]' in points, or nothing without a seed-level interval."""
+    return "" if pd.isna(lo) else f"; seeds [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def _ci(value: float, lo: float, hi: float) -> str:
     return f"{100 * value:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
@@ -252,6 +275,11 @@ def conclusion(table: pd.DataFrame, metric: str = "T1_acc") -> str:
         lines.append(f"M3 − M1 on {metric}: {_ci(m3.minus_M1, m3.lo, m3.hi)}, n = {int(m3.n)} (seed, image) pairs: "
                      + (f"KD pays against {against}." if pays else
                         "the CI does not exclude 0 (or lies below it): KD does not pay here against M1."))
+        if not pd.isna(m3.get("seed_lo", np.nan)):
+            lines.append(f"Seed-level (seeds resampled, then test images; {int(m3.n_seeds)} seeds: "
+                         f"{m3.per_seed}): [{100 * m3.seed_lo:+.1f}, {100 * m3.seed_hi:+.1f}]: "
+                         + ("the recipe's gain survives a new training draw." if m3.seed_lo > 0 else
+                            "the recipe's gain is not established once training randomness is counted."))
         for other, what in (("M1b", "M1 at the student's budget"), ("M1_long", "M1 trained twice as long"),
                             ("ensemble", "its teacher ensemble")):
             if other in rows.index and not np.isnan(rows.loc[other].M3_minus):
@@ -304,14 +332,16 @@ def save_outputs(experiment_dir, table: pd.DataFrame, gains: pd.DataFrame, curve
 
 
 def readable_table(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant, one column per metric: 'score (minus M1 [CI]); M3 − it [CI]', differences in points."""
+    """One row per variant, one column per metric: 'score (minus M1 [CI]; seeds [CI]); M3 − it [CI]; seeds [CI]',
+    differences in points, image-level CI then seed-level."""
     def cell(r) -> str:
         if np.isnan(r.score):
             return "–"
-        text = f"{r.score:.3f} ({100 * r.minus_M1:+.1f} [{100 * r.lo:+.1f}, {100 * r.hi:+.1f}])"
+        text = f"{r.score:.3f} ({100 * r.minus_M1:+.1f} [{100 * r.lo:+.1f}, {100 * r.hi:+.1f}]"
+        text += _seeds_text(getattr(r, "seed_lo", np.nan), getattr(r, "seed_hi", np.nan)) + ")"
         if not np.isnan(r.M3_minus):
-            text += (f"; M3 − it {100 * r.M3_minus:+.1f} "
-                     f"[{100 * r.M3_lo:+.1f}, {100 * r.M3_hi:+.1f}]")
+            text += (f"; M3 − it {100 * r.M3_minus:+.1f} [{100 * r.M3_lo:+.1f}, {100 * r.M3_hi:+.1f}]"
+                     + _seeds_text(getattr(r, "M3_seed_lo", np.nan), getattr(r, "M3_seed_hi", np.nan)))
         return text
     cells = table.assign(cell=[cell(r) for r in table.itertuples()])
     out = cells.pivot(index="label", columns="metric", values="cell")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from ..analysis.comparisons import comparison_table
+from ..analysis.comparisons import SEED_LEVEL, claims_table
 from ..analysis.convergence import training_progress
 from ..analysis.results import (
     POOLED,
@@ -182,10 +182,11 @@ def _comparisons(exp: Path) -> list[str]:
     comparisons = pd.read_csv(path) if path.exists() else pd.DataFrame()
     if comparisons.empty:
         return []
-    return ["", "**The students against M1 and against M1b** (M1 given as many updates as the student: a gain that "
-            "M1b erases came from the extra updates), difference and 95 % paired bootstrap CI over the test images "
-            "(seed `pooled`: over every seed's test images at once, resampling (seed, image) pairs); only where both "
-            "runs exist:", "", to_markdown(comparison_table(comparisons))]
+    return ["", "**The students against M1, M1b (M1 at the student's updates) and M1L (M1 at its validation plateau)"
+            "**, b − a on the test split: each seed's difference, the image-level 95 % CI (every seed's test images: "
+            "these trained models) and the seed-level one (seeds, then images: this recipe, the one a claim needs; "
+            "docs/METHOD.md \"Metrics\"); per-seed CIs in `results/kd_comparisons.csv`:", "",
+            to_markdown(claims_table(comparisons))]
 
 
 def busy_seconds(started: pd.Series, finished: pd.Series) -> float:
@@ -238,10 +239,19 @@ def _study(exp: Path, rel: Path) -> list[str]:
                           "− M1 [95 % CI]": interval_text(t.minus_M1, t.lo, t.hi, sign="+"),
                           "M3 − variant [95 % CI]": interval_text(t.M3_minus, t.M3_lo, t.M3_hi, sign="+"),
                           "seeds": t.n_seeds})
+    if "seed_lo" in t:   # study.csv written since the seed-level intervals: beside the image-level ones
+        table.insert(3, "− M1, seed-level", _seed_level_text(t.minus_M1, t.seed_lo, t.seed_hi))
+        table.insert(5, "M3 − variant, seed-level", _seed_level_text(t.M3_minus, t.M3_seed_lo, t.M3_seed_hi))
     at = f" at p = {t.p.iloc[0]:g}" if "p" in t and t.p.notna().all() else ""
     return ["", f"**Notebook 07, when KD pays{at}** (`make study`; T1 on the test split, paired bootstrap pooled over "
-            f"{int(t.n_seeds.max())} seed(s); the ablations remove one ingredient from M3; all metrics in "
+            f"{int(t.n_seeds.max())} seed(s), and seed-level (seeds, then images) with several; the ablations "
+            "remove one ingredient from M3; all metrics in "
             "`study/study.csv`):", "", to_markdown(table), "", f"![the study]({rel}/study.png)"]
+
+
+def _seed_level_text(diff: pd.Series, lo: pd.Series, hi: pd.Series) -> list[str]:
+    """'diff [lo, hi]', empty where there is no seed-level interval (one seed)."""
+    return [text if pd.notna(low) else "" for text, low in zip(interval_text(diff, lo, hi, sign="+"), lo)]
 
 
 def _copy_figures(exp: Path, figures_dir: Path) -> None:
@@ -283,19 +293,25 @@ def section(exp: Path, figures_dir: Path, page_dir: Path = RESULTS_DOC.parent) -
 
 
 SUMMARY_METRICS = {"T1_acc": "T1 accuracy", "T2_acc": "T2 accuracy", "T3_bleu4": "T3 BLEU-4"}   # the paper's Table 1
-SUMMARY_AGAINST = ("M1", "M1b")   # the students' T1 accuracy minus each, with its CI: M1b erases extra-update gains
+# the students' T1 minus each: M1b erases extra-update gains; M1L, M1 at its plateau, shows once the grid has it
+SUMMARY_AGAINST = ("M1", "M1b", "M1L")
 
 
 def _gains(exp: Path) -> pd.DataFrame:
-    """Each student's T1 accuracy minus M1's and M1b's (06's kd_comparisons.csv) over every seed's test images at
-    once (the pooled row), or over the one seed's where only one ran; empty before 06 ran."""
+    """Each student's T1 accuracy minus M1's, M1b's and M1L's (06's kd_comparisons.csv) over every seed's test images
+    at once (the pooled row, with the seed-level interval beside it as seed_lo, seed_hi), or over the one seed's where
+    only one ran; empty before 06 ran."""
     path = analysis_dir(exp, "results") / "kd_comparisons.csv"
+    columns = ["tasks", "p", "seed", "comparison", "metric", "diff", "lo", "hi", "n", "seed_lo", "seed_hi"]
     if not path.exists():
-        return pd.DataFrame(columns=["tasks", "p", "seed", "comparison", "metric", "diff", "lo", "hi", "n"])
+        return pd.DataFrame(columns=columns)
     c = pd.read_csv(path, dtype={"seed": str})
     c = c[c.metric == "T1_acc"]
-    seeds = c.groupby(["tasks", "p", "comparison"]).seed.transform("size")
-    return c[(c.seed == POOLED) | (seeds == 1)]
+    where = ["tasks", "p", "comparison"]
+    level = c[c.seed == SEED_LEVEL][where + ["lo", "hi"]].rename(columns={"lo": "seed_lo", "hi": "seed_hi"})
+    c = c[c.seed != SEED_LEVEL]
+    seeds = c.groupby(where).seed.transform("size")
+    return c[(c.seed == POOLED) | (seeds == 1)].merge(level, on=where, how="left")
 
 
 def summary_table(exp: Path) -> pd.DataFrame:
@@ -322,7 +338,7 @@ def summary_table(exp: Path) -> pd.DataFrame:
                 row[label] = f"{c['mean']:.3f}" + (f" ± {c['std']:.3f}" if c.n_seeds > 1 else "")
         for a in SUMMARY_AGAINST:
             g = gains[(gains.p.astype(float) == float(p)) & (gains.comparison == f"{model} − {a}")]
-            row[f"T1 − {a} [95 % CI]"] = interval_text(g["diff"], g.lo, g.hi, sign="+")[0] if len(g) else ""
+            row[f"T1 − {a} [95 % CI]"] = _gain_text(g.iloc[0]) if len(g) else ""
         rows.append(row)
     commonest = constant_baseline(exp)
     if not commonest.empty:
@@ -333,9 +349,16 @@ def summary_table(exp: Path) -> pd.DataFrame:
     if pd.notna(t3) and "T3_bleu4" in metrics:
         rows.append({"p": TARGET_P, "model": "a constant sentence per (eye, coarse class)",
                      SUMMARY_METRICS["T3_bleu4"]: f"{t3:.3f}"})
+    against = [a for a in SUMMARY_AGAINST if a != "M1L" or gains.comparison.str.endswith("− M1L").any()]
     columns = ["p", "model", "seeds", *(SUMMARY_METRICS[m] for m in metrics),
-               *(f"T1 − {a} [95 % CI]" for a in SUMMARY_AGAINST)]
+               *(f"T1 − {a} [95 % CI]" for a in against)]
     return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def _gain_text(g: pd.Series) -> str:
+    """'diff [lo, hi]' (image-level), then '; seeds [lo, hi]' (seed-level) where there are several seeds."""
+    text = interval_text([g["diff"]], [g.lo], [g.hi], sign="+")[0]
+    return text + (f"; seeds [{g.seed_lo:+.3f}, {g.seed_hi:+.3f}]" if pd.notna(g.get("seed_lo")) else "")
 
 
 def summary(exp: Path, figures_dir: Path, page_dir: Path = REPO_ROOT) -> str:
@@ -350,8 +373,10 @@ def summary(exp: Path, figures_dir: Path, page_dir: Path = REPO_ROOT) -> str:
     over = (f"over every seed's test images, n = {pairs:,.0f} (seed, image) pairs" if pd.notna(pairs)
             else "over the test images")
     caption = (f"**Table 1 on the synthetic demo** (test split, {n_images}mean ± std over the seeds; τ chosen on "
-               "validation; the last two columns: the student's T1 accuracy minus M1's and minus M1b's, with the "
-               f"95 % paired bootstrap CI {over}; the last rows: no-skill baselines):")
+               "validation; the last columns: the student's T1 accuracy minus M1's, M1b's (M1 at the student's "
+               f"updates) and M1L's (M1 at its validation plateau), with the 95 % paired bootstrap CI {over}, then "
+               "`seeds [..]`, the seed-level 95 % CI (seeds resampled, then test images: the interval a claim about "
+               "the method needs; docs/METHOD.md \"Metrics\"); the last rows: no-skill baselines):")
     figure = f"![metrics against p]({_relative(figures_dir, page_dir)}/metrics_vs_p.png)"
     return "\n".join([caption, "", to_markdown(table), figure])
 

@@ -147,6 +147,43 @@ def train_m1_at_budget(experiment_dir, key: RunKey, updates: int, cfg: Config, d
     return model
 
 
+# M1L, M1 at its validation plateau: M1's recipe and seed over these multiples of M1's own schedule (1: M1 itself);
+# validation keeps the best (ties: the shortest). Longest chosen: the plateau may lie further (metrics.json says so).
+PLATEAU_SCHEDULES = (1.0, 2.0, 4.0)
+
+
+def train_m1_to_plateau(experiment_dir, key: RunKey, cfg: Config, data: FundusData,
+                        schedules: tuple[float, ...] = PLATEAU_SCHEDULES) -> tuple[MTLModel, dict]:
+    """M1L: M1 retrained on schedules of `schedules` × M1's updates (each one cosine schedule, in
+    schedule_x<k>/), the one with the best validation score kept; returns it and what the search recorded."""
+    run, own_seed = runs.student_dir(experiment_dir, key), cfg.model_seed("teacher", key.tasks)
+    source = runs.teacher_dir(experiment_dir, key.with_model(None))
+    if not (source / "metrics.json").exists():
+        raise FileNotFoundError(f"M1L starts from M1's schedule: train the teacher {task_key(key.tasks)} at "
+                                f"p={key.p:g}, seed={key.seed} first (02_teachers.ipynb)")
+    m1 = read_json(source / "metrics.json")
+    rows = []
+    for k in sorted(set(schedules) | {1.0}):
+        folder = source if k == 1 else run / f"schedule_x{k:g}"
+        if k != 1 and not (folder / "val.json").exists():
+            model = new_model(cfg, data, key.tasks, own_seed)
+            history = fit(model, data, TrainPlan(data.rows("train"), cfg.epochs, updates=round(k * m1["updates"])),
+                          MultiTaskLoss(data, cfg.task_weights), cfg.updated(seed=own_seed), folder,
+                          runs.signature(data, cfg, key.tasks), f"M1L ({k:g} x M1's updates)")
+            write_csv(history, folder / "history.csv")
+            write_json(_progress(history), folder / "val.json", checksum=True)
+        done = m1 if k == 1 else read_json(folder / "val.json")
+        rows.append(dict(schedule=k, updates=done["updates"], best_epoch=done["best_epoch"],
+                         val_score=done["val_score"], folder=folder.relative_to(experiment_dir).as_posix()))
+    search = pd.DataFrame(rows)
+    write_csv(search, run / "schedule_search.csv")
+    best = search.loc[search.val_score.idxmax()]          # ties: the shortest schedule (rows in schedule order)
+    chosen = dict(schedule=float(best.schedule), updates=int(best.updates), checkpoint_dir=best.folder,
+                  longest_chosen=bool(best.schedule == search.schedule.max()),
+                  schedule_search=search.to_dict("records"))
+    return load_model(Path(experiment_dir) / best.folder, cfg, data, key.tasks), chosen
+
+
 def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
     """The one read of the test split: predictions.csv, probs_T1/T2.npy, metrics.json, confusion.csv."""
     start, device, batch = time.perf_counter(), pick_device(cfg.device), eval_batch_size(cfg)
@@ -172,14 +209,15 @@ def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, 
 
 
 def run_student(experiment_dir, key: RunKey, cfg: Config, data: FundusData | None = None) -> dict:
-    """key.model: M1 (the teacher on the full task set), M2/M3 with (tau, alpha) chosen on validation, or M1b (M1
-    retrained for as many updates as the M2/M3 student took); then the test split."""
+    """key.model: M1 (the teacher on the full task set), M2/M3 with (tau, alpha) chosen on validation, M1b (M1
+    retrained for as many updates as the M2/M3 student took) or M1L (M1 at its validation plateau); then the test
+    split."""
     model_name, seed = key.model, key.seed
     run, cfg = runs.student_dir(experiment_dir, key), cfg.updated(seed=seed)
     meta = dict(model=model_name, tasks=list(key.tasks), p=key.p, seed=seed)
     if model_name == "M1b":
         meta["updates"], meta["budget_of"] = student_budget(experiment_dir, key)
-    runs.claim_run(run, cfg, runs.DISTILL_FIELDS if model_name == "M1" else (), **meta)
+    runs.claim_run(run, cfg, runs.DISTILL_FIELDS if model_name in ("M1", "M1L") else (), **meta)
     if (run / "metrics.json").exists():
         return read_json(run / "metrics.json")
     data = data or load_data(experiment_dir, key.p, cfg)
@@ -197,6 +235,10 @@ def run_student(experiment_dir, key: RunKey, cfg: Config, data: FundusData | Non
     if model_name == "M1b":
         model = train_m1_at_budget(experiment_dir, key, meta["updates"], cfg, data)
         return evaluate_on_test(model, data, cfg, run, {**meta, "tau": None, "alpha": None,
+                                                        "model_seed": cfg.model_seed("teacher", key.tasks)})
+    if model_name == "M1L":
+        model, chosen = train_m1_to_plateau(experiment_dir, key, cfg, data)
+        return evaluate_on_test(model, data, cfg, run, {**meta, "tau": None, "alpha": None, **chosen,
                                                         "model_seed": cfg.model_seed("teacher", key.tasks)})
     search = pd.DataFrame([train_student(experiment_dir, key, tau, alpha, cfg, data)
                            for tau, alpha in product(cfg.tau_grid, cfg.alpha_grid)])
