@@ -39,7 +39,7 @@ grid: $(KERNEL)            ## any preset's grid: make grid PRESET=paper, or ARGS
 # its validation plateau), then the results pages with seed-level intervals. Hours on 2 cores; resumes where it stopped.
 KD_SEEDS ?= 0 1 2 3 4
 kd-seeds: $(KERNEL)        ## the KD comparison at p = 5 over KD_SEEDS (default 0-4), then make readme
-	$(PY) -m mtkd_utils.batch --preset demo --seeds $(KD_SEEDS) --p 5 $(ARGS)
+	$(PY) -m mtkd_utils.batch --preset demo --seeds $(KD_SEEDS) --p 5 --models M1 M2 M3 M1b M1L $(ARGS)
 	$(MAKE) readme
 
 paper: $(KERNEL)           ## the paper's full grid (ResNet-50, 224 px, 3 seeds): one worker per visible GPU; a cluster: docs/GRIDS.md

@@ -55,9 +55,9 @@ def statuses(cells) -> dict[str, str]:
 # ---------------------------------------------------------------- the grid
 
 # smoke: p=15 trains its 7 teachers (one run each) and M1, M2, M3, M1b; p=70 M1 alone (kd_p); the demo the same
-# and M1L at p=5, and M1 alone at p=15 and 70; paper: 15 (p, seed) points x 7 teacher runs, x 4 combinations x 5
-# models
-@pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 8, 5), ("demo", 9, 7), ("paper", 105, 300)])
+# at p=5 (M1L only when asked: make kd-seeds), and M1 alone at p=15 and 70; paper: 15 (p, seed) points x 7 teacher
+# runs, x 4 combinations x 5 models
+@pytest.mark.parametrize("preset, n_teachers, n_students", [("smoke", 8, 5), ("demo", 9, 6), ("paper", 105, 300)])
 def test_grid_counts(preset, n_teachers, n_students, tmp_path):
     cells = batch.expand_grid(preset, tmp_path)
     stages = Counter(c.stage for c in cells)
@@ -155,8 +155,8 @@ def test_tasks_p_and_seeds_replace_the_presets(tmp_path):
     cells = batch.expand_grid("demo", tmp_path, dims=dict(tasks=["T1+T2", "T3"]))
     assert {c.parameters["tasks"] for c in cells if c.stage == "students"} == {"T1+T2", "T3"}
     for dims, message in ((dict(p=[80]), "p=80"), (dict(seeds=[-1]), "seeds"), (dict(tasks=["T4"]), "T4"),
-                          (dict(seeds=[]), "empty"), (dict(models=["M1"]), "cannot be set"),
-                          (dict(kd_p=[90]), "p=90")):
+                          (dict(seeds=[]), "empty"), (dict(models=["M9"]), "choose from"),
+                          (dict(colour=["red"]), "cannot be set"), (dict(kd_p=[90]), "p=90")):
         with pytest.raises(ValueError, match=message):
             batch.expand_grid("demo", tmp_path, dims=dims)
 
@@ -314,3 +314,12 @@ def test_a_free_worker_takes_the_costliest_path_first(tmp_path, dummy):
     ran = [json.loads(line) for line in (exp / "executions.txt").read_text().splitlines()]
     assert [(r["p"], r["models"]) for r in ran[:12]] == [(None, None), *[(15, None)] * 7, (15, ["M2"]),
                                                           (15, ["M3"]), (70, None), (15, ["M1b"])]
+
+
+def test_models_on_the_command_line_replace_the_preset_s(tmp_path):
+    from mtkd_utils.grid import dag
+    names = {r.name.rsplit("/", 1)[-1] for r in dag.expand_grid("demo", tmp_path, dims=dict(models=["M1", "M1L"]))
+             if r.stage == "students"}
+    assert names == {"M1", "M1L"}
+    with pytest.raises(ValueError, match="M1 included"):
+        dag.expand_grid("demo", tmp_path, dims=dict(models=["M2", "M3"]))

@@ -121,7 +121,7 @@ def test_two_workers_racing_on_one_run_folder_cannot_both_claim_it(tmp_path):
 
 
 def test_the_costliest_paths_start_first(tmp_path):
-    runs = dag.expand_grid("demo", tmp_path)
+    runs = dag.expand_grid("demo", tmp_path, dims=dict(models=["M1", "M2", "M3", "M1b", "M1L"]))   # as make kd-seeds
     path = executor.critical_paths(runs)
     cost = executor.RELATIVE_COST
     # data -> p=5 teachers -> M3 -> M1b -> results: the p=5 teachers outrank p=70's longer teacher, and M2 / M3
@@ -129,7 +129,7 @@ def test_the_costliest_paths_start_first(tmp_path):
     after_m3 = cost["M3"] + cost["M1b"] + cost["results"]
     assert path["students/T1+T2+T3/p5_s0/M3"] == pytest.approx(after_m3)
     assert path["teachers/p5_s0/T1+T3"] == pytest.approx(1 + after_m3)
-    # M1L (M1 retrained at 2 and 4 x its updates) hangs off the full teacher alone: the demo's longest path
+    # M1L (M1 retrained at 2 and 4 x its updates) hangs off the full teacher alone: the grid's longest path
     assert path["teachers/p5_s0/T1+T2+T3"] == pytest.approx(1 + max(after_m3, cost["M1L"] + cost["results"]))
     assert path["data/all"] == pytest.approx(cost["data"] + path["teachers/p5_s0/T1+T2+T3"])
     p70 = path["teachers/p70_s0/T1+T2+T3"]

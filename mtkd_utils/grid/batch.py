@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from ..io import REPO_ROOT, write_csv, write_json
+from ..config import MODELS
 from ..presets import PRESETS
 from ..presets import config as preset_config
 from .dag import (
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--kd-p", nargs="+", type=float, metavar="P",
                     help="fractions with KD students (M2, M3, M1b) and M3's teachers; the others train M1 only "
                          "(default: the preset's; every fraction when --p is given)")
+    ap.add_argument("--models", nargs="+", choices=MODELS, metavar="MODEL",
+                    help=f"the models of 03 instead of the preset's, M1 included ({', '.join(MODELS)}; M1L: M1 at its "
+                         "validation plateau, e.g. --models M1 M2 M3 M1b M1L)")
     ap.add_argument("--only-stage", nargs="+", action="extend", choices=STAGES, metavar="STAGE",
                     help=f"run only these stages ({', '.join(STAGES)}); their needs in other stages are not checked")
     ap.add_argument("--retry-failed", action="store_true", help="run failed notebooks again (default: keep them failed)")
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None, notebooks: dict[str, str] | None = None)
         overrides = parse_overrides(args.overrides)
         notebooks = {**(notebooks or {}), **parse_notebooks(args.notebooks)}
         grid = expand_grid(args.preset, args.experiment_dir, notebooks=notebooks, overrides=overrides,
-                           data_parameters=_data_parameters(args), dims=dict(tasks=args.tasks, p=args.p, seeds=args.seeds,
+                           data_parameters=_data_parameters(args), dims=dict(tasks=args.tasks, p=args.p, seeds=args.seeds, models=args.models,
                                                                  kd_p=args.kd_p))
         check_image_size(preset_config(args.preset, **overrides), _notebook_path(grid, "gradcam"))
         check_finished_parameters(grid)

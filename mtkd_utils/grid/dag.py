@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import Config, check_fraction, parse_tasks, task_key, task_subsets
+from ..config import MODELS, Config, check_fraction, parse_tasks, task_key, task_subsets
 from ..io import REPO_ROOT, git_commit, read_json, write_json
 from ..presets import PRESETS
 
@@ -78,16 +78,21 @@ def default_experiment_dir(preset: str) -> Path:
 
 
 def check_preset(preset: str, dims: dict[str, list] | None = None) -> dict[str, list]:
-    """The preset's grid with any of its tasks / p / seeds / kd_p replaced by `dims`; ValueError on a bad value.
+    """The preset's grid with any of its tasks / p / seeds / kd_p / models replaced by `dims`; ValueError on a bad
+    value.
 
     kd_p: the fractions that get KD students (M2, M3, M1b) and M3's teachers; the others train M1 only.
     """
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r}: choose one of {sorted(PRESETS)}")
     dims = {k: list(v) for k, v in (dims or {}).items() if v is not None}
-    unknown = sorted(set(dims) - {"tasks", "p", "seeds", "kd_p"})
+    unknown = sorted(set(dims) - {"tasks", "p", "seeds", "kd_p", "models"})
     if unknown:
-        raise ValueError(f"grid: {unknown} cannot be set; set tasks, p, seeds or kd_p")
+        raise ValueError(f"grid: {unknown} cannot be set; set tasks, p, seeds, kd_p or models")
+    bad = [m for m in dims.get("models", []) if m not in MODELS]
+    if bad or (dims.get("models") and "M1" not in dims["models"]):
+        raise ValueError(f"models={dims['models']!r}: choose from {MODELS}, M1 included (every other model is "
+                         "compared with it)")
     for t in dims.get("tasks", []):
         parse_tasks(t)
     for name in ("p", "kd_p"):   # 15.0 and 15 are the same run: whole percentages stay ints, as in the presets
