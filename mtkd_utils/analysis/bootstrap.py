@@ -1,7 +1,7 @@
 """Bootstrap confidence intervals over test images for any metric, and the paired comparison of two models.
 
 Label metrics resample per-image sums (or confusion matrices); AUROC/AUPR use weighted ranks equal to
-scikit-learn's `sample_weight` results, so 1,000 resamples take about a second (docs in the README, "Metrics").
+scikit-learn's `sample_weight` results, so 1,000 resamples take about a second (docs/METHOD.md, "Metrics").
 """
 from __future__ import annotations
 

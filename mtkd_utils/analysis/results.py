@@ -22,7 +22,7 @@ TABLE1_METRICS = ("T1_acc", "T2_acc", "T3_bleu4")   # what the paper's Table 1 r
 KD_MODELS = ("M2", "M3")                            # the models with a temperature τ chosen on validation
 HEADLINE_METRICS = ("T1_acc", "T1_balanced_acc", "T1_macro_f1", "T1_kappa", "T1_auroc", "T1_aupr", "T1_ece", "T1_nll",
                     "T2_acc", "T2_balanced_acc", "T2_macro_f1", "T2_top5", "T2_kappa", "T2_auroc", "T2_ece",
-                    "T3_bleu4", "T3_rougeL", "T3_eye_acc")   # what 06 reports with CIs (README "Metrics")
+                    "T3_bleu4", "T3_rougeL", "T3_eye_acc")   # what 06 reports with CIs (docs/METHOD.md, "Metrics")
 STD_DDOF = 1                                        # sample standard deviation over seeds
 POOLED = "pooled"   # the seed of a comparison over every seed's test images at once (comparisons.compare_models)
 
