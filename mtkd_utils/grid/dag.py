@@ -258,6 +258,10 @@ def error_info(err: BaseException, run: NotebookRun) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- one run
 
+# papermill gives a kernel 60 s to start; on a loaded 2-core machine (two workers' kernels importing torch beside
+# the test suite) one start took longer and its run failed with no cell run (CI, 2026-12-07)
+KERNEL_START_TIMEOUT = 600
+
 def execute(run: NotebookRun, kernel_name: str = KERNEL_NAME, cwd: str | Path = REPO_ROOT) -> str:
     """Execute one run's notebook with papermill, wherever this is called; record status, timing and error."""
     import papermill as pm  # lazy: `--dry-run` and the results module need no kernel machinery
@@ -274,7 +278,8 @@ def execute(run: NotebookRun, kernel_name: str = KERNEL_NAME, cwd: str | Path = 
             # the notebook's stdout/stderr go to log.txt as they come (tail -f it), not to the console
             pm.execute_notebook(Path(cwd) / run.notebook, run.output_notebook, parameters=run.parameters,
                                 kernel_name=kernel_name, language="python", cwd=str(cwd), progress_bar=False,
-                                log_output=False, stdout_file=log, stderr_file=log)
+                                log_output=False, stdout_file=log, stderr_file=log,
+                                start_timeout=KERNEL_START_TIMEOUT)
             record.update(status=DONE, error=None)
         except Exception as err:  # noqa: BLE001  one failed run must not stop the grid
             record.update(status=FAILED, error=error_info(err, run))
