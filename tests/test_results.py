@@ -395,10 +395,10 @@ def fake_target_experiment(exp, t1_at_15=0.70):
 
 
 def test_targets_are_checked_on_the_experiments_files(tmp_path):
-    from mtkd_utils.tools import readme
+    from mtkd_utils.tools import readme, readme_targets
     from mtkd_utils.train import metrics
 
-    assert readme.T3_ORACLE in metrics.T3_BASELINES
+    assert readme_targets.T3_ORACLE in metrics.T3_BASELINES
     exp = tmp_path / "exp"
     fake_target_experiment(exp)
     t = readme.targets(exp).set_index("target")
@@ -500,6 +500,33 @@ def fake_demo_experiment(exp):
     write_csv(pd.DataFrame(kd, columns=["tasks", "p", "seed", "comparison", "metric", "diff", "lo", "hi", "n"]),
               exp / "results" / "kd_comparisons.csv")
     Image.new("RGB", (40, 20), "white").save(exp / "results" / "metrics_vs_p.png")
+
+
+def test_the_results_page_shows_t3_beside_its_baselines_and_what_kd_does_to_it(tmp_path):
+    from mtkd_utils.tools import readme
+
+    assert readme._t3(tmp_path) == []                                       # 06 not run: nothing
+    out = tmp_path / "results"
+    out.mkdir()
+    rows = [(70, 0, "", "constant per (eye, coarse)", "T3_bleu4", 0.264, 0.251, 0.277),
+            (70, 0, "M1", "decoder", "T3_bleu4", 0.220, 0.206, 0.235),
+            (70, 0, "M1", "decoder", "T3_meteor", float("nan"), float("nan"), float("nan")),   # no Java
+            (70, 0, "M1", "decoder", "T3_bleu2", 0.3, 0.2, 0.4)]              # not among the page's columns
+    pd.DataFrame(rows, columns=["p", "seed", "model", "sentences", "metric", "value", "lo", "hi"]).assign(
+        n=1056).to_csv(out / "t3_table.csv", index=False)
+    text = "\n".join(readme._t3(tmp_path))
+    assert "n = 1,056 images per seed" in text
+    assert "| 70 | 0 |  | constant per (eye, coarse) | 0.264 [0.251, 0.277] |" in text
+    assert "| 70 | 0 | M1 | decoder | 0.220 [0.206, 0.235] |" in text
+    assert "T3_meteor" not in text and "T3_bleu2" not in text
+    assert "What KD does to T3" not in text
+    pd.DataFrame([dict(tasks="T1+T2+T3", p=5, seed=s, comparison="M3 − M1", metric="T3_ciderD", a=0.9, b=1.0,
+                       diff=d, lo=lo, hi=hi, n=1056) for s, d, lo, hi in
+                  [("0", 0.124, 0.019, 0.222), ("1", 0.05, -0.03, 0.13), ("pooled", 0.087, 0.03, 0.15),
+                   ("seed-level", 0.087, -0.2, 0.37)]]).to_csv(out / "kd_comparisons_t3.csv", index=False)
+    text = "\n".join(readme._t3(tmp_path))
+    assert "| T1+T2+T3 | 5 | M3 − M1 | T3_ciderD | 0, 1 | +0.124, +0.050 | +0.087 [+0.030, +0.150] | " \
+           "+0.087 [-0.200, +0.370] |" in text
 
 
 def test_make_readme_writes_the_results_page_and_the_readmes_summary(tmp_path):
