@@ -6,7 +6,7 @@ from conftest import REPO
 
 PACKAGE = REPO / "mtkd_utils"
 BASE = {"config", "presets", "runs", "io", "progress", "seeds"}       # top-level modules every wing may import
-ENTRY_POINTS = {"batch", "bench", "readme", "plateau", "cam_choice", "lab"}   # `python -m mtkd_utils.X` shims
+ENTRY_POINTS = {"batch", "bench", "readme", "plateau", "cam_choice", "decoding_choice", "lab"}   # `python -m mtkd_utils.X` shims
 # wing -> the wings it must not import (data <- train <- analysis; grid and tools on top)
 FORBIDDEN = {"data": {"train", "analysis", "grid", "tools"}, "train": {"analysis", "grid", "tools"},
              "analysis": {"grid", "tools"}, "grid": {"tools"}, "tools": set()}

@@ -88,6 +88,25 @@ def test_cam_choice_scores_blocks_on_validation(experiment):
     assert table[["pointing", "randomised_pointing", "pointing_chance", "energy"]].apply(lambda c: c.between(0, 1)).all().all()
 
 
+def test_decoding_choice_scores_each_decoder_on_validation(experiment):
+    """The T3 decoder probe: one row per decoder, on the validation split only; greedy is beam search of width 1,
+    and MBR draws the same sentences again for the same seed."""
+    from mtkd_utils.data.dataset import FundusData
+    from mtkd_utils.runs import RunKey
+    from mtkd_utils.tools import decoding_choice
+
+    key = RunKey(("T1", "T2", "T3"), 15, 0, "M3")
+    decoders = {"greedy": dict(beam_size=1), "beam 1": dict(beam_size=1), "MBR 4": dict(mbr_samples=4)}
+    table = decoding_choice.validation_scores(experiment, key, decoders).set_index("decoder")
+    assert list(table.index) == list(decoders) and table.n.nunique() == 1
+    _, data = decoding_choice.reload.load_student(experiment, key, "cpu")
+    assert table.n.iloc[0] == len(FundusData.rows(data, "val")) > 0
+    assert table.loc["greedy"].drop("seconds").equals(table.loc["beam 1"].drop("seconds"))
+    again = decoding_choice.validation_scores(experiment, key, {"MBR 4": dict(mbr_samples=4)}).set_index("decoder")
+    assert again.loc["MBR 4"].drop("seconds").equals(table.loc["MBR 4"].drop("seconds"))
+    assert table[["T3_bleu4", "T3_findings_f1", "T3_fine_acc", "T3_eye_acc"]].apply(lambda c: c.between(0, 1)).all().all()
+
+
 def test_a_bad_parameter_fails_before_training(experiment, tmp_path):
     # one notebook run shows the parameter check comes first; the other checks are unit-tested (test_bad_inputs)
     with pytest.raises(pm.PapermillExecutionError, match="training fraction"):

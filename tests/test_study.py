@@ -32,11 +32,13 @@ def test_variants_need_the_baseline_and_the_recipe():
 
 
 def test_only_the_same_seed_ablation_and_the_longer_m1_train_their_own_teachers(tmp_path):
-    for name in ("same_seed", "M1_long", "no_noise", "topk_t3", "natural_share", "self_training"):
+    for name in ("same_seed", "M1_long", "no_noise", "topk_t3", "natural_share", "self_training", "paper_recipe"):
         folder = study.variant_experiment(tmp_path, name)
         own = name in ("same_seed", "M1_long")
         assert (folder / "data").is_symlink() and (folder / "teachers").is_symlink() == (not own)
     assert study.variant_experiment(tmp_path, "M3") == tmp_path
+    paper = study.variant_config(tmp_path, "paper_recipe", RunKey("T1+T2+T3", 15, 0), presets.config("demo"))
+    assert (paper.tau_grid, paper.alpha_grid) == ((10.0,), (0.95,))        # not pinned to the recipe's choice
 
 
 def test_the_longer_m1_doubles_every_part_of_its_schedule(tmp_path):

@@ -52,6 +52,8 @@ VARIANTS = {
                         "student noise"),
     "natural_share": Variant("M3, natural labeled share", "M3", {"labeled_share": 0.0}, "labeled share"),
     "topk_t3": Variant("M3, top-k T3 KD", "M3", {"t3_kd": "topk"}, "exact T3 KD"),
+    # the authors' loss weights (their code: 0.95 tau^2 KL + 0.05 CE, tau = 10 at p = 15), this workbook's batches
+    "paper_recipe": Variant("M3, the paper's weights (α 0.95, τ 10)", "M3", {"tau_grid": (10.0,), "alpha_grid": (0.95,)}),
 }
 MAIN = ("M1", "M2", "M3", "M1b")     # the main grid's runs, in training order (M1b takes the students' budget)
 TEACHER_FREE = set(runs.DISTILL_FIELDS + runs.RUNTIME_FIELDS)   # overrides that leave the teachers as they are

@@ -1,0 +1,68 @@
+"""Which T3 decoder: greedy, beam search and minimum-Bayes-risk (MBR) decoding of a finished run's sentences, scored
+on the VALIDATION split — the probe that chooses a preset's `beam_size` / `mbr_samples` (run on purpose; never
+reads the test split).
+
+    python -m mtkd_utils.decoding_choice outputs/demo --p 70 --seed 0 --model M1
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from .. import runs
+from ..analysis.captions import caption_metrics
+from ..analysis.results import load_labels
+from ..config import TASKS
+from ..runs import RunKey
+from ..train import reload
+from ..train.engine import predict
+from ..train.runtime import eval_batch_size
+
+# each decoder's predict() arguments; MBR: the sampled sentence that agrees best with the image's other samples
+DECODERS: dict[str, dict] = {"greedy": dict(beam_size=1), "beam 3": dict(beam_size=3), "beam 5": dict(beam_size=5),
+                             "MBR 8": dict(mbr_samples=8), "MBR 16": dict(mbr_samples=16),
+                             "MBR 32": dict(mbr_samples=32), "MBR 64": dict(mbr_samples=64)}
+SHOWN = ("T3_bleu4", "T3_ciderD", "T3_findings_f1", "T3_fine_acc", "T3_eye_acc")
+
+
+def validation_scores(experiment_dir, key: RunKey, decoders: Mapping[str, dict] = DECODERS,
+                      metrics: Sequence[str] = SHOWN, seed: int = 0) -> pd.DataFrame:
+    """One row per decoder: its T3 metrics on the validation split and the seconds it took to decode it."""
+    model, data = reload.load_student(experiment_dir, key, "cpu")
+    cfg = runs.run_config(runs.trained_model_dir(experiment_dir, key))
+    if model.decoder is None:
+        raise ValueError(f"{key.name}: tasks {'+'.join(key.tasks)} have no T3 decoder to choose for")
+    rows, labels, out = data.rows("val"), load_labels(experiment_dir), []
+    for name, options in decoders.items():
+        start = time.perf_counter()
+        preds = predict(model, data, rows, eval_batch_size(cfg), cfg.max_len, options.get("beam_size", 1),
+                        torch.device("cpu"), mbr_samples=options.get("mbr_samples", 0), seed=seed)
+        scores = caption_metrics(preds, labels)
+        out.append(dict(decoder=name, n=len(preds), **{m: scores[m] for m in metrics},
+                        seconds=round(time.perf_counter() - start, 1)))
+    return pd.DataFrame(out)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", help="an experiment folder with finished runs, e.g. outputs/demo")
+    ap.add_argument("--p", type=float, default=70)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="M1")
+    ap.add_argument("--tasks", default="+".join(TASKS))
+    ap.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=list(DECODERS))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    key = RunKey(tuple(args.tasks.split("+")), args.p, args.seed, args.model)
+    table = validation_scores(args.experiment, key, {d: DECODERS[d] for d in args.decoders})
+    print(f"{key.name}, seed {key.seed}: T3 on {table.n.iloc[0]} validation images per decoder")
+    print(table.round(3).to_string(index=False))
+    return table
+
+
+if __name__ == "__main__":
+    main()
