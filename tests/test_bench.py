@@ -30,6 +30,12 @@ def test_benchmark_reports_every_mode_with_positive_numbers():
     assert {"cpu", "torch", "device", "torch threads"} <= set(result["machine"])
 
 
+def test_cpu_formats_time_every_setting_against_fp32():
+    table = bench.cpu_formats(bench.parse_args(TINY + ["--cpu-formats"]))
+    assert list(table.setting) == list(bench.CPU_FORMATS) and (table["M1 images/s"] > 0).all()
+    assert table["speed-up"].iloc[0] == 1.0
+
+
 def test_peak_memory_of_a_mode_in_a_fresh_process():
     mem = bench.memory_in_subprocess("M3-cached", TINY)
     assert mem["peak_MB"] > 0 and mem["train_MB"] >= 0

@@ -6,6 +6,7 @@ A script run on purpose, never a timed test:
     python -m mtkd_utils.bench --backbone resnet18
     python -m mtkd_utils.bench --paper --device cuda    # resnet50 at 224 px (meant for a GPU)
     python -m mtkd_utils.bench --knobs                  # instead: M1 under 1 vs all threads x determinism
+    python -m mtkd_utils.bench --cpu-formats            # instead: M1 in channels_last and under bf16 autocast
     python -m mtkd_utils.bench --profile M3-cached      # instead: where one pass of a mode spends its time
 
 One run builds one synthetic in-memory dataset (random uint8 images, labels and sentences: no files)
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--paper", action="store_true", help="the paper preset: resnet50 at 224 px, larger heads")
     p.add_argument("--no-memory", action="store_true", help="skip the per-mode peak-memory subprocesses")
     p.add_argument("--knobs", action="store_true", help="instead: time M1 under 1 vs all threads x determinism settings")
+    p.add_argument("--cpu-formats", action="store_true",
+                   help="instead: time M1 in channels_last memory format and under bf16 autocast against fp32")
     p.add_argument("--profile", choices=tuple(MODES), help="profile one pass of this mode instead (torch.profiler)")
     p.add_argument("--memory-of", choices=tuple(MODES), help=argparse.SUPPRESS)   # internal: one mode's peak memory
     args = p.parse_args(argv)
@@ -223,6 +226,34 @@ def knobs(args: argparse.Namespace) -> pd.DataFrame:
                           "slowest": round(n / max(v), 1), "fastest": round(n / min(v), 1)} for (t, d), v in times.items()])
 
 
+CPU_FORMATS = {   # label -> (the model's memory format, bf16 autocast); runtime.autocast keeps fp32 on a CPU
+    "fp32": (torch.contiguous_format, False),
+    "fp32, channels_last": (torch.channels_last, False),
+    "bf16 autocast": (torch.contiguous_format, True),
+}
+
+
+def cpu_formats(args: argparse.Namespace) -> pd.DataFrame:
+    """M1 images/s in channels_last memory format and under bf16 autocast against plain fp32, interleaved in one
+    process: the CPU settings that could speed the demo up (issue 29)."""
+    cfg, device, data = setup(args)
+    mode = build_mode("M1", base_model(cfg, data), cfg, data, device)
+    labels = list(CPU_FORMATS)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(args.repeats + 1):                   # the first round is a warm-up
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:
+            memory_format, bf16 = CPU_FORMATS[label]
+            mode.model.to(memory_format=memory_format)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                sec = timed_pass(mode, data, cfg, device, epoch=r, limit=None if r else 2 * cfg.batch_size)
+            if r:
+                times[label].append(sec)
+    mode.model.to(memory_format=torch.contiguous_format)
+    n, base = len(mode.rows), float(np.median(times[labels[0]]))
+    return pd.DataFrame([{"setting": label, "M1 images/s": round(n / float(np.median(v)), 1),
+                          "speed-up": round(base / float(np.median(v)), 2)} for label, v in times.items()])
+
+
 def profile(name: str, args: argparse.Namespace, rows_shown: int = 20) -> str:
     """torch.profiler's op table (self CPU time) for one pass of mode `name`, after a warm-up pass."""
     from torch.profiler import ProfilerActivity
@@ -254,9 +285,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(peak_memory(args.memory_of, args)))
     elif args.profile:
         print(profile(args.profile, args))
-    elif args.knobs:
+    elif args.knobs or args.cpu_formats:
         print("\n".join(f"{k:38s} {v}" for k, v in machine(setup_runtime(bench_config(args))).items()))
-        print("\n" + knobs(args).to_string(index=False))
+        print("\n" + (knobs(args) if args.knobs else cpu_formats(args)).to_string(index=False))
     else:
         show(benchmark(args))
 
