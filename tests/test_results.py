@@ -510,14 +510,15 @@ def test_the_results_page_shows_t3_beside_its_baselines_and_what_kd_does_to_it(t
     out.mkdir()
     rows = [(70, 0, "", "constant per (eye, coarse)", "T3_bleu4", 0.264, 0.251, 0.277),
             (70, 0, "M1", "decoder", "T3_bleu4", 0.220, 0.206, 0.235),
+            (70, 1, "M1", "decoder", "T3_bleu4", 0.240, 0.225, 0.255),                # two seeds: mean ± std
             (70, 0, "M1", "decoder", "T3_meteor", float("nan"), float("nan"), float("nan")),   # no Java
             (70, 0, "M1", "decoder", "T3_bleu2", 0.3, 0.2, 0.4)]              # not among the page's columns
     pd.DataFrame(rows, columns=["p", "seed", "model", "sentences", "metric", "value", "lo", "hi"]).assign(
         n=1056).to_csv(out / "t3_table.csv", index=False)
     text = "\n".join(readme._t3(tmp_path))
     assert "n = 1,056 images per seed" in text
-    assert "| 70 | 0 |  | constant per (eye, coarse) | 0.264 [0.251, 0.277] |" in text
-    assert "| 70 | 0 | M1 | decoder | 0.220 [0.206, 0.235] |" in text
+    assert "| 70 |  | constant per (eye, coarse) | 1 | 0.264 [0.251, 0.277] |" in text     # one seed: its CI
+    assert "| 70 | M1 | decoder | 2 | 0.230 ± 0.014 |" in text
     assert "T3_meteor" not in text and "T3_bleu2" not in text
     assert "What KD does to T3" not in text
     pd.DataFrame([dict(tasks="T1+T2+T3", p=5, seed=s, comparison="M3 − M1", metric="T3_ciderD", a=0.9, b=1.0,

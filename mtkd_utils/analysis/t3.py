@@ -85,11 +85,11 @@ def baseline_predictions(experiment_dir: str | Path, run_dir: str | Path,
     return out
 
 
-def t3_table(experiment_dir: str | Path, seeds: Sequence[int] = (0,), tasks: str | None = None,
+def t3_table(experiment_dir: str | Path, seeds: Sequence[int] | None = None, tasks: str | None = None,
              metrics: Sequence[str] = captions.T3_REPORT_METRICS, n_boot: int = 500,
              models: Sequence[str] = MODELS, retrieve: bool = True) -> pd.DataFrame:
     """Long table (p, seed, model, sentences, metric, value, lo, hi, n): each model's decoder and its baselines on
-    the test split, for the given seeds and one task combination (default: the largest with T3); 95 % bootstrap
+    the test split, for the given seeds (None: every seed) and one task combination (default: the largest with T3); 95 % bootstrap
     CIs over the test images. Findings use the experiment's vocabulary and the user's synonyms (load_labels).
 
     The constant baseline is the same for every model of a (p, seed): it is listed once, with model ''. Empty when
@@ -98,7 +98,8 @@ def t3_table(experiment_dir: str | Path, seeds: Sequence[int] = (0,), tasks: str
     """
     cols = ["p", "seed", "model", "sentences", "metric", "value", "lo", "hi", "n"]
     labels, runs = load_labels(experiment_dir), collect_metrics(experiment_dir)
-    runs = runs[runs.seed.isin(list(seeds)) & runs.model.isin(models) & runs.tasks.str.contains("T3")]
+    runs = runs[(runs.seed.isin(list(seeds)) if seeds is not None else True) & runs.model.isin(models)
+                & runs.tasks.str.contains("T3")]
     if runs.empty:   # an experiment without T3 (or without these seeds): nothing to judge
         return pd.DataFrame(columns=cols)
     tasks = tasks or sorted(runs.tasks.unique(), key=lambda t: t.count("+"))[-1]
@@ -128,6 +129,21 @@ def _model_order(col: pd.Series) -> pd.Series:
 def t3_wide(long: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """t3_table as rows (p, seed, model, sentences), columns metric: 'value [lo, hi]' ('' where not computed)."""
     return interval_table(long, "value", ["p", "seed", "model", "sentences"], digits)
+
+
+def t3_summary(long: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """t3_table over its seeds: one row per (p, model, sentences), one column per metric: 'mean ± std' over the
+    seeds, or the one seed's 'value [lo, hi]' where only one ran; `seeds` says how many. Metrics not computed
+    (METEOR without Java) are left out."""
+    long = long.dropna(subset=["value"])
+    rows = []
+    for (p, model, sentences), g in long.groupby(["p", "model", "sentences"], sort=False):
+        row = {"p": p, "model": model, "sentences": sentences, "seeds": g.seed.nunique()}
+        for metric, m in g.groupby("metric", sort=False):
+            row[metric] = (f"{m.value.mean():.{digits}f} ± {m.value.std():.{digits}f}" if len(m) > 1 else
+                           f"{m.value.iloc[0]:.{digits}f} [{m.lo.iloc[0]:.{digits}f}, {m.hi.iloc[0]:.{digits}f}]")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index(["p", "model", "sentences"]).fillna("") if rows else pd.DataFrame()
 
 
 def baseline_curves(long: pd.DataFrame, model: str = "M1") -> pd.DataFrame:

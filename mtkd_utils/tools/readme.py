@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..analysis.comparisons import SEED_LEVEL, claims_table
 from ..analysis.convergence import training_progress
-from ..analysis.t3 import t3_wide
+from ..analysis.t3 import t3_summary
 from ..analysis.results import (
     POOLED,
     baseline_note,
@@ -124,11 +124,12 @@ def _t3(exp: Path) -> list[str]:
         if not long.empty:
             n = int(long.n.max())
             parts += ["", f"**T3, the sentences, judged as report generation is** (test split, n = {n:,} images per "
-                      "seed; 95 % bootstrap CIs over the images; pycocoevalcap's CIDEr-D and METEOR, corpus BLEU, "
+                      "seed; mean ± std over the seeds, or one seed's value and 95 % bootstrap CI over the images "
+                      "(every seed's CIs: `results/t3_table.csv`); pycocoevalcap's CIDEr-D and METEOR, corpus BLEU, "
                       "`T3_paper_bleu` the paper's own sentence-mean BLEU, the findings F1 and the fine class / eye "
                       "that the sentence names, docs/METHOD.md \"Metrics\"; the baselines use the same model's heads "
                       "or encoder, the constant the true eye and coarse class):", "",
-                      to_markdown(t3_wide(long.assign(model=long.model.fillna(""))))]
+                      to_markdown(t3_summary(long.assign(model=long.model.fillna(""))))]
     path = results / "kd_comparisons_t3.csv"
     comparisons = pd.read_csv(path) if path.exists() else pd.DataFrame()
     if not comparisons.empty:
