@@ -58,17 +58,27 @@ def validation_scores(experiment_dir, key: RunKey, methods: Sequence[str] = ("gr
     return pd.DataFrame(rows)
 
 
-def main(argv: list[str] | None = None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every validation probe takes: an experiment and the finished run to probe in it."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("experiment", help="an experiment folder with finished runs, e.g. outputs/demo")
     ap.add_argument("--p", type=float, default=70)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default="M1")
     ap.add_argument("--tasks", default="+".join(TASKS))
+    return ap
+
+
+def run_key(args: argparse.Namespace) -> RunKey:
+    return RunKey(tuple(args.tasks.split("+")), args.p, args.seed, args.model)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    ap = run_parser(__doc__)
     ap.add_argument("--methods", nargs="+", default=["gradcam", "layercam"])
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    key = RunKey(tuple(args.tasks.split("+")), args.p, args.seed, args.model)
+    key = run_key(args)
     table = validation_scores(args.experiment, key, args.methods)
     print(f"{key.name}, seed {key.seed}: the true class's T1 CAM on {table.n_scored.iloc[0]} abnormal validation "
           "images with a lesion mask")

@@ -6,7 +6,6 @@ reads the test split).
 """
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Mapping, Sequence
 
@@ -16,11 +15,11 @@ import torch
 from .. import runs
 from ..analysis.captions import caption_metrics
 from ..analysis.results import load_labels
-from ..config import TASKS
 from ..runs import RunKey
 from ..train import reload
 from ..train.engine import predict
 from ..train.runtime import eval_batch_size
+from .cam_choice import run_key, run_parser
 
 # each decoder's predict() arguments; MBR: the sampled sentence that agrees best with the image's other samples
 DECODERS: dict[str, dict] = {"greedy": dict(beam_size=1), "beam 3": dict(beam_size=3), "beam 5": dict(beam_size=5),
@@ -48,16 +47,11 @@ def validation_scores(experiment_dir, key: RunKey, decoders: Mapping[str, dict] 
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("experiment", help="an experiment folder with finished runs, e.g. outputs/demo")
-    ap.add_argument("--p", type=float, default=70)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", default="M1")
-    ap.add_argument("--tasks", default="+".join(TASKS))
+    ap = run_parser(__doc__)
     ap.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=list(DECODERS))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    key = RunKey(tuple(args.tasks.split("+")), args.p, args.seed, args.model)
+    key = run_key(args)
     table = validation_scores(args.experiment, key, {d: DECODERS[d] for d in args.decoders})
     print(f"{key.name}, seed {key.seed}: T3 on {table.n.iloc[0]} validation images per decoder")
     print(table.round(3).to_string(index=False))
