@@ -174,6 +174,13 @@ def trained_model_dir(experiment_dir: str | Path, key: RunKey) -> Path:
     return setting_dir(run, chosen["tau"], chosen["alpha"])
 
 
+def trained_model_config(experiment_dir: str | Path, key: RunKey) -> Config:
+    """The Config the model behind a finished run was built with: its folder's, or for M1L its run's (the schedule
+    folders hold weights and history, not a config)."""
+    folder = student_dir(experiment_dir, key) if key.model == "M1L" else trained_model_dir(experiment_dir, key)
+    return run_config(folder)
+
+
 # ---------------------------------------------------------------- claiming a run folder
 def signature(data, cfg: Config, tasks: tuple[str, ...]) -> dict:
     """What a checkpoint must match to be reused: architecture, task set, label map, vocabulary, split."""

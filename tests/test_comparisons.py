@@ -135,7 +135,7 @@ def test_m1_at_its_plateau_keeps_the_schedule_validation_prefers(tmp_path):
     from mtkd_utils import presets, runs
     from mtkd_utils.data import prep
     from mtkd_utils.data.dataset import load_data
-    from mtkd_utils.io import read_json
+    from mtkd_utils.io import read_json, write_json
     from mtkd_utils.runs import RunKey
     from mtkd_utils.train import reload, steps
 
@@ -155,4 +155,10 @@ def test_m1_at_its_plateau_keeps_the_schedule_validation_prefers(tmp_path):
     assert m1l["test"]["T1_acc"] >= 0 and read_json(runs.student_dir(exp, key) / "metrics.json") == m1l
     model, _ = reload.load_student(exp, key)                               # 04 and 05 find its weights
     assert model.tasks == ("T1",)
+    metrics_path = runs.student_dir(exp, key) / "metrics.json"
+    for folder in search.folder:             # whichever schedule validation chose (a schedule folder has no config)
+        write_json({**m1l, "checkpoint_dir": folder}, metrics_path, checksum=True)
+        model, _ = reload.load_student(exp, key)
+        assert runs.trained_model_dir(exp, key) == exp / folder and model.tasks == ("T1",)
+    write_json(m1l, metrics_path, checksum=True)
     assert steps.run_student(exp, key, cfg, data) == m1l                    # finished: not trained again

@@ -32,7 +32,7 @@ def validation_scores(experiment_dir, key: RunKey, decoders: Mapping[str, dict] 
                       metrics: Sequence[str] = SHOWN, seed: int = 0) -> pd.DataFrame:
     """One row per decoder: its T3 metrics on the validation split and the seconds it took to decode it."""
     model, data = reload.load_student(experiment_dir, key, "cpu")
-    cfg = runs.run_config(runs.trained_model_dir(experiment_dir, key))
+    cfg = runs.trained_model_config(experiment_dir, key)
     if model.decoder is None:
         raise ValueError(f"{key.name}: tasks {'+'.join(key.tasks)} have no T3 decoder to choose for")
     rows, labels, out = data.rows("val"), load_labels(experiment_dir), []

@@ -74,8 +74,7 @@ def load_student(experiment_dir, key: RunKey, device: str | None = None) -> tupl
     M1 is its teacher; M1b its own folder; M2/M3 the student at the (tau, alpha) chosen on validation. Any --set
     used for training (image_size, backbone, head_hidden, ...) is therefore the one the model is rebuilt with.
     """
-    run = runs.trained_model_dir(experiment_dir, key)
-    cfg = runs.run_config(run)
+    run, cfg = runs.trained_model_dir(experiment_dir, key), runs.trained_model_config(experiment_dir, key)
     cfg = cfg.updated(device=device) if device else cfg
     data = load_data(experiment_dir, key.p, cfg)
     return load_model(run, cfg, data, key.tasks), data

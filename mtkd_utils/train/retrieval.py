@@ -69,6 +69,6 @@ def ensure_retrieval(experiment_dir, key, device: str | None = None) -> Path | N
     if path.exists():
         return path
     model, data = load_student(experiment_dir, key, device)
-    cfg = runs.run_config(runs.trained_model_dir(experiment_dir, key))
+    cfg = runs.trained_model_config(experiment_dir, key)
     table = retrieval_table(model, data, data.rows("test"), eval_batch_size(cfg), pick_device(device or cfg.device))
     return None if table is None else write_csv(table, path, checksum=True)
