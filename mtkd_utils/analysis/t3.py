@@ -89,8 +89,8 @@ def t3_table(experiment_dir: str | Path, seeds: Sequence[int] | None = None, tas
              metrics: Sequence[str] = captions.T3_REPORT_METRICS, n_boot: int = 500,
              models: Sequence[str] = MODELS, retrieve: bool = True) -> pd.DataFrame:
     """Long table (p, seed, model, sentences, metric, value, lo, hi, n): each model's decoder and its baselines on
-    the test split, for the given seeds (None: every seed) and one task combination (default: the largest with T3); 95 % bootstrap
-    CIs over the test images. Findings use the experiment's vocabulary and the user's synonyms (load_labels).
+    the test split, for the given seeds (None: every seed) and one task combination (default: the largest with
+    T3); 95 % bootstrap CIs over the test images. Findings use the experiment's vocabulary and the user's synonyms (load_labels).
 
     The constant baseline is the same for every model of a (p, seed): it is listed once, with model ''. Empty when
     no run of these seeds has T3. `retrieve`: runs whose test read predates retrieval.csv get it from their saved
