@@ -107,6 +107,34 @@ def test_decoding_choice_scores_each_decoder_on_validation(experiment):
     assert table[["T3_bleu4", "T3_findings_f1", "T3_fine_acc", "T3_eye_acc"]].apply(lambda c: c.between(0, 1)).all().all()
 
 
+def test_heads_aware_decoding_says_a_beam_hypothesis_naming_the_heads_fine_class(experiment):
+    """'+ heads': with one hypothesis it is greedy decoding; with three, the sentence said is one of the beam's,
+    and the first naming the T2 head's fine class wherever one does."""
+    import torch
+
+    from mtkd_utils.analysis.findings import extractor_for
+    from mtkd_utils.analysis.results import load_labels
+    from mtkd_utils.data.dataset import image_batch
+    from mtkd_utils.runs import RunKey, trained_model_config
+    from mtkd_utils.tools import decoding_choice as dc
+
+    key = RunKey(("T1", "T2", "T3"), 15, 0, "M3")
+    table = dc.validation_scores(experiment, key, {"greedy": dict(beam_size=1),
+                                                   "beam 1 + heads": dict(beam_size=1, heads=True)})
+    assert table.drop(columns=["decoder", "seconds"]).nunique().eq(1).all()
+    model, data = dc.reload.load_student(experiment, key, "cpu")
+    cfg, labels, rows = trained_model_config(experiment, key), load_labels(experiment), data.rows("val")
+    said = dc.heads_aware_sentences(model, data, rows, cfg, labels, beam_size=3)
+    with torch.no_grad():
+        feats = model.eval().features(image_batch(data.images, rows, torch.device("cpu")))
+        fine = [data.labels.fine[i] for i in model.heads["T2"](feats).argmax(1).tolist()]
+        beams = [[" ".join(data.vocab.decode(t)) for t in image] for image in model.decoder.beams(feats, cfg.max_len, 3).tolist()]
+    names = extractor_for(labels).fine_class
+    for sentence, f, hypotheses in zip(said, fine, beams):
+        naming = [h for h in hypotheses if names(h) == f]
+        assert sentence == (naming[0] if naming else hypotheses[0])
+
+
 def test_a_bad_parameter_fails_before_training(experiment, tmp_path):
     # one notebook run shows the parameter check comes first; the other checks are unit-tested (test_bad_inputs)
     with pytest.raises(pm.PapermillExecutionError, match="training fraction"):

@@ -1,5 +1,7 @@
 import random
 
+import pytest
+
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
 from mtkd_utils.data.text import (
@@ -70,3 +72,8 @@ def test_mbr_picks_the_sentence_the_others_agree_with():
     said = [s.split() for s in ("x y z", "x y z", "a b c d e", "a b c d f", "a b c d g")]
     assert mbr_index(said) == 2
     assert mbr_index([[], ["a"]]) == 1 and mbr_index([["a"]]) == 0
+    # candidates apart from the evidence (beam search's hypotheses): scored against the samples, not themselves
+    evidence = [s.split() for s in ("a b c d e", "a b c d f", "a b c d g")]
+    assert mbr_index(evidence, [["x", "y"], "a b c d".split(), "a b c d e".split()]) == 2
+    with pytest.raises(ValueError, match="no sentences"):
+        mbr_index(evidence, [])

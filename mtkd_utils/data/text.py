@@ -116,18 +116,21 @@ def _smoothed_bleu4(hyp: _Ngrams, ref: _Ngrams) -> float:
     return brevity * math.exp(log_p)
 
 
-def mbr_index(sentences: Sequence[Sequence]) -> int:
-    """Minimum-Bayes-risk choice (Kumar & Byrne 2004): the index of the sentence with the highest mean sentence
-    BLEU-4 against all the given ones, each standing in for a reference drawn from the model (itself included).
+def mbr_index(sentences: Sequence[Sequence], candidates: Sequence[Sequence] | None = None) -> int:
+    """Minimum-Bayes-risk choice (Kumar & Byrne 2004): the index of the candidate with the highest mean sentence
+    BLEU-4 against all the given sentences, each standing in for a reference drawn from the model (the candidate
+    itself included). Candidates: the sentences themselves unless given (e.g. beam search's hypotheses too).
 
     Beam search returns the most probable sentence, not the one expected to score best: BLEU rewards the
     consensus of the model's likely sentences. Ties: the first. Tokens may be words or ids.
     """
-    if not sentences:
+    candidates = sentences if candidates is None else candidates
+    if not sentences or not candidates:
         raise ValueError("mbr_index: no sentences to choose from")
     grams = [_Ngrams(s) for s in sentences]
-    unique = {tuple(s): i for i, s in reversed(list(enumerate(sentences)))}     # the first index of each
-    gain = {i: sum(_smoothed_bleu4(grams[i], ref) for ref in grams) for i in unique.values()}
+    unique = {tuple(s): i for i, s in reversed(list(enumerate(candidates)))}     # the first index of each
+    hyp = (lambda i: grams[i]) if candidates is sentences else (lambda i: _Ngrams(candidates[i]))
+    gain = {i: sum(_smoothed_bleu4(hyp(i), ref) for ref in grams) for i in unique.values()}
     return max(sorted(gain), key=gain.get)
 
 

@@ -2,6 +2,10 @@
 on the VALIDATION split — the probe that chooses a preset's `beam_size` / `mbr_samples` (run on purpose; never
 reads the test split).
 
+Decoders "+ heads" (probe only; training runs decode without them) let the model's own T2 head choose among the
+decoder's sentences: of beam search's k hypotheses (and, for MBR, the samples), only those naming the fine class
+the T2 head predicts (the findings extractor) are candidates; where none does, all are.
+
     python -m mtkd_utils.decoding_choice outputs/demo --p 70 --seed 0 --model M1
 """
 from __future__ import annotations
@@ -14,7 +18,11 @@ import torch
 
 from .. import runs
 from ..analysis.captions import caption_metrics
+from ..analysis.findings import extractor_for
 from ..analysis.results import load_labels
+from ..analysis.t3 import said
+from ..data.dataset import batch_rows, image_batch
+from ..data.text import mbr_index
 from ..runs import RunKey
 from ..train import reload
 from ..train.engine import predict
@@ -24,7 +32,9 @@ from .cam_choice import run_key, run_parser
 # each decoder's predict() arguments; MBR: the sampled sentence that agrees best with the image's other samples
 DECODERS: dict[str, dict] = {"greedy": dict(beam_size=1), "beam 3": dict(beam_size=3), "beam 5": dict(beam_size=5),
                              "MBR 8": dict(mbr_samples=8), "MBR 16": dict(mbr_samples=16),
-                             "MBR 32": dict(mbr_samples=32), "MBR 64": dict(mbr_samples=64)}
+                             "MBR 32": dict(mbr_samples=32), "MBR 64": dict(mbr_samples=64),
+                             "beam 10 + heads": dict(beam_size=10, heads=True),
+                             "MBR 64 + heads": dict(mbr_samples=64, beam_size=5, heads=True)}
 SHOWN = ("T3_bleu4", "T3_ciderD", "T3_findings_f1", "T3_fine_acc", "T3_eye_acc")
 
 
@@ -38,12 +48,37 @@ def validation_scores(experiment_dir, key: RunKey, decoders: Mapping[str, dict] 
     rows, labels, out = data.rows("val"), load_labels(experiment_dir), []
     for name, options in decoders.items():
         start = time.perf_counter()
-        preds = predict(model, data, rows, eval_batch_size(cfg), cfg.max_len, options.get("beam_size", 1),
-                        torch.device("cpu"), mbr_samples=options.get("mbr_samples", 0), seed=seed)
+        heads = options.get("heads", False)
+        preds = predict(model, data, rows, eval_batch_size(cfg), cfg.max_len, 1 if heads else options.get("beam_size", 1),
+                        torch.device("cpu"), mbr_samples=0 if heads else options.get("mbr_samples", 0), seed=seed)
+        if heads:
+            preds = said(preds, heads_aware_sentences(model, data, rows, cfg, labels, seed=seed, **options))
         scores = caption_metrics(preds, labels)
         out.append(dict(decoder=name, n=len(preds), **{m: scores[m] for m in metrics},
                         seconds=round(time.perf_counter() - start, 1)))
     return pd.DataFrame(out)
+
+
+@torch.no_grad()
+def heads_aware_sentences(model, data, rows, cfg, labels, beam_size: int, mbr_samples: int = 0, seed: int = 0,
+                          heads: bool = True) -> list[str]:
+    """Per image, the decoder's sentence that names the fine class its T2 head predicts: the best such beam
+    hypothesis, or with mbr_samples the MBR choice among such hypotheses and samples against all the samples."""
+    if "T2" not in model.heads:
+        raise ValueError("decoders '+ heads' need a model with a T2 head")
+    model.eval()
+    names, generator, out = extractor_for(labels).fine_class, torch.Generator().manual_seed(seed), []
+    for b in batch_rows(rows, eval_batch_size(cfg), shuffle=False):
+        feats = model.features(image_batch(data.images, b, torch.device("cpu")))
+        fine = [data.labels.fine[i] for i in model.heads["T2"](feats).argmax(1).tolist()]
+        hypotheses = model.decoder.beams(feats, cfg.max_len, beam_size).tolist()
+        samples = model.decoder.sample(feats, cfg.max_len, mbr_samples, generator).tolist() if mbr_samples else None
+        for i, f in enumerate(fine):
+            candidates = [data.vocab.decode(t) for t in hypotheses[i] + (samples[i] if samples else [])]
+            agree = [c for c in candidates if names(" ".join(c)) == f] or candidates
+            best = mbr_index(candidates[beam_size:], agree) if samples else 0   # MBR's evidence: the samples
+            out.append(" ".join(agree[best]))
+    return out
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:

@@ -144,6 +144,12 @@ class CaptionDecoder(nn.Module):
     @torch.no_grad()
     def generate(self, feats: torch.Tensor, max_len: int, beam_size: int = 1) -> torch.Tensor:
         """Token ids (B, max_len): <sos> ... <eos> then <pad>. beam_size=1 is greedy decoding."""
+        return self.beams(feats, max_len, beam_size)[:, 0]
+
+    @torch.no_grad()
+    def beams(self, feats: torch.Tensor, max_len: int, beam_size: int) -> torch.Tensor:
+        """Beam search's k finished hypotheses per image, best first by length-normalised log-probability (no bias
+        to short sentences): token ids (B, k, max_len)."""
         B, k, V = feats.shape[0], beam_size, self.out.out_features
         h, c = (s.repeat_interleave(k, dim=1) for s in self.init_state(feats))        # (1, B*k, H)
         tokens = torch.full((B * k, max_len), PAD_ID, dtype=torch.long, device=feats.device)
@@ -168,8 +174,8 @@ class CaptionDecoder(nn.Module):
             if done.all():
                 break
         length = (tokens[:, 1:] != PAD_ID).sum(1).clamp(min=1).reshape(B, k)
-        best = (scores / length).argmax(1)                # length-normalised: no bias to short sentences
-        return tokens.reshape(B, k, max_len)[torch.arange(B), best]
+        order = (scores / length).argsort(dim=1, descending=True, stable=True)  # ties: beam order, as argmax took
+        return tokens.reshape(B, k, max_len).gather(1, order.unsqueeze(2).expand(B, k, max_len))
 
 
 class MTLModel(nn.Module):
