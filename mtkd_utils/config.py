@@ -39,6 +39,10 @@ class Config:
     beam_size: int = 1                  # T3 decoding at test: 1 = greedy, >1 = beam search
     mbr_samples: int = 0                # T3 decoding at test: n > 0 = minimum-Bayes-risk choice among n sampled
                                         # sentences (the one agreeing best with the others; beam_size unused)
+    t3_scst_steps: int = 0              # T3 self-critical fine-tuning of each reported model's decoder (train/scst.py)
+                                        # after training, in updates of 32 images; 0: off
+    t3_scst_lr: float = 1e-4            # its Adam learning rate
+    t3_scst_samples: int = 5            # sentences sampled per image per update (>= 2: the baseline is the others')
     # optimisation
     seed: int = 0                       # the run's seed; each model's own seed derives from it (diverse_seeds)
     diverse_seeds: bool = True          # own init/data-order seed per teacher subset and student; False: all `seed`
@@ -100,7 +104,7 @@ class Config:
                      "head_hidden", "embed_dim", "lstm_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be a positive integer")
-        for name in ("threads", "min_steps", "val_every", "seed", "split_seed", "mbr_samples"):
+        for name in ("threads", "min_steps", "val_every", "seed", "split_seed", "mbr_samples", "t3_scst_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be an integer >= 0")
         self._check_optimisation()
@@ -111,6 +115,10 @@ class Config:
         """Values that train without error and learn nothing (lr=0) or the wrong thing (a negative weight)."""
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr}: the learning rate must be > 0")
+        if self.t3_scst_steps and not (self.t3_scst_lr > 0 and self.t3_scst_samples >= 2):
+            raise ValueError(f"t3_scst_lr={self.t3_scst_lr}, t3_scst_samples={self.t3_scst_samples}: self-critical "
+                             "fine-tuning needs a learning rate > 0 and >= 2 samples per image (each one's baseline "
+                             "is the others' mean reward)")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay={self.weight_decay}: must be >= 0")
         if not self.unlabeled_per_epoch > 0:

@@ -39,6 +39,9 @@ def test_notebooks_run_in_order(experiment):
         assert all((run_dir / name).exists() for name in ("predictions.csv", "config.json", "split.csv"))
         trained = json.loads((run_dir / "config.json").read_text())["config"]
         assert {k: trained[k] for k in OVERRIDES} == OVERRIDES
+        tuned = metrics["t3_scst"]                              # the smoke preset fine-tunes T3; kept if validation rose
+        assert tuned["steps"] == 5 and (run_dir / "t3_scst.pt").exists() == tuned["kept"]
+        assert tuned["kept"] == (tuned["val_bleu4_after"] > tuned["val_bleu4_before"])
         if model in ("M2", "M3"):
             assert metrics["tau"] == 2.0 and metrics["alpha"] in (0.5, 0.9)   # chosen from the smoke grid on validation
             assert (run_dir / "soft_targets.pt").exists()      # the teachers ran once, for every (tau, alpha)
@@ -122,6 +125,9 @@ def test_heads_aware_decoding_says_a_beam_hypothesis_naming_the_heads_fine_class
     table = dc.validation_scores(experiment, key, {"greedy": dict(beam_size=1),
                                                    "beam 1 + heads": dict(beam_size=1, heads=True)})
     assert table.drop(columns=["decoder", "seconds"]).nunique().eq(1).all()
+    tuned = dc.validation_scores(experiment, key, {"greedy": dict(beam_size=1)}, scst_steps=(0, 3))
+    assert tuned.scst_steps.tolist() == [0, 3] and tuned.n.nunique() == 1
+    assert tuned.iloc[0].drop("seconds").equals(table.iloc[0].drop("seconds"))   # 0: the run's own decoder
     model, data = dc.reload.load_student(experiment, key, "cpu")
     cfg, labels, rows = trained_model_config(experiment, key), load_labels(experiment), data.rows("val")
     said = dc.heads_aware_sentences(model, data, rows, cfg, labels, beam_size=3)

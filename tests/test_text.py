@@ -10,8 +10,8 @@ from mtkd_utils.data.text import (
     SOS_ID,
     UNK_ID,
     Vocab,
-    _Ngrams,
-    _smoothed_bleu4,
+    Ngrams,
+    ngram_bleu4,
     corpus_bleu4,
     mbr_index,
     sentence_bleu4,
@@ -61,7 +61,7 @@ def test_the_fast_sentence_bleu_is_nltks():
     words = "a b c d e . ,".split()
     for _ in range(500):
         ref, hyp = ([rng.choice(words) for _ in range(rng.randint(0, 10))] for _ in range(2))
-        assert abs(_smoothed_bleu4(_Ngrams(hyp), _Ngrams(ref)) - sentence_bleu4(ref, hyp)) < 1e-12, (ref, hyp)
+        assert abs(ngram_bleu4(Ngrams(hyp), Ngrams(ref)) - sentence_bleu4(ref, hyp)) < 1e-12, (ref, hyp)
 
 
 def test_mbr_picks_the_sentence_the_others_agree_with():

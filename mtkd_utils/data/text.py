@@ -95,7 +95,7 @@ def sentence_bleu4(reference: list[str], hypothesis: list[str]) -> float:
     return float(sentence_bleu([reference], hypothesis, smoothing_function=smooth))
 
 
-class _Ngrams:
+class Ngrams:
     """A sentence's length and its 1- to 4-gram counts, counted once for many BLEU comparisons."""
 
     def __init__(self, tokens: Sequence):
@@ -105,7 +105,7 @@ class _Ngrams:
         self.totals = [max(1, self.length - n + 1) for n in range(1, 5)]    # BLEU's precision denominators
 
 
-def _smoothed_bleu4(hyp: _Ngrams, ref: _Ngrams) -> float:
+def ngram_bleu4(hyp: Ngrams, ref: Ngrams) -> float:
     """sentence_bleu4(ref, hyp) from precounted n-grams: nltk's formula (one reference, smoothing method1, whose
     epsilon 0.1 stands in for a zero match count), 10-20x faster than nltk for the many pairs MBR compares."""
     matches = [sum(min(c, r[g]) for g, c in h.items() if g in r) for h, r in zip(hyp.counts, ref.counts)]
@@ -127,10 +127,10 @@ def mbr_index(sentences: Sequence[Sequence], candidates: Sequence[Sequence] | No
     candidates = sentences if candidates is None else candidates
     if not sentences or not candidates:
         raise ValueError("mbr_index: no sentences to choose from")
-    grams = [_Ngrams(s) for s in sentences]
+    grams = [Ngrams(s) for s in sentences]
     unique = {tuple(s): i for i, s in reversed(list(enumerate(candidates)))}     # the first index of each
-    hyp = (lambda i: grams[i]) if candidates is sentences else (lambda i: _Ngrams(candidates[i]))
-    gain = {i: sum(_smoothed_bleu4(hyp(i), ref) for ref in grams) for i in unique.values()}
+    hyp = (lambda i: grams[i]) if candidates is sentences else (lambda i: Ngrams(candidates[i]))
+    gain = {i: sum(ngram_bleu4(hyp(i), ref) for ref in grams) for i in unique.values()}
     return max(sorted(gain), key=gain.get)
 
 

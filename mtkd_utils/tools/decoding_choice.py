@@ -6,6 +6,9 @@ Decoders "+ heads" (probe only; training runs decode without them) let the model
 decoder's sentences: of beam search's k hypotheses (and, for MBR, the samples), only those naming the fine class
 the T2 head predicts (the findings extractor) are candidates; where none does, all are.
 
+--scst N ...: each decoder also after N updates of self-critical fine-tuning (train/scst.py, the run's own settings
+otherwise; 0: the decoder as trained), the probe that chooses a preset's `t3_scst_steps`.
+
     python -m mtkd_utils.decoding_choice outputs/demo --p 70 --seed 0 --model M1
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ..analysis.t3 import said
 from ..data.dataset import batch_rows, image_batch
 from ..data.text import mbr_index
 from ..runs import RunKey
-from ..train import reload
+from ..train import reload, scst
 from ..train.engine import predict
 from ..train.runtime import eval_batch_size
 from .cam_choice import run_key, run_parser
@@ -39,24 +42,36 @@ SHOWN = ("T3_bleu4", "T3_ciderD", "T3_findings_f1", "T3_fine_acc", "T3_eye_acc")
 
 
 def validation_scores(experiment_dir, key: RunKey, decoders: Mapping[str, dict] = DECODERS,
-                      metrics: Sequence[str] = SHOWN, seed: int = 0) -> pd.DataFrame:
-    """One row per decoder: its T3 metrics on the validation split and the seconds it took to decode it."""
-    model, data = reload.load_student(experiment_dir, key, "cpu")
+                      metrics: Sequence[str] = SHOWN, seed: int = 0, scst_steps: Sequence[int] = (0,),
+                      scst_lr: float | None = None) -> pd.DataFrame:
+    """One row per (fine-tuning steps, decoder): its T3 metrics on the validation split and the seconds it took to
+    decode it. scst_steps: self-critical updates before decoding (0: the run's own decoder, fine-tuned where the
+    run was; N > 0: N updates from the maximum-likelihood decoder at scst_lr, default the run's t3_scst_lr)."""
+    trained, data = reload.load_student(experiment_dir, key, "cpu")
     cfg = runs.trained_model_config(experiment_dir, key)
-    if model.decoder is None:
+    if trained.decoder is None:
         raise ValueError(f"{key.name}: tasks {'+'.join(key.tasks)} have no T3 decoder to choose for")
     rows, labels, out = data.rows("val"), load_labels(experiment_dir), []
-    for name, options in decoders.items():
-        start = time.perf_counter()
-        heads = options.get("heads", False)
-        preds = predict(model, data, rows, eval_batch_size(cfg), cfg.max_len, 1 if heads else options.get("beam_size", 1),
-                        torch.device("cpu"), mbr_samples=0 if heads else options.get("mbr_samples", 0), seed=seed)
-        if heads:
-            preds = said(preds, heads_aware_sentences(model, data, rows, cfg, labels, seed=seed, **options))
-        scores = caption_metrics(preds, labels)
-        out.append(dict(decoder=name, n=len(preds), **{m: scores[m] for m in metrics},
-                        seconds=round(time.perf_counter() - start, 1)))
+    for steps in scst_steps:
+        model = trained
+        if steps:
+            model = reload.load_model(runs.trained_model_dir(experiment_dir, key), cfg, data, key.tasks)
+            scst.finetune_decoder(model, data, cfg.updated(t3_scst_steps=steps, t3_scst_lr=scst_lr or cfg.t3_scst_lr))
+        for name, options in decoders.items():
+            start = time.perf_counter()
+            preds = decode(model, data, rows, cfg, labels, options, seed)
+            scores = caption_metrics(preds, labels)
+            out.append(dict(scst_steps=steps, decoder=name, n=len(preds), **{m: scores[m] for m in metrics},
+                            seconds=round(time.perf_counter() - start, 1)))
     return pd.DataFrame(out)
+
+
+def decode(model, data, rows, cfg, labels, options: dict, seed: int) -> pd.DataFrame:
+    """The predictions table of one decoder (DECODERS' options) on `rows`."""
+    heads = options.get("heads", False)
+    preds = predict(model, data, rows, eval_batch_size(cfg), cfg.max_len, 1 if heads else options.get("beam_size", 1),
+                    torch.device("cpu"), mbr_samples=0 if heads else options.get("mbr_samples", 0), seed=seed)
+    return said(preds, heads_aware_sentences(model, data, rows, cfg, labels, seed=seed, **options)) if heads else preds
 
 
 @torch.no_grad()
@@ -84,11 +99,16 @@ def heads_aware_sentences(model, data, rows, cfg, labels, beam_size: int, mbr_sa
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap = run_parser(__doc__)
     ap.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=list(DECODERS))
+    ap.add_argument("--scst", nargs="+", type=int, default=[0], metavar="N",
+                    help="self-critical fine-tuning updates before decoding, e.g. 0 300 600 (default: 0)")
+    ap.add_argument("--scst-lr", type=float, default=None, help="their learning rate (default: the run's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     key = run_key(args)
-    table = validation_scores(args.experiment, key, {d: DECODERS[d] for d in args.decoders})
-    print(f"{key.name}, seed {key.seed}: T3 on {table.n.iloc[0]} validation images per decoder")
+    table = validation_scores(args.experiment, key, {d: DECODERS[d] for d in args.decoders}, scst_steps=args.scst,
+                               scst_lr=args.scst_lr)
+    print(f"{key.name}, seed {key.seed}: T3 on {table.n.iloc[0]} validation images per decoder "
+          "(scst_steps: self-critical fine-tuning updates first)")
     print(table.round(3).to_string(index=False))
     return table
 

@@ -16,6 +16,7 @@ from .checkpoint import load_checkpoint
 from .distill import CachedTeachers, OnlineTeachers, build_soft_targets, read_soft_targets
 from .model import MTLModel, build_model
 from .runtime import eval_batch_size, pick_device
+from .scst import load_finetuned_decoder
 
 
 def load_model(run: Path, cfg: Config, data: FundusData, tasks: tuple[str, ...]) -> MTLModel:
@@ -71,13 +72,17 @@ def student_teachers(experiment_dir, key: RunKey, cfg: Config, data: FundusData,
 def load_student(experiment_dir, key: RunKey, device: str | None = None) -> tuple[MTLModel, FundusData]:
     """The trained model behind a finished run, built from the run's own saved config, with its data.
 
-    M1 is its teacher; M1b its own folder; M2/M3 the student at the (tau, alpha) chosen on validation. Any --set
+    M1 is its teacher; M1b its own folder; M2/M3 the student at the (tau, alpha) chosen on validation; the decoder
+    self-critically fine-tuned for the run's sentences where there is one (t3_scst.pt). Any --set
     used for training (image_size, backbone, head_hidden, ...) is therefore the one the model is rebuilt with.
     """
     run, cfg = runs.trained_model_dir(experiment_dir, key), runs.trained_model_config(experiment_dir, key)
     cfg = cfg.updated(device=device) if device else cfg
     data = load_data(experiment_dir, key.p, cfg)
-    return load_model(run, cfg, data, key.tasks), data
+    model = load_model(run, cfg, data, key.tasks)
+    if key.model is not None:        # the decoder that wrote the run's sentences, where it was fine-tuned (scst.py)
+        load_finetuned_decoder(model, runs.student_dir(experiment_dir, key))
+    return model, data
 
 
 def load_students(experiment_dir, keys, device: str | None = None) -> tuple[dict[str, MTLModel], FundusData]:

@@ -18,6 +18,7 @@ from ..config import Config, task_key, task_subsets
 from ..data.dataset import FundusData, load_data
 from ..io import add_seconds, read_json, write_csv, write_json, write_npy
 from ..runs import RunKey
+from . import scst
 from .engine import MultiTaskLoss, TrainPlan, fit, predict
 from .metrics import confusion, disease_vs_normal, per_class_auroc, per_disease, task_metrics
 from .model import MTLModel, build_model
@@ -56,7 +57,7 @@ def train_teacher(experiment_dir, key: RunKey, cfg: Config, data: FundusData) ->
     key, seed = key.with_model(None), key.seed
     run, cfg = runs.teacher_dir(experiment_dir, key), cfg.updated(seed=seed)
     own_seed = cfg.model_seed("teacher", key.tasks)
-    runs.claim_run(run, cfg, runs.DISTILL_FIELDS, **teacher_meta(key, cfg))
+    runs.claim_run(run, cfg, runs.DISTILL_FIELDS + runs.SCST_FIELDS, **teacher_meta(key, cfg))
     if (run / "metrics.json").exists():
         return run
     write_split(run, data)
@@ -85,7 +86,7 @@ def train_teachers(experiment_dir, key: RunKey, cfg: Config, group: str = "all")
     subs = [RunKey(subset, key.p, key.seed) for subset in teacher_subsets(key.tasks, group)]
     for sub in subs:   # refuse other settings before load_data writes an image cache of a new size
         runs.refuse_other_settings(runs.teacher_dir(experiment_dir, sub), cfg.updated(seed=key.seed),
-                                   runs.DISTILL_FIELDS, **teacher_meta(sub, cfg))
+                                   runs.DISTILL_FIELDS + runs.SCST_FIELDS, **teacher_meta(sub, cfg))
     data = load_data(experiment_dir, key.p, cfg)
     rows = []
     for sub in subs:
@@ -107,8 +108,8 @@ def train_student(experiment_dir, key: RunKey, tau: float, alpha: float, cfg: Co
     model_name, seed = key.model, key.seed
     run, cfg = runs.setting_dir(runs.student_dir(experiment_dir, key), tau, alpha), cfg.updated(seed=seed)
     own_seed = cfg.model_seed("student", key.tasks)
-    runs.claim_run(run, cfg, ("tau_grid", "alpha_grid"), model=model_name, tasks=list(key.tasks), p=key.p, seed=seed,
-                   tau=tau, alpha=alpha, model_seed=own_seed,
+    runs.claim_run(run, cfg, ("tau_grid", "alpha_grid") + runs.SCST_FIELDS, model=model_name, tasks=list(key.tasks),
+                   p=key.p, seed=seed, tau=tau, alpha=alpha, model_seed=own_seed,
                    teachers=[task_key(t) for t in teachers_for(model_name, key.tasks)])
     if (run / "val.json").exists():
         return read_json(run / "val.json")
@@ -185,7 +186,10 @@ def train_m1_to_plateau(experiment_dir, key: RunKey, cfg: Config, data: FundusDa
 
 
 def evaluate_on_test(model: MTLModel, data: FundusData, cfg: Config, run: Path, meta: dict) -> dict:
-    """The one read of the test split: predictions.csv, probs_T1/T2.npy, metrics.json, confusion.csv."""
+    """The one read of the test split: predictions.csv, probs_T1/T2.npy, metrics.json, confusion.csv. With
+    cfg.t3_scst_steps, the decoder is first fine-tuned self-critically (scst.py; T1/T2 unchanged)."""
+    if cfg.t3_scst_steps and model.decoder is not None:
+        meta = {**meta, "t3_scst": scst.finetune_decoder(model, data, cfg, run)}
     start, device, batch = time.perf_counter(), pick_device(cfg.device), eval_batch_size(cfg)
     decoding = dict(mbr_samples=cfg.mbr_samples, seed=cfg.seed)
     preds, probs = predict(model, data, data.rows("test"), batch, cfg.max_len, cfg.beam_size, device, with_probs=True,
