@@ -25,7 +25,9 @@ DEFAULTS = Config().to_dict()                           # what a config.json wri
 RUNTIME_FIELDS = ("device", "threads")                   # change how fast, not what is computed
 DISTILL_FIELDS = ("alpha_grid", "tau_grid", "student_passes", "unlabeled_per_epoch", "kd_mode", "labeled_share",
                   "student_augment", "head_dropout", "t3_kd")           # students only: teachers and M1 ignore them
-SCST_FIELDS = ("t3_scst_steps", "t3_scst_lr", "t3_scst_samples")   # a reported model's decoder only: teachers ignore them
+# how a reported model's sentences are written, after training (train/scst.py) and at test: the checkpoints of teachers
+# and of KD settings do not depend on them, so those runs ignore them
+SENTENCE_FIELDS = ("beam_size", "mbr_samples", "t3_scst_steps", "t3_scst_lr", "t3_scst_samples")
 ANALYSES = ("analysis", "gradcam", "results")            # the folders of notebooks 04, 05, 06
 _FOLDER = re.compile(r"p(?P<p>[0-9.]+)_s(?P<seed>[0-9]+)")
 

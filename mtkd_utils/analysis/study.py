@@ -56,7 +56,7 @@ VARIANTS = {
     "paper_recipe": Variant("M3, the paper's weights (α 0.95, τ 10)", "M3", {"tau_grid": (10.0,), "alpha_grid": (0.95,)}),
 }
 MAIN = ("M1", "M2", "M3", "M1b")     # the main grid's runs, in training order (M1b takes the students' budget)
-TEACHER_FREE = set(runs.DISTILL_FIELDS + runs.SCST_FIELDS + runs.RUNTIME_FIELDS)   # overrides that leave the teachers as they are
+TEACHER_FREE = set(runs.DISTILL_FIELDS + runs.SENTENCE_FIELDS + runs.RUNTIME_FIELDS)   # overrides that leave the teachers as they are
 
 
 def check_variants(names) -> list[str]:

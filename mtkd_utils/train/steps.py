@@ -57,7 +57,7 @@ def train_teacher(experiment_dir, key: RunKey, cfg: Config, data: FundusData) ->
     key, seed = key.with_model(None), key.seed
     run, cfg = runs.teacher_dir(experiment_dir, key), cfg.updated(seed=seed)
     own_seed = cfg.model_seed("teacher", key.tasks)
-    runs.claim_run(run, cfg, runs.DISTILL_FIELDS + runs.SCST_FIELDS, **teacher_meta(key, cfg))
+    runs.claim_run(run, cfg, runs.DISTILL_FIELDS + runs.SENTENCE_FIELDS, **teacher_meta(key, cfg))
     if (run / "metrics.json").exists():
         return run
     write_split(run, data)
@@ -86,7 +86,7 @@ def train_teachers(experiment_dir, key: RunKey, cfg: Config, group: str = "all")
     subs = [RunKey(subset, key.p, key.seed) for subset in teacher_subsets(key.tasks, group)]
     for sub in subs:   # refuse other settings before load_data writes an image cache of a new size
         runs.refuse_other_settings(runs.teacher_dir(experiment_dir, sub), cfg.updated(seed=key.seed),
-                                   runs.DISTILL_FIELDS + runs.SCST_FIELDS, **teacher_meta(sub, cfg))
+                                   runs.DISTILL_FIELDS + runs.SENTENCE_FIELDS, **teacher_meta(sub, cfg))
     data = load_data(experiment_dir, key.p, cfg)
     rows = []
     for sub in subs:
@@ -108,7 +108,7 @@ def train_student(experiment_dir, key: RunKey, tau: float, alpha: float, cfg: Co
     model_name, seed = key.model, key.seed
     run, cfg = runs.setting_dir(runs.student_dir(experiment_dir, key), tau, alpha), cfg.updated(seed=seed)
     own_seed = cfg.model_seed("student", key.tasks)
-    runs.claim_run(run, cfg, ("tau_grid", "alpha_grid") + runs.SCST_FIELDS, model=model_name, tasks=list(key.tasks),
+    runs.claim_run(run, cfg, ("tau_grid", "alpha_grid") + runs.SENTENCE_FIELDS, model=model_name, tasks=list(key.tasks),
                    p=key.p, seed=seed, tau=tau, alpha=alpha, model_seed=own_seed,
                    teachers=[task_key(t) for t in teachers_for(model_name, key.tasks)])
     if (run / "val.json").exists():
