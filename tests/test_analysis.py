@@ -199,3 +199,12 @@ def test_examples_keep_the_bleu_value_beside_its_bucket():
     by_id = preds_table().set_index("image_id")["bleu"]
     assert ex["bleu"].tolist() == by_id[ex["image_id"]].tolist()
     assert ex["bleu_bucket"].astype(str).isin([LOW, MID, HIGH]).all()
+
+
+def test_the_focus_model_of_04_and_05_is_found_or_named_missing():
+    from mtkd_utils.analysis.views import focus_names
+
+    names = ["M1 p=5", "M3 p=5", "M1 p=70", "M3 p=15"]
+    assert focus_names(names, "M3") == ["M3 p=5", "M3 p=15"] and focus_names(names, "M1") == ["M1 p=5", "M1 p=70"]
+    with pytest.raises(ValueError, match=r"no finished M3 run .*\['M1'\].*-p focus M1"):
+        focus_names(["M1 p=70", "M1 p=15"], "M3")

@@ -151,3 +151,15 @@ def cam_targets(rows: pd.DataFrame, masks: list, classes: list[str], task: str =
     positions = scored_images(rows, masks, normal)
     names = rows.coarse if task == "T1" else rows.fine
     return positions, class_indices(names.iloc[positions], classes)
+
+
+def focus_names(names, focus: str) -> list[str]:
+    """The run names ('M3 p=15') of the focus model, in the given order; a clear error where it has none (an
+    experiment trained without it: e.g. M1 alone at p = 70)."""
+    found = [n for n in names if n.startswith(focus + " ")]
+    if not found:
+        models = sorted({n.split(" ")[0] for n in names})
+        raise ValueError(f"focus={focus!r}: this experiment has no finished {focus} run (it has {models or 'none'}); "
+                         f"set the notebook's focus to one of them (papermill -p focus {models[0] if models else 'M1'})"
+                         " or train it first (03_student_mtl_kd)")
+    return found
