@@ -43,6 +43,7 @@ class Config:
                                         # after training, in updates of 32 images; 0: off
     t3_scst_lr: float = 1e-4            # its Adam learning rate
     t3_scst_samples: int = 5            # sentences sampled per image per update (>= 2: the baseline is the others')
+    t3_scst_findings: float = 0.0       # its reward: sentence BLEU-4 + this x the sentence's findings F1 (0: BLEU-4 alone)
     # optimisation
     seed: int = 0                       # the run's seed; each model's own seed derives from it (diverse_seeds)
     diverse_seeds: bool = True          # own init/data-order seed per teacher subset and student; False: all `seed`
@@ -115,6 +116,8 @@ class Config:
         """Values that train without error and learn nothing (lr=0) or the wrong thing (a negative weight)."""
         if not self.lr > 0:
             raise ValueError(f"lr={self.lr}: the learning rate must be > 0")
+        if self.t3_scst_findings < 0:
+            raise ValueError(f"t3_scst_findings={self.t3_scst_findings}: the findings' weight in the reward must be >= 0")
         if self.t3_scst_steps and not (self.t3_scst_lr > 0 and self.t3_scst_samples >= 2):
             raise ValueError(f"t3_scst_lr={self.t3_scst_lr}, t3_scst_samples={self.t3_scst_samples}: self-critical "
                              "fine-tuning needs a learning rate > 0 and >= 2 samples per image (each one's baseline "

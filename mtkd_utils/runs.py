@@ -27,7 +27,7 @@ DISTILL_FIELDS = ("alpha_grid", "tau_grid", "student_passes", "unlabeled_per_epo
                   "student_augment", "head_dropout", "t3_kd")           # students only: teachers and M1 ignore them
 # how a reported model's sentences are written, after training (train/scst.py) and at test: the checkpoints of teachers
 # and of KD settings do not depend on them, so those runs ignore them
-SENTENCE_FIELDS = ("beam_size", "mbr_samples", "t3_scst_steps", "t3_scst_lr", "t3_scst_samples")
+SENTENCE_FIELDS = ("beam_size", "mbr_samples", "t3_scst_steps", "t3_scst_lr", "t3_scst_samples", "t3_scst_findings")
 ANALYSES = ("analysis", "gradcam", "results")            # the folders of notebooks 04, 05, 06
 _FOLDER = re.compile(r"p(?P<p>[0-9.]+)_s(?P<seed>[0-9]+)")
 

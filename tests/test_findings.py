@@ -3,7 +3,7 @@ generator writes, real label maps with the user's synonyms, and finding precisio
 import numpy as np
 import pytest
 
-from mtkd_utils.analysis import findings
+from mtkd_utils.data import findings
 from mtkd_utils.data.manifest import LabelMap
 from mtkd_utils.data.synthetic import FINE, FINE_PARENT, describe, plan_eye
 from mtkd_utils.data.synthetic.taxonomy import label_map

@@ -115,7 +115,7 @@ def test_heads_aware_decoding_says_a_beam_hypothesis_naming_the_heads_fine_class
     and the first naming the T2 head's fine class wherever one does."""
     import torch
 
-    from mtkd_utils.analysis.findings import extractor_for
+    from mtkd_utils.data.findings import extractor_for
     from mtkd_utils.analysis.results import load_labels
     from mtkd_utils.data.dataset import image_batch
     from mtkd_utils.runs import RunKey, trained_model_config

@@ -91,3 +91,27 @@ def test_fine_tuning_refuses_a_split_without_sentences_and_bad_settings():
         preset("smoke", t3_scst_steps=5, t3_scst_samples=1)
     with pytest.raises(ValueError, match="t3_scst_steps"):
         preset("smoke", t3_scst_steps=-1)
+
+
+def test_the_reward_adds_the_findings_f1_at_its_weight():
+    from mtkd_utils.data.findings import sentence_f1
+    from mtkd_utils.data.text import Ngrams, ngram_bleu4
+
+    assert sentence_f1(frozenset({"a", "b"}), frozenset({"b", "c"})) == 0.5 and sentence_f1(frozenset(), frozenset()) == 1
+    said = [["left", "eye", ":", "normal", "fundus", "."], ["right", "eye", ":", "pdr", "."]]
+    ref = scst.Reference(Ngrams(said[0]), frozenset({"eye:left", "coarse:normal"}))
+    extractor = {"left eye : normal fundus .": frozenset({"eye:left", "coarse:normal"}),
+                 "right eye : pdr .": frozenset({"eye:right", "fine:dr_pdr", "coarse:dr"})}.get
+    bleu = [ngram_bleu4(Ngrams(s), ref.ngrams) for s in said]
+    assert scst.rewards(said, [ref], 2).tolist() == [pytest.approx(bleu)]
+    weighted = scst.rewards(said, [ref], 2, findings_weight=0.5, extractor=extractor)
+    assert weighted.tolist() == [pytest.approx([bleu[0] + 0.5 * 1.0, bleu[1] + 0.5 * 0.0])]
+    with pytest.raises(ValueError, match="t3_scst_findings"):
+        preset("smoke", t3_scst_findings=-1)
+
+
+def test_fine_tuning_with_the_findings_in_the_reward_runs_on_a_real_label_map():
+    data = _data(SAID, SAID)
+    record = scst.finetune_decoder(model_for(TASKS, data), data, preset("smoke", t3_scst_steps=10, t3_scst_findings=1.0,
+                                                                        max_len=8, beam_size=1))
+    assert record["findings_weight"] == 1.0 and record["steps"] == 10

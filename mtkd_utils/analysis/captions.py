@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.text import tokenize
-from . import findings as fnd
+from ..data import findings as fnd
 
 FINDING_METRICS = ("T3_findings_precision", "T3_findings_recall", "T3_findings_f1", "T3_findings_f1_macro",
                    "T3_fine_acc")

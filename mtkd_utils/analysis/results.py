@@ -144,7 +144,7 @@ def load_labels(experiment_dir: str | Path):
     """The experiment's label map (data/label_map.json, written by 01_data_prep), carrying the user's T3 findings
     synonyms (data/findings_synonyms.json, findings.read_synonyms) for the findings metrics."""
     from ..data.manifest import LabelMap
-    from .findings import read_synonyms
+    from ..data.findings import read_synonyms
     labels = LabelMap.load(data_dir(experiment_dir) / "label_map.json")
     labels.findings_synonyms = read_synonyms(data_dir(experiment_dir))
     return labels

@@ -17,11 +17,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import MODELS
-from ..data.text import sentence_bleu4, tokenize
+from ..data import findings
+from ..data.text import named_eye, sentence_bleu4, tokenize
 from ..runs import RunKey, manifest_path
-from ..train.metrics import constant_sentence, constant_sentences, has_text, named_eye
+from ..train.metrics import constant_sentence, constant_sentences, has_text
 from ..train.retrieval import RETRIEVAL_FILE, ensure_retrieval
-from . import captions, findings
+from . import captions
 from .bootstrap import bootstrap_table
 from .results import collect_metrics, interval_table, load_labels, read_predictions
 

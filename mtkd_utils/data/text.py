@@ -95,6 +95,12 @@ def sentence_bleu4(reference: list[str], hypothesis: list[str]) -> float:
     return float(sentence_bleu([reference], hypothesis, smoothing_function=smooth))
 
 
+def named_eye(text: str) -> str:
+    """'left' or 'right' when the sentence names exactly one of the two eyes, else ''."""
+    named = set(tokenize(text)) & {"left", "right"}
+    return named.pop() if len(named) == 1 else ""
+
+
 class Ngrams:
     """A sentence's length and its 1- to 4-gram counts, counted once for many BLEU comparisons."""
 

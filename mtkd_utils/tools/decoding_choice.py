@@ -21,7 +21,7 @@ import torch
 
 from .. import runs
 from ..analysis.captions import caption_metrics
-from ..analysis.findings import extractor_for
+from ..data.findings import extractor_for
 from ..analysis.results import load_labels
 from ..analysis.t3 import said
 from ..data.dataset import batch_rows, image_batch
@@ -43,10 +43,11 @@ SHOWN = ("T3_bleu4", "T3_ciderD", "T3_findings_f1", "T3_fine_acc", "T3_eye_acc")
 
 def validation_scores(experiment_dir, key: RunKey, decoders: Mapping[str, dict] = DECODERS,
                       metrics: Sequence[str] = SHOWN, seed: int = 0, scst_steps: Sequence[int] = (0,),
-                      scst_lr: float | None = None) -> pd.DataFrame:
+                      scst_lr: float | None = None, scst_findings: float | None = None) -> pd.DataFrame:
     """One row per (fine-tuning steps, decoder): its T3 metrics on the validation split and the seconds it took to
     decode it. scst_steps: self-critical updates before decoding (0: the run's own decoder, fine-tuned where the
-    run was; N > 0: N updates from the maximum-likelihood decoder at scst_lr, default the run's t3_scst_lr)."""
+    run was; N > 0: N updates from the maximum-likelihood decoder at scst_lr with the reward's findings weight
+    scst_findings, defaults the run's t3_scst_lr and t3_scst_findings)."""
     trained, data = reload.load_student(experiment_dir, key, "cpu")
     cfg = runs.trained_model_config(experiment_dir, key)
     if trained.decoder is None:
@@ -56,7 +57,9 @@ def validation_scores(experiment_dir, key: RunKey, decoders: Mapping[str, dict] 
         model = trained
         if steps:
             model = reload.load_model(runs.trained_model_dir(experiment_dir, key), cfg, data, key.tasks)
-            scst.finetune_decoder(model, data, cfg.updated(t3_scst_steps=steps, t3_scst_lr=scst_lr or cfg.t3_scst_lr))
+            findings = cfg.t3_scst_findings if scst_findings is None else scst_findings
+            scst.finetune_decoder(model, data, cfg.updated(t3_scst_steps=steps, t3_scst_lr=scst_lr or cfg.t3_scst_lr,
+                                                           t3_scst_findings=findings))
         for name, options in decoders.items():
             start = time.perf_counter()
             preds = decode(model, data, rows, cfg, labels, options, seed)
@@ -102,11 +105,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--scst", nargs="+", type=int, default=[0], metavar="N",
                     help="self-critical fine-tuning updates before decoding, e.g. 0 300 600 (default: 0)")
     ap.add_argument("--scst-lr", type=float, default=None, help="their learning rate (default: the run's)")
+    ap.add_argument("--scst-findings", type=float, default=None,
+                    help="the findings F1's weight in their reward (default: the run's t3_scst_findings)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     key = run_key(args)
     table = validation_scores(args.experiment, key, {d: DECODERS[d] for d in args.decoders}, scst_steps=args.scst,
-                               scst_lr=args.scst_lr)
+                               scst_lr=args.scst_lr, scst_findings=args.scst_findings)
     print(f"{key.name}, seed {key.seed}: T3 on {table.n.iloc[0]} validation images per decoder "
           "(scst_steps: self-critical fine-tuning updates first)")
     print(table.round(3).to_string(index=False))

@@ -23,7 +23,7 @@ from sklearn.metrics import (
 )
 
 from ..data.odir import ODIR2019
-from ..data.text import corpus_bleu4, tokenize
+from ..data.text import corpus_bleu4, named_eye, tokenize
 
 PRIMARY = {"T1": "T1_acc", "T2": "T2_acc", "T3": "T3_bleu4"}   # what the paper reports per task
 LEVEL = {"T1": "coarse", "T2": "fine"}                        # the label-map level of each classification task
@@ -166,12 +166,6 @@ def rouge_l(references: Sequence[str], hypotheses: Sequence[str]) -> np.ndarray:
 
     scorer = RougeScorer(["rougeL"], tokenizer=_Tokenizer())
     return np.array([scorer.score(r, h)["rougeL"].fmeasure for r, h in zip(references, hypotheses)], dtype=float)
-
-
-def named_eye(text: str) -> str:
-    """'left' or 'right' when the sentence names exactly one of the two eyes, else ''."""
-    named = set(tokenize(text)) & {"left", "right"}
-    return named.pop() if len(named) == 1 else ""
 
 
 def eye_hits(references: Sequence[str], hypotheses: Sequence[str]) -> np.ndarray:

@@ -3,7 +3,8 @@ that score best, with REINFORCE and a reward per sentence, as captioning and rep
 
 Teacher forcing teaches the likely next word; what a reader scores is the whole sentence against the reference.
 Here the decoder samples `t3_scst_samples` sentences per labeled training image, each is rewarded by its sentence
-BLEU-4 against the image's reference, and its log-probability is pushed up or down by how much it beats the mean
+BLEU-4 against the image's reference (plus `t3_scst_findings` x the F1 of the findings it states, data/findings.py:
+a BLEU reward alone buys wording, not clinical content), and its log-probability is pushed up or down by how much it beats the mean
 reward of the image's other samples (the baseline of Kool et al. 2019, no greedy decode needed). The encoder and
 heads are frozen (the image features are computed once, without augmentation): T1 and T2 do not change. The
 fine-tuned decoder is kept only where it writes a higher corpus BLEU-4 on the validation split than the decoder as
@@ -19,12 +20,14 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..data.dataset import FundusData, batch_rows, image_batch
+from ..data.findings import extractor_for, sentence_f1
 from ..data.text import EOS_ID, PAD_ID, SOS_ID, Ngrams, ngram_bleu4, tokenize
 from ..progress import progress
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -62,10 +65,20 @@ def sample_with_log_probs(decoder, feats: torch.Tensor, max_len: int, n: int, ge
     return torch.stack(words, 1), torch.stack(log_probs, 1).sum(1)
 
 
-def rewards(sentences: list[list[str]], references: list[Ngrams], n: int) -> torch.Tensor:
-    """(B, n): each sampled sentence's sentence BLEU-4 (smoothed, data/text.py) against its image's reference."""
-    return torch.tensor([ngram_bleu4(Ngrams(s), references[i // n]) for i, s in enumerate(sentences)]
-                        ).reshape(-1, n)
+class Reference(NamedTuple):
+    """What a sampled sentence is scored against: the reference's n-grams and the findings it states."""
+    ngrams: Ngrams
+    findings: frozenset
+
+
+def rewards(sentences: list[list[str]], references: list[Reference], n: int, findings_weight: float = 0.0,
+            extractor=None) -> torch.Tensor:
+    """(B, n): each sampled sentence's sentence BLEU-4 (smoothed, data/text.py) against its image's reference,
+    plus findings_weight x the F1 of the findings it states against the reference's (data/findings.py)."""
+    def reward(words: list[str], ref: Reference) -> float:
+        bleu = ngram_bleu4(Ngrams(words), ref.ngrams)
+        return bleu + findings_weight * sentence_f1(extractor(" ".join(words)), ref.findings) if findings_weight else bleu
+    return torch.tensor([reward(s, references[i // n]) for i, s in enumerate(sentences)]).reshape(-1, n)
 
 
 def self_critical_loss(reward: torch.Tensor, log_prob: torch.Tensor) -> torch.Tensor:
@@ -97,8 +110,11 @@ def finetune_decoder(model, data: FundusData, cfg, run: Path | None = None) -> d
         raise ValueError("t3_scst_steps > 0 needs labeled training images with a sentence and a validation split "
                          f"(here {len(rows)} and {len(data.rows('val'))} images); set t3_scst_steps=0")
     trained, before = copy.deepcopy(model.decoder.state_dict()), validation_bleu4(model, data, cfg)
-    history = self_critical(model.decoder, frozen_features(model, data, rows, eval_batch_size(cfg)),
-                            [Ngrams(tokenize(t)) for t in data.manifest.text.iloc[rows]], data.vocab, cfg)
+    extractor = extractor_for(data.labels) if cfg.t3_scst_findings else None
+    references = [Reference(Ngrams(tokenize(t)), extractor(t) if extractor else frozenset())
+                  for t in data.manifest.text.iloc[rows]]
+    history = self_critical(model.decoder, frozen_features(model, data, rows, eval_batch_size(cfg)), references,
+                            data.vocab, cfg, extractor)
     after = validation_bleu4(model, data, cfg)
     kept = after > before
     if not kept:
@@ -107,12 +123,12 @@ def finetune_decoder(model, data: FundusData, cfg, run: Path | None = None) -> d
         save_checkpoint(Path(run) / SCST_FILE, {"decoder": model.decoder.state_dict()})
     model.to(device)
     return dict(kept=bool(kept), val_bleu4_before=before, val_bleu4_after=after, steps=cfg.t3_scst_steps,
-                lr=cfg.t3_scst_lr, samples=cfg.t3_scst_samples, images=len(rows),
+                lr=cfg.t3_scst_lr, samples=cfg.t3_scst_samples, findings_weight=cfg.t3_scst_findings, images=len(rows),
                 reward_first=float(np.mean(history[:50])), reward_last=float(np.mean(history[-50:])),
                 seconds=round(time.perf_counter() - start, 1))
 
 
-def self_critical(decoder, feats: torch.Tensor, references: list[Ngrams], vocab, cfg) -> list[float]:
+def self_critical(decoder, feats: torch.Tensor, references: list[Reference], vocab, cfg, extractor=None) -> list[float]:
     """The fine-tuning loop: cfg.t3_scst_steps Adam updates, each on IMAGES_PER_STEP images drawn from feats
     (seeded by cfg.seed); returns the mean reward of each update."""
     n, optimizer = cfg.t3_scst_samples, torch.optim.Adam(decoder.parameters(), lr=cfg.t3_scst_lr)
@@ -122,7 +138,8 @@ def self_critical(decoder, feats: torch.Tensor, references: list[Ngrams], vocab,
     for step in bar:
         batch = pick.choice(len(feats), min(IMAGES_PER_STEP, len(feats)), replace=False)
         tokens, log_prob = sample_with_log_probs(decoder, feats[batch], cfg.max_len, n, generator)
-        reward = rewards([vocab.decode(t) for t in tokens.tolist()], [references[i] for i in batch], n)
+        reward = rewards([vocab.decode(t) for t in tokens.tolist()], [references[i] for i in batch], n,
+                         cfg.t3_scst_findings, extractor)
         loss = self_critical_loss(reward, log_prob)
         optimizer.zero_grad()
         loss.backward()

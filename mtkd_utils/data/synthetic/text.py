@@ -4,7 +4,7 @@ Each disease gives (diagnosis phrase, findings that must be named because they s
 class, findings that may be named); a template puts the eye first or in the sentence ("left eye:
 ...", "... in the right eye"), and the sentence is shortened to MAX_TOKENS by dropping optional findings.
 Every wording is one of the SYNONYMS lists ('{amd}', '{cdr:.1f}', ... are filled in when a sentence is
-written): analysis/findings.py reads the same lists to turn a sentence back into its findings.
+written): data/findings.py reads the same lists to turn a sentence back into its findings.
 """
 from __future__ import annotations
 

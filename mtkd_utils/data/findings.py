@@ -21,9 +21,8 @@ from functools import lru_cache
 from itertools import product
 from pathlib import Path
 
-from ..data.text import tokenize
 from ..io import read_json
-from ..train.metrics import named_eye
+from .text import named_eye, tokenize
 
 Slot = dict[str, frozenset]   # phrase (tokens joined by spaces) -> the findings it states
 SYNONYMS_FILE = "findings_synonyms.json"   # in the experiment's data folder: the user's own wordings per class
@@ -52,7 +51,7 @@ class Rule:
 
 
 class Extractor:
-    """Sentence -> set of findings, by rules over phrases; the eye from 'left' / 'right' (metrics.named_eye)."""
+    """Sentence -> set of findings, by rules over phrases; the eye from 'left' / 'right' (text.named_eye)."""
 
     def __init__(self, rules: Sequence[Rule], fine_parent: Mapping[str, str]):
         self.rules, self.fine_parent = list(rules), dict(fine_parent)
@@ -97,8 +96,8 @@ def _expand(template: str, **values: Sequence[str]) -> list[str]:
 @lru_cache(maxsize=1)
 def synthetic_extractor() -> Extractor:
     """The synthetic data's findings, from the generator's own wordings (every synonym)."""
-    from ..data.synthetic.taxonomy import FINE_PARENT
-    from ..data.synthetic.text import SYNONYMS as S
+    from .synthetic.taxonomy import FINE_PARENT
+    from .synthetic.text import SYNONYMS as S
 
     amd = S["amd"]
     ratios = [round(0.1 * k, 1) for k in range(11)]
@@ -153,7 +152,7 @@ def synonym_rules(labels, synonyms: Mapping[str, Sequence[str]] | None) -> list[
 def label_extractor(labels, synonyms: Mapping[str, Sequence[str]] | None = None) -> Extractor:
     """Real data: each class by its name (underscores as spaces), ODIR's keywords for the fine classes named after
     them, and the user's `synonyms` (synonym_rules)."""
-    from ..data.odir import ODIR_FINE_NAMES
+    from .odir import ODIR_FINE_NAMES
 
     said: dict[str, set[str]] = {}
     for level in ("coarse", "fine"):
@@ -167,7 +166,7 @@ def label_extractor(labels, synonyms: Mapping[str, Sequence[str]] | None = None)
 
 def is_synthetic(labels) -> bool:
     """The label map is the synthetic generator's (same coarse and fine classes)."""
-    from ..data.synthetic.taxonomy import label_map
+    from .synthetic.taxonomy import label_map
     ours = label_map()
     return list(labels.coarse) == ours.coarse and dict(labels.fine_parent) == ours.fine_parent
 
@@ -197,6 +196,12 @@ def read_synonyms(data_dir: str | Path) -> dict[str, list[str]]:
 
 def finding_sets(texts: Iterable[str], extractor: Extractor) -> list[frozenset]:
     return [extractor(t) for t in texts]
+
+
+def sentence_f1(stated: frozenset, reference: frozenset) -> float:
+    """F1 of one sentence's findings against its reference's: 2 |shared| / (|stated| + |reference|); 1 when both
+    state none."""
+    return 2 * len(stated & reference) / (len(stated) + len(reference)) if stated or reference else 1.0
 
 
 def finding_scores(references: Sequence[frozenset], hypotheses: Sequence[frozenset]) -> dict[str, float]:
