@@ -1,9 +1,9 @@
 """Data (notebook 01): any source -> one validated manifest, patient-level splits, the image cache, the T3 vocabulary.
 
 Holds the manifest format and its validator (manifest), the sources and their adapters (sources, csv_folder, odir,
-dataset_writer, synthetic/), fundus image preparation (fundus), splits, the T3 tokenizer and BLEU (text), the findings a
-sentence states, by rules over the dataset's vocabulary (findings), what a
-training run reads (dataset), step 01 itself (prep) and the learnability check (learnability).
+dataset_writer, synthetic/), fundus image preparation (fundus), splits, the T3 tokenizer and BLEU (text), the
+findings a sentence states by rules over the dataset's vocabulary (findings), what a training run reads (dataset),
+step 01 itself (prep) and the learnability check (learnability).
 May import: the top-level modules (config, presets, runs, io, progress, seeds) — never train, analysis, grid or tools.
 """
 from importlib import import_module
