@@ -74,12 +74,15 @@ def decode(model, data, rows, cfg, labels, options: dict, seed: int) -> pd.DataF
     heads = options.get("heads", False)
     preds = predict(model, data, rows, eval_batch_size(cfg), cfg.max_len, 1 if heads else options.get("beam_size", 1),
                     torch.device("cpu"), mbr_samples=0 if heads else options.get("mbr_samples", 0), seed=seed)
-    return said(preds, heads_aware_sentences(model, data, rows, cfg, labels, seed=seed, **options)) if heads else preds
+    if not heads:
+        return preds
+    return said(preds, heads_aware_sentences(model, data, rows, cfg, labels, options["beam_size"],
+                                             options.get("mbr_samples", 0), seed))
 
 
 @torch.no_grad()
-def heads_aware_sentences(model, data, rows, cfg, labels, beam_size: int, mbr_samples: int = 0, seed: int = 0,
-                          heads: bool = True) -> list[str]:
+def heads_aware_sentences(model, data, rows, cfg, labels, beam_size: int, mbr_samples: int = 0,
+                          seed: int = 0) -> list[str]:
     """Per image, the decoder's sentence that names the fine class its T2 head predicts: the best such beam
     hypothesis, or with mbr_samples the MBR choice among such hypotheses and samples against all the samples."""
     if "T2" not in model.heads:
