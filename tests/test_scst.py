@@ -72,8 +72,8 @@ def test_fine_tuning_learns_the_reference_moves_only_the_decoder_and_reloads_exa
 
 def test_a_fine_tuning_that_validation_does_not_reward_is_undone(tmp_path, monkeypatch):
     data = _data(SAID, SAID)
-    scores = iter([0.5, 0.4])                                     # validation BLEU-4 before, then after: it fell
-    monkeypatch.setattr(scst, "validation_bleu4", lambda *args: next(scores))
+    scores = iter([{"bleu4": 0.5}, {"bleu4": 0.4}])               # validation BLEU-4 before, then after: it fell
+    monkeypatch.setattr(scst, "validation_scores", lambda *args: next(scores))
     cfg = preset("smoke", t3_scst_steps=100, t3_scst_lr=1e-2, max_len=8, seed=3, beam_size=1)
     model = model_for(TASKS, data)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -81,6 +81,29 @@ def test_a_fine_tuning_that_validation_does_not_reward_is_undone(tmp_path, monke
     assert not record["kept"] and (record["val_bleu4_before"], record["val_bleu4_after"]) == (0.5, 0.4)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not (tmp_path / scst.SCST_FILE).exists()
+
+
+@pytest.mark.parametrize("weight, kept", [(0.0, False), (1.0, True)])
+def test_the_keep_rule_weighs_findings_as_the_reward_does(tmp_path, monkeypatch, weight, kept):
+    """BLEU-4 falls by 0.02 while findings F1 rises by 0.10: a BLEU reward undoes it, BLEU + 1 x F1 keeps it."""
+    data = _data(SAID, SAID)
+    scores = iter([{"bleu4": 0.50, "findings_f1": 0.60}, {"bleu4": 0.48, "findings_f1": 0.70}])
+    monkeypatch.setattr(scst, "validation_scores", lambda *args: next(scores))
+    cfg = preset("smoke", t3_scst_steps=3, t3_scst_findings=weight, max_len=8, seed=3, beam_size=1)
+    record = scst.finetune_decoder(model_for(TASKS, data), data, cfg, tmp_path)
+    assert record["kept"] == kept == (tmp_path / scst.SCST_FILE).exists()
+    assert (record["val_findings_f1_before"], record["val_findings_f1_after"]) == (0.60, 0.70)
+
+
+def test_validation_scores_state_the_findings_f1_only_with_an_extractor(monkeypatch):
+    """Two validation sentences, findings = the words 'mild' and 'dr': 2 of 3 stated, 2 of 3 referenced, F1 2/3."""
+    said = pd.DataFrame({"text_true": [SAID, "dr ."], "text_pred": ["normal mild .", SAID]})
+    monkeypatch.setattr(scst, "predict", lambda *args, **kwargs: said)
+    data, cfg = _data(SAID, SAID), preset("smoke", max_len=8, beam_size=1)
+    model = model_for(TASKS, data)
+    assert set(scst.validation_scores(model, data, cfg)) == {"bleu4"}
+    scores = scst.validation_scores(model, data, cfg, extractor=lambda t: frozenset({"mild", "dr"} & set(t.split())))
+    assert scores["findings_f1"] == pytest.approx(2 / 3)
 
 
 def test_fine_tuning_refuses_a_split_without_sentences_and_bad_settings():

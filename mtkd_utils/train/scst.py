@@ -7,9 +7,10 @@ BLEU-4 against the image's reference (plus `t3_scst_findings` x the F1 of the fi
 a BLEU reward alone buys wording, not clinical content), and its log-probability is pushed up or down by how much it beats the mean
 reward of the image's other samples (the baseline of Kool et al. 2019, no greedy decode needed). The encoder and
 heads are frozen (the image features are computed once, without augmentation): T1 and T2 do not change. The
-fine-tuned decoder is kept only where it writes a higher corpus BLEU-4 on the validation split than the decoder as
-trained (decoded as the test split will be); with few training sentences it memorises them, and the run keeps
-the maximum-likelihood decoder (both scores go to metrics.json).
+fine-tuned decoder is kept only where it scores higher on the validation split than the decoder as trained, by
+what the reward asks for: corpus BLEU-4 + `t3_scst_findings` x findings micro F1 (decoded as the test split will
+be); with few training sentences it memorises them, and the run keeps the maximum-likelihood decoder (both
+scores go to metrics.json).
 
 Only the run's own sentences use the fine-tuned decoder (students/<tasks>/p<P>_s<seed>/<model>/t3_scst.pt); a teacher
 checkpoint keeps its maximum-likelihood decoder, whose distribution over words is what the students distil (the
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.dataset import FundusData, batch_rows, image_batch
-from ..data.findings import extractor_for, sentence_f1
+from ..data.findings import extractor_for, finding_scores, sentence_f1
 from ..data.text import EOS_ID, PAD_ID, SOS_ID, Ngrams, ngram_bleu4, tokenize
 from ..progress import progress
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -98,10 +99,10 @@ def frozen_features(model, data: FundusData, rows: np.ndarray, batch_size: int) 
 
 def finetune_decoder(model, data: FundusData, cfg, run: Path | None = None) -> dict:
     """Fine-tune model.decoder in place for cfg.t3_scst_steps updates on the labeled training images with a sentence
-    (seeded by cfg.seed, on the CPU, where the decoder is cheap), and keep it only if validation BLEU-4 rises (else
-    the decoder as trained is put back); a kept one is saved to run/t3_scst.pt when run is given. Returns what
-    metrics.json records: kept, validation BLEU-4 before and after, steps, learning rate, samples, images, mean
-    reward of the first and last 50 updates, seconds."""
+    (seeded by cfg.seed, on the CPU, where the decoder is cheap), and keep it only if its validation objective
+    rises (else the decoder as trained is put back); a kept one is saved to run/t3_scst.pt when run is given. Returns what
+    metrics.json records: kept, validation BLEU-4 (and findings F1) before and after, steps, learning rate,
+    samples, images, mean     reward of the first and last 50 updates, seconds."""
     start, device = time.perf_counter(), next(model.parameters()).device
     model.cpu()
     rows = data.rows("train")
@@ -109,23 +110,29 @@ def finetune_decoder(model, data: FundusData, cfg, run: Path | None = None) -> d
     if len(rows) == 0 or len(data.rows("val")) == 0:
         raise ValueError("t3_scst_steps > 0 needs labeled training images with a sentence and a validation split "
                          f"(here {len(rows)} and {len(data.rows('val'))} images); set t3_scst_steps=0")
-    trained, before = copy.deepcopy(model.decoder.state_dict()), validation_bleu4(model, data, cfg)
     extractor = extractor_for(data.labels) if cfg.t3_scst_findings else None
+    trained, before = copy.deepcopy(model.decoder.state_dict()), validation_scores(model, data, cfg, extractor)
     references = [Reference(Ngrams(tokenize(t)), extractor(t) if extractor else frozenset())
                   for t in data.manifest.text.iloc[rows]]
     history = self_critical(model.decoder, frozen_features(model, data, rows, eval_batch_size(cfg)), references,
                             data.vocab, cfg, extractor)
-    after = validation_bleu4(model, data, cfg)
-    kept = after > before
+    after = validation_scores(model, data, cfg, extractor)
+    kept = objective(after, cfg) > objective(before, cfg)
     if not kept:
         model.decoder.load_state_dict(trained)
     elif run is not None:
         save_checkpoint(Path(run) / SCST_FILE, {"decoder": model.decoder.state_dict()})
     model.to(device)
-    return dict(kept=bool(kept), val_bleu4_before=before, val_bleu4_after=after, steps=cfg.t3_scst_steps,
+    return dict(kept=bool(kept), **{f"val_{k}_before": v for k, v in before.items()},
+                **{f"val_{k}_after": v for k, v in after.items()}, steps=cfg.t3_scst_steps,
                 lr=cfg.t3_scst_lr, samples=cfg.t3_scst_samples, findings_weight=cfg.t3_scst_findings, images=len(rows),
                 reward_first=float(np.mean(history[:50])), reward_last=float(np.mean(history[-50:])),
                 seconds=round(time.perf_counter() - start, 1))
+
+
+def objective(scores: dict[str, float], cfg) -> float:
+    """What the keep rule compares: validation BLEU-4, plus t3_scst_findings x findings F1 when the reward has it."""
+    return scores["bleu4"] + (cfg.t3_scst_findings * scores["findings_f1"] if cfg.t3_scst_findings else 0.0)
 
 
 def self_critical(decoder, feats: torch.Tensor, references: list[Reference], vocab, cfg, extractor=None) -> list[float]:
@@ -152,11 +159,16 @@ def self_critical(decoder, feats: torch.Tensor, references: list[Reference], voc
     return history
 
 
-def validation_bleu4(model, data: FundusData, cfg) -> float:
-    """Corpus BLEU-4 of the model's sentences on the validation split, decoded as the test split is."""
+def validation_scores(model, data: FundusData, cfg, extractor=None) -> dict[str, float]:
+    """Corpus BLEU-4 of the model's sentences on the validation split, decoded as the test split is ("bleu4"),
+    and with an extractor the micro F1 of the findings they state ("findings_f1", data/findings.py)."""
     preds = predict(model, data, data.rows("val"), eval_batch_size(cfg), cfg.max_len, cfg.beam_size,
                     torch.device("cpu"), mbr_samples=cfg.mbr_samples, seed=cfg.seed)
-    return float(text_metrics(list(preds.text_true), list(preds.text_pred))["T3_bleu4"])
+    truth, said = list(preds.text_true), list(preds.text_pred)
+    scores = {"bleu4": float(text_metrics(truth, said)["T3_bleu4"])}
+    if extractor is not None:
+        scores["findings_f1"] = finding_scores([extractor(t) for t in truth], [extractor(t) for t in said])["f1_micro"]
+    return scores
 
 
 def load_finetuned_decoder(model, run: Path) -> bool:
