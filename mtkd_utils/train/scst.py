@@ -4,10 +4,10 @@ that score best, with REINFORCE and a reward per sentence, as captioning and rep
 Teacher forcing teaches the likely next word; what a reader scores is the whole sentence against the reference.
 Here the decoder samples `t3_scst_samples` sentences per labeled training image, each is rewarded by its sentence
 BLEU-4 against the image's reference (plus `t3_scst_findings` x the F1 of the findings it states, data/findings.py:
-a BLEU reward alone buys wording, not clinical content), and its log-probability is pushed up or down by how much it beats the mean
-reward of the image's other samples (the baseline of Kool et al. 2019, no greedy decode needed). The encoder and
-heads are frozen (the image features are computed once, without augmentation): T1 and T2 do not change. The
-fine-tuned decoder is kept only where it scores higher on the validation split than the decoder as trained, by
+a BLEU reward alone buys wording, not clinical content), and its log-probability is pushed up or down by how much
+it beats the mean reward of the image's other samples (the baseline of Kool et al. 2019, no greedy decode needed).
+The encoder and heads are frozen (the image features are computed once, without augmentation): T1 and T2 do not
+change. The fine-tuned decoder is kept only where it scores higher on the validation split than the decoder as trained, by
 what the reward asks for: corpus BLEU-4 + `t3_scst_findings` x findings micro F1 (decoded as the test split will
 be); with few training sentences it memorises them, and the run keeps the maximum-likelihood decoder (both
 scores go to metrics.json).
@@ -100,9 +100,9 @@ def frozen_features(model, data: FundusData, rows: np.ndarray, batch_size: int) 
 def finetune_decoder(model, data: FundusData, cfg, run: Path | None = None) -> dict:
     """Fine-tune model.decoder in place for cfg.t3_scst_steps updates on the labeled training images with a sentence
     (seeded by cfg.seed, on the CPU, where the decoder is cheap), and keep it only if its validation objective
-    rises (else the decoder as trained is put back); a kept one is saved to run/t3_scst.pt when run is given. Returns what
-    metrics.json records: kept, validation BLEU-4 (and findings F1) before and after, steps, learning rate,
-    samples, images, mean     reward of the first and last 50 updates, seconds."""
+    rises (else the decoder as trained is put back); a kept one is saved to run/t3_scst.pt when run is given.
+    Returns what metrics.json records: kept, validation BLEU-4 (and findings F1) before and after, steps, learning
+    rate, samples, images, mean reward of the first and last 50 updates, seconds."""
     start, device = time.perf_counter(), next(model.parameters()).device
     model.cpu()
     rows = data.rows("train")
