@@ -39,9 +39,9 @@ PRESETS: dict[str, Preset] = {
     # beam_size=5 (test-time decoding only; python -m mtkd_utils.decoding_choice): M1 at p=70, validation, seeds 0-2,
     # beam 3 -> 5: BLEU-4 0.213 -> 0.239, CIDEr-D 1.70 -> 1.78, findings F1 0.814 -> 0.820 (p=5: equal); MBR over 64
     # samples 0.26 BLEU-4 but findings F1 and fine class named lower, at 8x the decoding time: not chosen
-    # t3_scst_steps=300, t3_scst_lr=2e-4: each reported model's T3 decoder is then fine-tuned self-critically (reward:
-    # sentence BLEU-4; train/scst.py), kept only where validation BLEU-4 rises. python -m mtkd_utils.decoding_choice
-    # --scst 300 --scst-lr 2e-4, validation, beam 5: M1 at p=70, seeds 0-2, BLEU-4 0.237/0.242/0.237 -> 0.287/0.303/
+    # t3_scst_steps=300, t3_scst_lr=2e-4: each reported model's T3 decoder is then fine-tuned self-critically
+    # (train/scst.py), kept only where validation rises. With sentence BLEU-4 alone as the reward, python -m
+    # mtkd_utils.decoding_choice --scst 300 --scst-lr 2e-4, validation, beam 5: M1 at p=70, seeds 0-2, BLEU-4 0.237/0.242/0.237 -> 0.287/0.303/
     # 0.295, CIDEr-D 1.78 -> 2.08, findings F1 0.820 -> 0.817 (the constant per (eye, coarse) 0.258, classify-then-
     # describe 0.287); at p=5 (86 training sentences) it memorises them: M1 0.155 -> 0.155, M3 0.198 -> 0.173, and
     # the validation check puts the trained decoder back. 600 updates at 1e-4: about the same (0.297), twice the time
